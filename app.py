@@ -1,0 +1,168 @@
+"""Demo app: every cachekit helper on a route, exact under ``gunicorn -w 4``.
+
+Run: ``make demo`` (gunicorn, 4 workers, FileSystemCache in ``instance/cache``).
+Configuration comes from the environment in the Flask way
+(``Flask.config.from_prefixed_env``): ``FLASK_CACHE_TYPE=RedisCache``,
+``FLASK_CACHE_DIR=/srv/cache``, ``FLASK_SECRET_KEY=...`` and so on.
+
+Routes (all answer JSON):
+
+- ``/hits``: the global counter a module global gets wrong under several workers;
+- ``/inc``, ``/dec``, ``/reset``: a counter per client, the client id kept in
+  Flask's session;
+- ``/notes/add?item=X`` and ``/notes``: a shared dict of lists, edited in place
+  inside a transaction;
+- ``/transfer?amount=N`` and ``/accounts``: a transfer between two keys that
+  never creates or destroys money;
+- ``/expensive``: a slow value computed once by ``get_or_compute``, however many
+  clients ask at once; it counts its computations with ``incr``;
+- ``/report``: a ``lock`` held around an ``update``;
+- ``/boots``: how many processes imported the app (the master too, under
+  ``--preload``, which uses cachekit before it forks the workers).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from typing import Any
+
+from flask import Blueprint, Flask, jsonify, request, session
+from flask.typing import ResponseReturnValue
+
+import cachekit
+from common import cache
+
+demo = Blueprint("demo", __name__)
+
+OPENING_BALANCE = 1000
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    """Create the demo app; ``config`` overrides the defaults and the environment."""
+    app = Flask(__name__, instance_relative_config=True)
+    app.config.from_mapping(
+        SECRET_KEY="dev",  # set FLASK_SECRET_KEY in production; every worker must share it
+        CACHE_TYPE="FileSystemCache",
+        CACHE_DIR=os.path.join(app.instance_path, "cache"),
+        CACHE_THRESHOLD=0,  # pruning would delete state; cachekit refuses a threshold
+        CACHE_DEFAULT_TIMEOUT=300,  # for get_or_compute; cachekit state never expires unless asked
+    )
+    app.config.from_prefixed_env()
+    if config:
+        app.config.update(config)
+    os.makedirs(app.instance_path, exist_ok=True)
+    cache.init_app(app)
+    app.register_blueprint(demo)
+    with app.app_context():
+        cachekit.incr(cache, "boots")
+    return app
+
+
+def client_key(suffix: str) -> str:
+    client = session.setdefault("client", uuid.uuid4().hex)
+    return f"client:{client}:{suffix}"
+
+
+@demo.errorhandler(cachekit.CachekitError)
+def cachekit_error(error: cachekit.CachekitError) -> ResponseReturnValue:
+    return jsonify(error=type(error).__name__, message=str(error)), 503
+
+
+@demo.get("/")
+def index() -> ResponseReturnValue:
+    return jsonify(
+        backend=type(cache.cache).__name__,
+        routes=[
+            "/hits",
+            "/inc",
+            "/dec",
+            "/reset",
+            "/notes",
+            "/notes/add?item=X",
+            "/transfer?amount=N",
+            "/accounts",
+            "/expensive",
+            "/report",
+            "/boots",
+        ],
+    )
+
+
+@demo.get("/hits")
+def hits() -> ResponseReturnValue:
+    return jsonify(hits=cachekit.incr(cache, "hits"))
+
+
+@demo.get("/inc")
+def inc() -> ResponseReturnValue:
+    return jsonify(count=cachekit.incr(cache, client_key("count")))
+
+
+@demo.get("/dec")
+def dec() -> ResponseReturnValue:
+    return jsonify(count=cachekit.incr(cache, client_key("count"), -1))
+
+
+@demo.get("/reset")
+def reset() -> ResponseReturnValue:
+    return jsonify(count=cachekit.update(cache, client_key("count"), lambda _: 0))
+
+
+@demo.get("/notes/add")
+def add_note() -> ResponseReturnValue:
+    item = request.args.get("item", "")
+    with cachekit.transaction(cache, "notes") as txn:
+        notes = txn.setdefault("notes", {"items": [], "by_client": {}})
+        notes["items"].append(item)  # in place: written back when the block ends
+        client = session.setdefault("client", uuid.uuid4().hex)
+        notes["by_client"][client] = notes["by_client"].get(client, 0) + 1
+        count = len(notes["items"])
+    return jsonify(count=count)
+
+
+@demo.get("/notes")
+def notes() -> ResponseReturnValue:
+    return jsonify(cache.get("notes") or {"items": [], "by_client": {}})
+
+
+@demo.get("/transfer")
+def transfer() -> ResponseReturnValue:
+    amount = request.args.get("amount", 1, type=int)
+    with cachekit.transaction(cache, "account:a", "account:b") as txn:
+        txn["account:a"] = txn.get("account:a", OPENING_BALANCE) - amount
+        txn["account:b"] = txn.get("account:b", OPENING_BALANCE) + amount
+        balances = dict(txn)
+    return jsonify(balances)
+
+
+@demo.get("/accounts")
+def accounts() -> ResponseReturnValue:
+    a, b = (cache.get(key) for key in ("account:a", "account:b"))
+    return jsonify({"account:a": a, "account:b": b})
+
+
+def slow_answer() -> dict[str, Any]:
+    time.sleep(float(os.environ.get("DEMO_EXPENSIVE_SECONDS", "0.5")))
+    return {"answer": 42, "computation": cachekit.incr(cache, "computations")}
+
+
+@demo.get("/expensive")
+def expensive() -> ResponseReturnValue:
+    return jsonify(cachekit.get_or_compute(cache, "expensive", slow_answer, timeout=0))
+
+
+@demo.get("/report")
+def report() -> ResponseReturnValue:
+    with cachekit.lock(cache, "report"):
+        runs = cachekit.update(cache, "report", lambda r: {"runs": r["runs"] + 1}, {"runs": 0})
+    return jsonify(runs)
+
+
+@demo.get("/boots")
+def boots() -> ResponseReturnValue:
+    return jsonify(boots=cache.get("boots"))
+
+
+app = create_app()

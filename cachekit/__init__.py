@@ -1,0 +1,42 @@
+"""cachekit: atomic shared state for Flask apps, over Flask-Caching.
+
+Use the app's one ``flask_caching.Cache`` with these helpers and a counter,
+dict or list in the cache stays exact across threads, gunicorn worker
+processes and, with Redis, hosts.
+"""
+
+from .errors import (
+    CachekitError,
+    ConfigurationError,
+    CorruptValue,
+    InvalidArgument,
+    LockTimeout,
+    PerProcessBackend,
+    SerializationError,
+    StorageError,
+    UnsupportedBackend,
+    ValueTypeError,
+    WriteError,
+)
+from .operations import get_or_compute, incr, lock, transaction, update
+from .strategy import Transaction
+
+__all__ = [
+    "CachekitError",
+    "ConfigurationError",
+    "CorruptValue",
+    "InvalidArgument",
+    "LockTimeout",
+    "PerProcessBackend",
+    "SerializationError",
+    "StorageError",
+    "Transaction",
+    "UnsupportedBackend",
+    "ValueTypeError",
+    "WriteError",
+    "get_or_compute",
+    "incr",
+    "lock",
+    "transaction",
+    "update",
+]

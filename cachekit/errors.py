@@ -1,0 +1,93 @@
+"""Every exception cachekit raises, under one base class.
+
+Each exception keeps the context a caller needs (the key, the lock name, the
+timeout) as attributes, puts it in its message, and pickles with it, so an
+error raised in a worker process survives the trip back to a parent.
+
+An exception raised by the caller's own function (``fn`` of ``update`` or
+``get_or_compute``, the body of a ``transaction`` or ``lock``) is never
+wrapped: it reaches the caller unchanged, after the locks are released and
+with nothing written.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class CachekitError(Exception):
+    """Base class of every error cachekit raises itself."""
+
+    def __init__(self, message: str, **context: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.context = context
+        for name, value in context.items():
+            setattr(self, name, value)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.message, self.context))
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _rebuild(cls: type[CachekitError], message: str, context: dict[str, Any]) -> CachekitError:
+    error = cls.__new__(cls)
+    CachekitError.__init__(error, message, **context)
+    return error
+
+
+class ConfigurationError(CachekitError):
+    """The cache is set up in a way that would lose or split shared state.
+
+    The message names the setting to change. Raised at first use, never
+    turned into a silent fallback.
+    """
+
+
+class UnsupportedBackend(ConfigurationError):
+    """The backend has no atomic strategy (NullCache, memcached, anything unknown)."""
+
+
+class PerProcessBackend(ConfigurationError):
+    """A per-process backend (SimpleCache) is used by several worker processes."""
+
+
+class InvalidArgument(CachekitError, ValueError, TypeError):
+    """An argument has the wrong type or value (a key that is not a string, a negative timeout)."""
+
+
+class LockTimeout(CachekitError, TimeoutError):
+    """A lock could not be taken within its wait time; nothing was changed."""
+
+    name: str
+    timeout: float | None
+
+
+class CorruptValue(CachekitError):
+    """A stored value cannot be decoded; it is left as it is, never reset to a default."""
+
+    key: str
+
+
+class ValueTypeError(CachekitError, TypeError):
+    """The stored value has the wrong type for the operation (``incr`` on a string, say)."""
+
+    key: str
+
+
+class SerializationError(CachekitError, TypeError):
+    """A new value cannot be serialized by the backend; the old value is kept."""
+
+    key: str
+
+
+class StorageError(CachekitError, OSError):
+    """The backend failed to read or write (I/O error, permission, server down)."""
+
+    key: str
+
+
+class WriteError(StorageError):
+    """The backend failed to store a value (disk full, read-only, I/O error); old value kept."""

@@ -1,0 +1,101 @@
+"""The public helpers: atomic read-modify-write on the app's shared cache.
+
+Each helper takes the shared ``flask_caching.Cache`` (or a backend instance)
+first, finds the strategy for its backend (:mod:`cachekit.resolve`) and
+delegates to it (:mod:`cachekit.strategy`). They work inside or outside a
+request once the cache is initialised.
+
+>>> from cachelib import SimpleCache
+>>> cache = SimpleCache()
+>>> incr(cache, "hits"), incr(cache, "hits", 10)
+(1, 11)
+>>> update(cache, "state", lambda d: {**d, "n": d["n"] + 1}, default={"n": 0})
+{'n': 1}
+>>> with transaction(cache, "alice", "bob") as txn:
+...     txn["alice"], txn["bob"] = txn.get("alice", 10) - 3, txn.get("bob", 0) + 3
+>>> cache.get("alice"), cache.get("bob")
+(7, 3)
+>>> with lock(cache, "report", timeout=5):
+...     pass
+>>> get_or_compute(cache, "answer", lambda: 6 * 7)
+42
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any, Final, TypeVar
+
+from .resolve import strategy_for
+from .strategy import Timeout, Transaction
+
+T = TypeVar("T")
+
+#: Default longest wait, in seconds, for :func:`lock`.
+LOCK_TIMEOUT: Final = 10.0
+
+
+def incr(cache: Any, key: str, delta: int = 1, timeout: Timeout = None) -> int:
+    """Add ``delta`` to the int at ``key`` atomically and return the new value.
+
+    A missing (or expired) key counts as 0. ``timeout=None`` keeps an existing
+    key's expiry and gives a new key none; a number of seconds sets it, 0
+    meaning never. Raises :class:`~cachekit.errors.ValueTypeError` if the key
+    holds something other than an int.
+    """
+    return strategy_for(cache).incr(key, delta, timeout)
+
+
+def update(
+    cache: Any,
+    key: str,
+    fn: Callable[[Any], T],
+    default: Any = None,
+    timeout: Timeout = None,
+) -> T:
+    """Replace the value ``v`` at ``key`` with ``fn(v)`` atomically and return it.
+
+    ``fn`` receives ``default`` (a deep copy of it) when the key is missing; it
+    may mutate its argument and return it. If ``fn`` raises, its exception
+    propagates and nothing is written. ``fn`` runs while the key is locked:
+    keep it short, and do not update the same key from inside it.
+    Expiry as for :func:`incr`.
+    """
+    return strategy_for(cache).update(key, fn, default, timeout)
+
+
+def transaction(
+    cache: Any, *keys: str, timeout: Timeout = None
+) -> AbstractContextManager[Transaction]:
+    """Lock ``keys`` and yield a mutable mapping of their current values.
+
+    Missing keys are absent from the mapping. On normal exit every change,
+    including in-place edits of nested values, is written back; a key removed
+    with ``del`` is deleted. If the block raises, nothing is written. Several
+    keys are locked in a fixed order, so two transactions never deadlock
+    whatever order they name their keys in. Expiry as for :func:`incr`, for
+    the keys the block writes.
+    """
+    return strategy_for(cache).transaction(keys, timeout)
+
+
+def lock(cache: Any, name: str, timeout: Timeout = LOCK_TIMEOUT) -> AbstractContextManager[None]:
+    """Mutual exclusion across threads and processes for the block, by ``name``.
+
+    Waits at most ``timeout`` seconds (``None``: no limit), then raises
+    :class:`~cachekit.errors.LockTimeout`. Re-entrant within a thread. A
+    process that dies holding it releases it at once.
+    """
+    return strategy_for(cache).lock(name, timeout)
+
+
+def get_or_compute(cache: Any, key: str, fn: Callable[[], T], timeout: Timeout = None) -> T:
+    """Return the cached value at ``key``; on a miss compute it once with ``fn()``.
+
+    However many threads and workers miss at the same moment, ``fn`` runs once
+    and the others wait for its result. ``timeout`` is a cache timeout:
+    ``None`` means the cache's default, as for ``cache.set``. If ``fn`` raises,
+    nothing is cached and the next caller computes again.
+    """
+    return strategy_for(cache).get_or_compute(key, fn, timeout)

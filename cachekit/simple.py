@@ -1,0 +1,128 @@
+"""SimpleCache: atomic operations with thread locks, for one process only.
+
+How ``incr`` works here: take the key's stripe (:mod:`cachekit.threadlocks`),
+read the ``(expires, pickled value)`` pair from the backend's dict under the
+backend's own lock, write the new pair under that lock, release.
+
+SimpleCache keeps its entries in the memory of one process. Several worker
+processes would each count on their own copy, so the helpers raise
+:class:`~cachekit.errors.PerProcessBackend` when the backend is used in a
+process other than the one that first used it through cachekit (it was
+inherited across a fork), or from a request whose WSGI server runs several
+processes (``wsgi.multiprocess``).
+
+Pruning: SimpleCache turns a threshold of 0 into 500 and, past it, removes
+entries that never expire first (its ``_remove_expired`` even counts them as
+expired). The strategy therefore wraps the instance's ``_prune`` so that the
+keys cachekit wrote are set aside while it runs: cachekit state is never
+evicted, while the threshold still bounds everything else.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+from collections.abc import Collection, Mapping
+from typing import Any
+
+from cachelib.serializers import BaseSerializer
+from flask import has_request_context, request
+
+from .errors import CorruptValue, PerProcessBackend, SerializationError
+from .strategy import Entry, Strategy
+from .threadlocks import StripedLocks
+
+_ADVICE = (
+    "SimpleCache keeps a separate copy in each process; use CACHE_TYPE=FileSystemCache"
+    " (with CACHE_DIR and CACHE_THRESHOLD=0) on one machine, or CACHE_TYPE=RedisCache"
+)
+
+
+class SimpleStrategy(Strategy):
+    """Atomic operations on a cachelib / Flask-Caching ``SimpleCache``."""
+
+    name = "SimpleCache"
+
+    def __init__(self, backend: Any) -> None:
+        super().__init__(backend, StripedLocks())
+        self._pid = os.getpid()
+        self._managed: set[str] = set()
+        kind = type(backend.serializer)
+        self._pickle = kind.dumps is BaseSerializer.dumps and kind.loads is BaseSerializer.loads
+        self._protect_from_pruning()
+
+    def check_usable(self) -> None:
+        if os.getpid() != self._pid:
+            raise PerProcessBackend(
+                f"this SimpleCache was first used by process {self._pid} and is now used by"
+                f" process {os.getpid()}, a fork of it: {_ADVICE}",
+                setting="CACHE_TYPE",
+            )
+        if has_request_context() and request.environ.get("wsgi.multiprocess"):
+            raise PerProcessBackend(
+                f"the WSGI server runs several worker processes (wsgi.multiprocess): {_ADVICE}",
+                setting="CACHE_TYPE",
+            )
+
+    def _protect_from_pruning(self) -> None:
+        backend, managed = self.backend, self._managed
+        prune = backend._prune
+
+        def prune_except_cachekit_keys() -> None:
+            with backend._lock:
+                now = time.time()
+                kept = {}
+                for key in managed:
+                    item = backend._cache.pop(key, None)
+                    if item is not None and (item[0] == 0 or item[0] > now):
+                        kept[key] = item
+                try:
+                    prune()
+                finally:
+                    backend._cache.update(kept)
+
+        backend._prune = prune_except_cachekit_keys
+
+    def _load(self, key: str) -> Entry | None:
+        with self.backend._lock:
+            item = self.backend._cache.get(key)
+        if item is None:
+            return None
+        expires, raw = item
+        if expires and expires <= time.time():
+            return None
+        try:
+            value = pickle.loads(raw) if self._pickle else self.backend.serializer.loads(raw)
+        except Exception as error:
+            raise CorruptValue(
+                f"key {key!r} cannot be decoded ({type(error).__name__}: {error})", key=key
+            ) from error
+        return Entry(value, expires, raw)
+
+    def _encode(self, key: str, value: Any) -> bytes:
+        try:
+            if self._pickle:
+                return pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+            raw = self.backend.serializer.dumps(value)
+        except Exception as error:
+            raise SerializationError(
+                f"cannot store key {key!r}: a {type(value).__name__} value cannot be"
+                f" serialized ({type(error).__name__}: {error}); the old value is kept",
+                key=key,
+            ) from error
+        if raw is None:
+            raise SerializationError(
+                f"cannot store key {key!r}: the serializer rejected a {type(value).__name__}",
+                key=key,
+            )
+        return raw  # type: ignore[no-any-return]
+
+    def _commit(self, writes: Mapping[str, tuple[bytes, int]], deletes: Collection[str]) -> None:
+        with self.backend._lock:
+            for key, (raw, expires) in writes.items():
+                self.backend._cache[key] = (expires, raw)
+                self._managed.add(key)
+            for key in deletes:
+                self.backend._cache.pop(key, None)
+                self._managed.discard(key)

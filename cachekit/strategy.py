@@ -1,0 +1,295 @@
+"""The generic atomic operations, written once over a few hooks per backend.
+
+A :class:`Strategy` wraps one backend instance. Its public methods (``incr``,
+``update``, ``transaction``, ``lock``, ``get_or_compute``) are a locked
+read-modify-write built on four hooks that each backend module implements:
+
+- :meth:`Strategy._hold`: hold the locks of some names (default: the striped
+  locks given to the constructor);
+- :meth:`Strategy._load`: the current :class:`Entry` of a key, or ``None``;
+- :meth:`Strategy._encode`: a value in the backend's own stored form;
+- :meth:`Strategy._commit`: write and delete keys, all staged before any lands.
+
+A backend with a native atomic operation overrides the public method instead
+(as cachelib's Redis backend overrides ``inc`` with ``INCRBY``).
+
+Expiry, in one place for every backend: for ``incr``, ``update`` and
+``transaction`` a ``timeout`` of ``None`` keeps an existing key's expiry and
+gives a new key none; a number of seconds sets it, ``0`` meaning never. For
+``get_or_compute`` ``None`` means the backend's default timeout, as for
+``cache.set``. Expiry is kept as an absolute Unix time in whole seconds,
+``0`` for never, the form cachelib's FileSystemCache and SimpleCache store.
+
+Assumption: every writer of a key that must not lose updates goes through
+cachekit. A plain ``cache.set`` is atomic on its own but is not serialized
+with cachekit's read-modify-write.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import math
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Collection, Iterator, Mapping, MutableMapping
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, Final, NamedTuple, TypeVar
+
+from .errors import InvalidArgument, ValueTypeError
+from .threadlocks import COMPUTE, KEYS, LOCKS, StripedLocks
+
+T = TypeVar("T")
+
+#: Longest wait, in seconds, for the lock of a key (incr, update, transaction).
+KEY_WAIT: Final = 30.0
+#: Longest wait, in seconds, for another caller's get_or_compute of the same key.
+COMPUTE_WAIT: Final = 60.0
+#: Expiry times are stored as unsigned 32-bit seconds by cachelib's file format.
+MAX_EXPIRES: Final = 2**32 - 1
+
+Timeout = int | float | dt.timedelta | None
+
+
+class Entry(NamedTuple):
+    """A stored value as a strategy reads it."""
+
+    value: Any
+    expires: int  # absolute Unix time in seconds; 0 for never
+    raw: bytes  # the encoded value as stored, to tell a changed value from an unchanged one
+
+
+def check_key(key: object) -> str:
+    """Return ``key`` if it is a non-empty string, else raise :class:`InvalidArgument`."""
+    if not isinstance(key, str):
+        raise InvalidArgument(f"a key must be a str, not {type(key).__name__}", key=key)
+    if not key:
+        raise InvalidArgument("a key must not be empty", key=key)
+    return key
+
+
+def seconds(timeout: Timeout, what: str = "timeout") -> float | None:
+    """Validate a timeout given in seconds or as a timedelta; ``None`` stays ``None``."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, dt.timedelta):
+        value = timeout.total_seconds()
+    elif isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
+        value = float(timeout)
+    else:
+        raise InvalidArgument(
+            f"{what} must be a number of seconds or a timedelta, not {type(timeout).__name__}",
+            timeout=timeout,
+        )
+    if not math.isfinite(value) or value < 0:
+        raise InvalidArgument(
+            f"{what} must be a finite number >= 0, not {timeout!r}", timeout=timeout
+        )
+    return value
+
+
+def absolute_expiry(timeout: float) -> int:
+    """The absolute expiry of a timeout in seconds from now; 0 stays 0 (never)."""
+    if timeout == 0:
+        return 0
+    expires = int(time.time()) + math.ceil(timeout)
+    if expires > MAX_EXPIRES:
+        raise InvalidArgument(
+            f"timeout {timeout!r} ends after 2106, beyond what the cache can store;"
+            " use 0 for no expiry",
+            timeout=timeout,
+        )
+    return expires
+
+
+class Transaction(MutableMapping[str, Any]):
+    """The current values of a transaction's keys; a missing key is absent.
+
+    Only the keys named when the transaction began can be set or deleted:
+    they are the ones it holds locks for.
+    """
+
+    def __init__(self, keys: Collection[str], values: dict[str, Any]) -> None:
+        self._keys = frozenset(keys)
+        self._values = values
+
+    def _check(self, key: str) -> None:
+        if key not in self._keys:
+            raise InvalidArgument(
+                f"{key!r} is not locked by this transaction; name it in"
+                f" transaction(cache, ...) (it holds {sorted(self._keys)})",
+                key=key,
+            )
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._check(key)
+        self._values[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        self._check(key)
+        del self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"Transaction({self._values!r})"
+
+
+class Strategy(ABC):
+    """Atomic operations on one backend instance; one instance per backend per process."""
+
+    #: The backend's name in messages and documentation.
+    name = "backend"
+
+    def __init__(self, backend: Any, locks: StripedLocks) -> None:
+        self.backend = backend
+        self._locks = locks
+        self._local = threading.local()
+
+    # -- hooks ---------------------------------------------------------------
+
+    def _hold(
+        self, domain: int, names: Collection[str], timeout: float | None, what: str
+    ) -> AbstractContextManager[None]:
+        return self._locks.hold(domain, names, timeout, what)
+
+    @abstractmethod
+    def _load(self, key: str) -> Entry | None:
+        """The current value of ``key``; ``None`` if missing or expired.
+
+        Raises :class:`~cachekit.errors.CorruptValue` for a value that cannot be
+        decoded: never a silent miss.
+        """
+
+    @abstractmethod
+    def _encode(self, key: str, value: Any) -> bytes:
+        """``value`` in stored form; :class:`~cachekit.errors.SerializationError` if impossible."""
+
+    @abstractmethod
+    def _commit(self, writes: Mapping[str, tuple[bytes, int]], deletes: Collection[str]) -> None:
+        """Store encoded values with their absolute expiry, and delete keys.
+
+        The caller holds the keys' locks. Everything that can fail before the
+        first change (staging, space) fails before it, leaving every key as it was.
+        """
+
+    def check_usable(self) -> None:  # noqa: B027 (a hook that most backends leave empty)
+        """Raise if the backend cannot be shared safely in the current context."""
+
+    def default_timeout(self) -> float:
+        """The backend's default timeout in seconds (0: never), for ``get_or_compute``."""
+        return float(getattr(self.backend, "default_timeout", 0) or 0)
+
+    # -- shared helpers ------------------------------------------------------
+
+    @contextmanager
+    def _modifying(self, keys: Collection[str]) -> Iterator[None]:
+        """Lock ``keys`` for a read-modify-write and refuse nesting on the same key.
+
+        A nested read-modify-write of a key by the thread that is already
+        modifying it would be overwritten when the outer one commits, so it is
+        an error rather than a lost update.
+        """
+        busy: set[str] = self._local.__dict__.setdefault("busy", set())
+        clash = busy.intersection(keys)
+        if clash:
+            raise InvalidArgument(
+                f"key {sorted(clash)[0]!r} is already being modified by this thread"
+                " (an update or transaction inside another on the same key would lose"
+                " the inner change)",
+                key=sorted(clash)[0],
+            )
+        what = f"key {next(iter(keys))!r}" if len(keys) == 1 else f"keys {sorted(keys)!r}"
+        with self._hold(KEYS, keys, KEY_WAIT, what):
+            busy.update(keys)
+            try:
+                yield
+            finally:
+                busy.difference_update(keys)
+
+    @staticmethod
+    def _expires(timeout: float | None, old: Entry | None) -> int:
+        if timeout is None:
+            return old.expires if old is not None else 0
+        return absolute_expiry(timeout)
+
+    # -- public operations ---------------------------------------------------
+
+    def incr(self, key: str, delta: int, timeout: Timeout) -> int:
+        check_key(key)
+        if not isinstance(delta, int) or isinstance(delta, bool):
+            raise InvalidArgument(f"delta must be an int, not {type(delta).__name__}", key=key)
+        wanted = seconds(timeout)
+        with self._modifying((key,)):
+            old = self._load(key)
+            current = 0 if old is None else old.value
+            if not isinstance(current, int) or isinstance(current, bool):
+                raise ValueTypeError(
+                    f"key {key!r} holds a {type(current).__name__}, not an int: incr cannot"
+                    " add to it",
+                    key=key,
+                )
+            new = current + delta
+            self._commit({key: (self._encode(key, new), self._expires(wanted, old))}, ())
+            return new
+
+    def update(self, key: str, fn: Callable[[Any], T], default: Any, timeout: Timeout) -> T:
+        check_key(key)
+        wanted = seconds(timeout)
+        with self._modifying((key,)):
+            old = self._load(key)
+            new = fn(copy.deepcopy(default) if old is None else old.value)
+            self._commit({key: (self._encode(key, new), self._expires(wanted, old))}, ())
+            return new
+
+    @contextmanager
+    def transaction(self, keys: Collection[str], timeout: Timeout) -> Iterator[Transaction]:
+        for key in keys:
+            check_key(key)
+        if not keys:
+            raise InvalidArgument("transaction needs at least one key")
+        wanted = seconds(timeout)
+        with self._modifying(keys):
+            entries = {key: self._load(key) for key in keys}
+            values = {key: entry.value for key, entry in entries.items() if entry is not None}
+            yield Transaction(keys, values)
+            writes: dict[str, tuple[bytes, int]] = {}
+            deletes: list[str] = []
+            for key, old in entries.items():
+                if key in values:
+                    raw = self._encode(key, values[key])
+                    if old is None or raw != old.raw or wanted is not None:
+                        writes[key] = (raw, self._expires(wanted, old))
+                elif old is not None:
+                    deletes.append(key)
+            if writes or deletes:
+                self._commit(writes, deletes)
+
+    def lock(self, name: str, timeout: Timeout) -> AbstractContextManager[None]:
+        check_key(name)
+        return self._hold(LOCKS, (name,), seconds(timeout, "lock timeout"), f"lock {name!r}")
+
+    def get_or_compute(self, key: str, fn: Callable[[], T], timeout: Timeout) -> T:
+        check_key(key)
+        wanted = seconds(timeout)
+        found = self._load(key)
+        if found is not None:
+            return found.value  # type: ignore[no-any-return]
+        with self._hold(COMPUTE, (key,), COMPUTE_WAIT, f"computation of {key!r}"):
+            found = self._load(key)
+            if found is not None:
+                return found.value  # type: ignore[no-any-return]
+            value = fn()
+            raw = self._encode(key, value)
+            expires = absolute_expiry(self.default_timeout() if wanted is None else wanted)
+            with self._modifying((key,)):
+                self._commit({key: (raw, expires)}, ())
+            return value
