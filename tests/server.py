@@ -1,0 +1,108 @@
+"""Run the demo app under a real gunicorn on a free loopback port, and load it."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from http.cookiejar import CookieJar
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def gunicorn(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """Serve ``app:app`` with gunicorn ``args``; yield its base URL, stop it afterwards.
+
+    The cache directory is ``tmp_path / "cache"`` unless ``env`` says otherwise.
+    """
+    port = free_port()
+    log_path = tmp_path / f"gunicorn-{port}.log"
+    environment = {
+        **os.environ,
+        "FLASK_CACHE_DIR": str(tmp_path / "cache"),
+        "PYTHONPATH": str(ROOT),
+        **(env or {}),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--chdir",
+        str(ROOT),
+        "--backlog",
+        "2048",
+        *args,
+        "app:app",
+    ]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"gunicorn exited with {proc.returncode}:\n{log_path.read_text()}"
+                )
+            try:
+                with urllib.request.urlopen(base + "/", timeout=2):
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"gunicorn did not answer:\n{log_path.read_text()}"
+                    ) from None
+                time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def get(url: str, opener: urllib.request.OpenerDirector | None = None) -> tuple[int, Any]:
+    """GET ``url``; return the status and the decoded JSON body (errors included)."""
+    try:
+        with (opener or urllib.request.build_opener()).open(url, timeout=60) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+
+
+def get_ok(url: str, opener: urllib.request.OpenerDirector | None = None) -> Any:
+    status, body = get(url, opener)
+    assert status == 200, body
+    return body
+
+
+def client() -> urllib.request.OpenerDirector:
+    """An HTTP client with its own cookie jar: one session, one client id."""
+    return urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))
+
+
+def concurrently(clients: int, jobs: list[Any]) -> list[Any]:
+    """Run the callables in ``jobs`` on ``clients`` threads; return their results in order."""
+    with ThreadPoolExecutor(clients) as pool:
+        return list(pool.map(lambda job: job(), jobs))
