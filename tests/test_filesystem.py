@@ -1,0 +1,184 @@
+"""What is specific to FileSystemCache: file format, lock file, failures, corruption."""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cachelib import FileSystemCache
+
+import cachekit
+from cachekit.filesystem import LOCK_SUFFIX, TEMP_SUFFIX
+
+
+def file_of(cache: Any, key: str) -> Path:
+    return Path(cache._get_filename(key))
+
+
+def test_values_stay_in_flask_caching_format(fs_backend: Any) -> None:
+    cachekit.update(fs_backend, "doc", lambda _: {"a": [1, 2]})
+    assert fs_backend.get("doc") == {"a": [1, 2]}
+    other = FileSystemCache(fs_backend._path, threshold=0)  # a fresh reader, e.g. another worker
+    assert other.get("doc") == {"a": [1, 2]}
+    fs_backend.set("plain", 10)
+    assert cachekit.incr(fs_backend, "plain") == 11
+
+
+def test_lock_file_is_one_private_file_beside_the_directory(fs_backend: Any) -> None:
+    for i in range(300):
+        cachekit.incr(fs_backend, f"key-{i}")
+        with cachekit.lock(fs_backend, f"name-{i}"):
+            pass
+    directory = Path(fs_backend._path)
+    siblings = sorted(p.name for p in directory.parent.iterdir())
+    assert siblings == ["cache", "cache" + LOCK_SUFFIX]
+    lock_file = directory.parent / ("cache" + LOCK_SUFFIX)
+    assert stat.S_IMODE(lock_file.stat().st_mode) == 0o600
+    assert len(list(directory.iterdir())) == 300  # only the entries
+    for entry in directory.iterdir():
+        assert stat.S_IMODE(entry.stat().st_mode) == 0o600
+
+
+def test_clear_works_after_cachekit_used_the_directory(fs_backend: Any) -> None:
+    cachekit.incr(fs_backend, "n")
+    with cachekit.lock(fs_backend, "x"):
+        pass
+    assert fs_backend.clear() is True
+    assert fs_backend.get("n") is None
+    assert cachekit.incr(fs_backend, "n") == 1
+
+
+def test_a_symlinked_lock_file_is_refused(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    target.write_text("")
+    (tmp_path / ("cache" + LOCK_SUFFIX)).symlink_to(target)
+    cache = FileSystemCache(str(tmp_path / "cache"), threshold=0)
+    with pytest.raises(cachekit.ConfigurationError, match="symlink"):
+        cachekit.incr(cache, "n")
+
+
+def test_a_lock_file_open_to_others_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / ("cache" + LOCK_SUFFIX)
+    path.write_text("")
+    path.chmod(0o666)
+    cache = FileSystemCache(str(tmp_path / "cache"), threshold=0)
+    with pytest.raises(cachekit.ConfigurationError, match="chmod 600"):
+        cachekit.incr(cache, "n")
+
+
+def test_a_threshold_is_refused_naming_the_setting(tmp_path: Path) -> None:
+    cache = FileSystemCache(str(tmp_path / "cache"), threshold=500)
+    with pytest.raises(cachekit.ConfigurationError, match="CACHE_THRESHOLD=0"):
+        cachekit.incr(cache, "n")
+    assert cache.get("n") is None
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"\x00\x00", struct.pack("I", 0), struct.pack("I", 0) + b"\x80\x05garbage"],
+    ids=["empty", "truncated-header", "no-payload", "garbage"],
+)
+def test_a_corrupt_file_is_an_error_not_a_reset(fs_backend: Any, content: bytes) -> None:
+    cachekit.incr(fs_backend, "n")
+    path = file_of(fs_backend, "n")
+    path.write_bytes(content)
+    for call in (
+        lambda: cachekit.incr(fs_backend, "n"),
+        lambda: cachekit.update(fs_backend, "n", lambda v: v),
+        lambda: cachekit.get_or_compute(fs_backend, "n", lambda: 0),
+        lambda: cachekit.transaction(fs_backend, "n").__enter__(),
+    ):
+        with pytest.raises(cachekit.CorruptValue, match="'n'"):
+            call()
+    assert path.read_bytes() == content  # left as it is, for someone to look at
+
+
+def test_a_failed_write_keeps_the_old_value_and_releases_the_lock(fs_backend: Any) -> None:
+    cachekit.incr(fs_backend, "n")
+    blocker = Path(str(file_of(fs_backend, "n")) + TEMP_SUFFIX)
+    blocker.mkdir()  # the temporary file cannot be created: the write fails
+    (blocker / "f").write_text("")
+    with pytest.raises(cachekit.WriteError, match="'n'") as raised:
+        cachekit.incr(fs_backend, "n")
+    assert isinstance(raised.value, OSError)
+    assert fs_backend.get("n") == 1
+    (blocker / "f").unlink()
+    blocker.rmdir()
+    assert cachekit.incr(fs_backend, "n") == 2
+
+
+def test_a_write_past_the_file_size_limit_fails_cleanly(fs_backend: Any) -> None:
+    """A real failed write: RLIMIT_FSIZE makes the kernel refuse the bytes (EFBIG)."""
+    import resource
+    import signal
+
+    cachekit.update(fs_backend, "blob", lambda _: b"small")
+    previous_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, limits[1]))
+    try:
+        with pytest.raises(cachekit.WriteError, match="'blob'"):
+            cachekit.update(fs_backend, "blob", lambda _: b"x" * 100_000)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, previous_handler)
+    assert fs_backend.get("blob") == b"small"
+    assert not Path(str(file_of(fs_backend, "blob")) + TEMP_SUFFIX).exists()
+
+
+def test_a_stale_temporary_file_is_replaced_by_the_next_write(fs_backend: Any) -> None:
+    cachekit.incr(fs_backend, "n")
+    stale = Path(str(file_of(fs_backend, "n")) + TEMP_SUFFIX)
+    stale.write_bytes(b"left by a writer killed mid-write")
+    assert cachekit.incr(fs_backend, "n") == 2
+    assert not stale.exists()
+    assert fs_backend.get("n") == 2
+
+
+def test_writes_leave_no_temporary_files(fs_backend: Any) -> None:
+    for i in range(50):
+        cachekit.incr(fs_backend, f"k{i % 5}")
+        with cachekit.transaction(fs_backend, "a", "b") as txn:
+            txn["a"] = txn.get("a", 0) + 1
+            txn["b"] = txn.get("b", 0) - 1
+    names = os.listdir(fs_backend._path)
+    assert not [name for name in names if name.endswith(TEMP_SUFFIX)]
+    assert len(names) == 7
+
+
+def test_get_or_compute_uses_the_cache_default_timeout(fs_backend: Any) -> None:
+    from cachekit.resolve import strategy_for
+
+    fs_backend.default_timeout = 600
+    cachekit.get_or_compute(fs_backend, "page", lambda: "html")
+    entry = strategy_for(fs_backend)._load("page")
+    assert entry is not None and entry.expires > 0
+    cachekit.get_or_compute(fs_backend, "forever", lambda: "html", timeout=0)
+    entry = strategy_for(fs_backend)._load("forever")
+    assert entry is not None and entry.expires == 0
+
+
+def test_two_backends_on_one_directory_in_one_process_exclude_each_other(tmp_path: Path) -> None:
+    """Record locks belong to the process: both instances must share one lock table."""
+    first = FileSystemCache(str(tmp_path / "cache"), threshold=0)
+    second = FileSystemCache(str(tmp_path / "cache"), threshold=0)
+    with cachekit.lock(first, "x"):
+        import threading
+
+        outcome: list[str] = []
+
+        def other() -> None:
+            try:
+                with cachekit.lock(second, "x", timeout=0.2):
+                    outcome.append("taken")
+            except cachekit.LockTimeout:
+                outcome.append("timeout")
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join()
+    assert outcome == ["timeout"]
