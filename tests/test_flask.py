@@ -62,5 +62,6 @@ def test_errors_share_one_base_and_pickle() -> None:
 
     error = cachekit.LockTimeout("could not lock", name="x", timeout=1.0)
     copy = pickle.loads(pickle.dumps(error))
-    assert isinstance(copy, cachekit.CachekitError) and isinstance(copy, TimeoutError)
+    assert isinstance(copy, cachekit.LockTimeout)
+    assert isinstance(copy, cachekit.CachekitError) and isinstance(error, TimeoutError)
     assert (copy.name, copy.timeout, str(copy)) == ("x", 1.0, "could not lock")
