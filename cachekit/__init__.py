@@ -7,9 +7,11 @@ processes and, with Redis, hosts.
 
 from .errors import (
     CachekitError,
+    ConcurrentUpdateError,
     ConfigurationError,
     CorruptValue,
     InvalidArgument,
+    LeaseLost,
     LockTimeout,
     PerProcessBackend,
     SerializationError,
@@ -23,9 +25,11 @@ from .strategy import Transaction
 
 __all__ = [
     "CachekitError",
+    "ConcurrentUpdateError",
     "ConfigurationError",
     "CorruptValue",
     "InvalidArgument",
+    "LeaseLost",
     "LockTimeout",
     "PerProcessBackend",
     "SerializationError",

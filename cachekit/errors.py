@@ -91,3 +91,16 @@ class StorageError(CachekitError, OSError):
 
 class WriteError(StorageError):
     """The backend failed to store a value (disk full, read-only, I/O error); old value kept."""
+
+
+class ConcurrentUpdateError(CachekitError):
+    """An optimistic update lost the race on every one of its bounded attempts; nothing written."""
+
+    key: str
+    attempts: int
+
+
+class LeaseLost(CachekitError):
+    """A lock's lease ran out (its owner could not renew it in time); nothing was written."""
+
+    name: str

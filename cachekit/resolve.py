@@ -65,11 +65,16 @@ def _create(backend: Any) -> Strategy:
         from .simple import SimpleStrategy
 
         return SimpleStrategy(backend)
+    if isinstance(backend, cachelib.RedisCache):
+        from .rediscache import RedisStrategy
+
+        return RedisStrategy(backend)
     hint = ""
     if isinstance(backend, cachelib.NullCache):
         hint = " NullCache stores nothing (it is Flask-Caching's default CACHE_TYPE)."
     raise UnsupportedBackend(
         f"cachekit has no atomic strategy for {type(backend).__name__}.{hint}"
-        " Set CACHE_TYPE to FileSystemCache (one machine) or SimpleCache (one process).",
+        " Set CACHE_TYPE to FileSystemCache (one machine), RedisCache (several machines)"
+        " or SimpleCache (one process).",
         backend=type(backend).__name__,
     )

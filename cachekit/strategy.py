@@ -191,8 +191,8 @@ class Strategy(ABC):
     # -- shared helpers ------------------------------------------------------
 
     @contextmanager
-    def _modifying(self, keys: Collection[str]) -> Iterator[None]:
-        """Lock ``keys`` for a read-modify-write and refuse nesting on the same key.
+    def _busy(self, keys: Collection[str]) -> Iterator[None]:
+        """Mark ``keys`` as being modified by this thread; refuse if one already is.
 
         A nested read-modify-write of a key by the thread that is already
         modifying it would be overwritten when the outer one commits, so it is
@@ -207,13 +207,18 @@ class Strategy(ABC):
                 " the inner change)",
                 key=sorted(clash)[0],
             )
+        busy.update(keys)
+        try:
+            yield
+        finally:
+            busy.difference_update(keys)
+
+    @contextmanager
+    def _modifying(self, keys: Collection[str]) -> Iterator[None]:
+        """Lock ``keys`` for a read-modify-write (see :meth:`_busy` for nesting)."""
         what = f"key {next(iter(keys))!r}" if len(keys) == 1 else f"keys {sorted(keys)!r}"
-        with self._hold(KEYS, keys, KEY_WAIT, what):
-            busy.update(keys)
-            try:
-                yield
-            finally:
-                busy.difference_update(keys)
+        with self._busy(keys), self._hold(KEYS, keys, KEY_WAIT, what):
+            yield
 
     @staticmethod
     def _expires(timeout: float | None, old: Entry | None) -> int:

@@ -54,11 +54,12 @@ def stripe_of(domain: int, name: str) -> int:
 
 
 class _Stripe:
-    __slots__ = ("depth", "mutex")
+    __slots__ = ("depth", "mutex", "owner")
 
     def __init__(self) -> None:
         self.mutex = threading.RLock()
         self.depth = 0  # guarded by mutex: entries by the thread that holds it
+        self.owner = 0  # ident of the thread that holds it; only that thread sets its own
 
 
 class StripedLocks:
@@ -130,15 +131,22 @@ class StripedLocks:
                 stripe.mutex.release()
                 return False
         stripe.depth += 1
+        stripe.owner = threading.get_ident()
         return True
 
     def _exit(self, number: int, stripe: _Stripe) -> None:
         stripe.depth -= 1
         try:
             if stripe.depth == 0:
+                stripe.owner = 0
                 self._release_outer(number)
         finally:
             stripe.mutex.release()
+
+    def held_by_this_thread(self, number: int) -> bool:
+        """Whether the calling thread holds stripe ``number``."""
+        stripe = self._stripes.get(number)
+        return stripe is not None and stripe.owner == threading.get_ident()
 
     def _after_fork_in_child(self) -> None:
         self._stripes = {}

@@ -7,36 +7,61 @@ fixture that starts it.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cachelib import FileSystemCache, SimpleCache
+import redis
+from cachelib import FileSystemCache, RedisCache, SimpleCache
 from flask import Flask
 from flask_caching import Cache
 
-BackendFactory = Callable[[Path], Any]
+from .redisserver import RedisServer
+
+BackendFactory = Callable[[pytest.FixtureRequest, Path], Any]
 
 
-def filesystem_backend(tmp_path: Path) -> Any:
+def filesystem_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     return FileSystemCache(str(tmp_path / "cache"), threshold=0)
 
 
-def simple_backend(tmp_path: Path) -> Any:
+def simple_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     return SimpleCache()
+
+
+def redis_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """A RedisCache on the session's server, with a key prefix of its own."""
+    url = request.getfixturevalue("redis_url")
+    return RedisCache(host=redis.Redis.from_url(url), key_prefix=f"test-{uuid.uuid4().hex[:8]}:")
 
 
 BACKENDS: dict[str, BackendFactory] = {
     "FileSystemCache": filesystem_backend,
     "SimpleCache": simple_backend,
+    "RedisCache": redis_backend,
 }
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     """A fresh backend instance of each kind in :data:`BACKENDS`."""
-    return BACKENDS[request.param](tmp_path)
+    return BACKENDS[request.param](request, tmp_path)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server for the whole session, on a free loopback port."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.url
 
 
 @pytest.fixture

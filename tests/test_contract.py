@@ -15,6 +15,7 @@ from functools import partial
 from typing import Any
 
 import pytest
+from cachelib import RedisCache
 
 import cachekit
 from cachekit.resolve import strategy_for
@@ -58,7 +59,7 @@ def test_incr_reads_a_value_set_by_plain_cache_set(backend: Any) -> None:
 
 def test_incr_refuses_a_non_int_and_keeps_it(backend: Any) -> None:
     backend.set("name", "alice", timeout=0)
-    with pytest.raises(cachekit.ValueTypeError, match="holds a str"):
+    with pytest.raises(cachekit.ValueTypeError, match="holds a str, not an int"):
         cachekit.incr(backend, "name")
     assert backend.get("name") == "alice"
 
@@ -348,18 +349,31 @@ def test_state_outlives_the_default_timeout_and_numbers_set_expiry(backend: Any)
     assert cachekit.incr(backend, "brief") == 1  # an expired key counts as missing
 
 
+def remaining_lifetime(backend: Any, key: str) -> float:
+    """Seconds until ``key`` expires, 0 if it never does, read from the backend's storage."""
+    if isinstance(backend, RedisCache):
+        ms = backend._write_client.pttl(backend._get_prefix() + key)
+        assert ms != -2, "missing key"
+        return 0.0 if ms == -1 else ms / 1000
+    entry = strategy_for(backend)._load(key)
+    assert entry is not None, "missing key"
+    return 0.0 if entry.expires == 0 else entry.expires - time.time()
+
+
 def test_timeout_none_keeps_an_existing_expiry(backend: Any) -> None:
-    strategy = strategy_for(backend)
     backend.set("k", 1, timeout=1000)
-    expires = strategy._load("k").expires  # type: ignore[union-attr]
     cachekit.incr(backend, "k")
     cachekit.update(backend, "k", lambda n: n + 1)
     with cachekit.transaction(backend, "k") as txn:
         txn["k"] += 1
-    entry = strategy._load("k")
-    assert entry is not None and (entry.value, entry.expires) == (4, expires)
+    assert backend.get("k") == 4
+    assert 990 < remaining_lifetime(backend, "k") <= 1000
+    cachekit.incr(backend, "new")
+    assert remaining_lifetime(backend, "new") == 0
     cachekit.incr(backend, "k", timeout=0)
-    assert strategy._load("k").expires == 0  # type: ignore[union-attr]
+    assert remaining_lifetime(backend, "k") == 0
+    cachekit.update(backend, "k", lambda n: n + 1, timeout=50)
+    assert 48 < remaining_lifetime(backend, "k") <= 51
 
 
 @pytest.mark.parametrize("timeout", [-1, float("nan"), "10", True, 10**12])

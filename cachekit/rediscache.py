@@ -1,0 +1,455 @@
+"""RedisCache: the same contract across hosts, with Redis's own primitives.
+
+How each operation works here:
+
+- ``incr``: one server-side script that runs ``INCRBY`` (so the value stays
+  the plain ASCII integer cachelib stores and ``cache.get`` reads), unless
+  another holder leases the key's stripe (a ``transaction`` in progress), in
+  which case the caller waits and tries again.
+- ``update``: optimistic. Read the value, run ``fn`` locally, then one script
+  compares the stored value with what was read and writes the new one only if
+  they are equal and no one else leases the stripe. On a conflict it tries
+  again, at most :data:`MAX_ATTEMPTS` times, then raises
+  :class:`~cachekit.errors.ConcurrentUpdateError`. So ``fn`` may run more than
+  once under contention: it must not have side effects.
+- ``transaction``, ``lock``, ``get_or_compute``: leases on the stripes (the
+  generic operations of :mod:`cachekit.strategy` over :class:`RedisLeases`);
+  a transaction commits every key in one script that first checks that each
+  lease is still its own, so all keys are written or none.
+
+Leases: a stripe is locked by ``SET cachekit:lock:<prefix><stripe> <token> NX
+PX <lease>``. A holder that dies frees the lock when the lease runs out; a
+holder that is alive renews its leases from a background thread every third
+of the lease, so it is not overtaken while it works; release and renewal
+compare the token first, so they never touch someone else's lease. The lock
+keys sit outside the cache's key prefix, so ``cache.clear()`` does not remove
+a lease in use.
+
+Values use the backend's own serializer and ``CACHE_KEY_PREFIX`` exactly as
+cachelib applies them; reads and writes go to the backend's write client (the
+master, under Sentinel). Expiry: ``timeout=None`` keeps a key's remaining TTL
+(``KEEPTTL``), a number sets it relative to the server's clock. Redis 6.2 or
+later is assumed. RedisClusterCache is refused: a transaction's keys and
+leases would live in different hash slots.
+
+Connections: redis-py's pool opens new connections in a forked child, so a
+client created before gunicorn forks (``--preload``) is never shared. While
+Redis is unreachable every operation raises
+:class:`~cachekit.errors.StorageError`; service resumes when it is back.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import pickle
+import random
+import secrets
+import threading
+import time
+from collections.abc import Callable, Collection, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, Final, TypeVar
+
+import redis
+from cachelib.serializers import BaseRedisSerializer
+
+from .errors import (
+    ConcurrentUpdateError,
+    CorruptValue,
+    InvalidArgument,
+    LeaseLost,
+    LockTimeout,
+    SerializationError,
+    StorageError,
+    UnsupportedBackend,
+    ValueTypeError,
+)
+from .strategy import (
+    KEY_WAIT,
+    Entry,
+    Strategy,
+    Timeout,
+    absolute_expiry,
+    check_key,
+    seconds,
+)
+from .threadlocks import KEYS, StripedLocks, stripe_of
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+#: Lease of a lock, in seconds: how long a dead holder can block the others.
+LEASE_SECONDS: Final = 10.0
+#: Most tries of an optimistic update before ConcurrentUpdateError.
+MAX_ATTEMPTS: Final = 100
+#: Stored expiry meaning "keep the key's current TTL" (Redis reports no absolute time).
+KEEP: Final = -1
+
+MIN_POLL: Final = 0.0005
+MAX_POLL: Final = 0.01
+
+_SET_WITH_TTL = """
+local function store(key, raw, ttl)
+  if ttl == '' then redis.call('SET', key, raw, 'KEEPTTL')
+  elseif ttl == '0' then redis.call('SET', key, raw)
+  else redis.call('SET', key, raw, 'PX', ttl) end
+end
+"""
+
+# KEYS: value, lock of its stripe. ARGV: delta, ttl, caller's token or ''.
+INCR = """
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[3] then return false end
+local n = redis.call('INCRBY', KEYS[1], ARGV[1])
+if ARGV[2] == '0' then redis.call('PERSIST', KEYS[1])
+elseif ARGV[2] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return n
+"""
+
+# KEYS: value, lock of its stripe. ARGV: '1' if a value was read, the raw value
+# read, the new raw value, ttl, caller's token or ''. Returns 1 written,
+# 0 changed since read, -1 leased by another holder.
+COMPARE_AND_SET = (
+    _SET_WITH_TTL
+    + """
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[5] then return -1 end
+local current = redis.call('GET', KEYS[1])
+if ARGV[1] == '1' then
+  if current ~= ARGV[2] then return 0 end
+elseif current then return 0 end
+store(KEYS[1], ARGV[3], ARGV[4])
+return 1
+"""
+)
+
+# KEYS: n lock keys, then the value keys. ARGV: n, the n tokens, then per value
+# key 'd' (delete) or 's', raw, ttl. Returns 0 (a lease is lost, nothing
+# written) or 1 (all written).
+COMMIT = (
+    _SET_WITH_TTL
+    + """
+local n = tonumber(ARGV[1])
+for i = 1, n do
+  if redis.call('GET', KEYS[i]) ~= ARGV[i + 1] then return 0 end
+end
+local a = n + 2
+for i = n + 1, #KEYS do
+  if ARGV[a] == 'd' then
+    redis.call('DEL', KEYS[i])
+    a = a + 1
+  else
+    store(KEYS[i], ARGV[a + 1], ARGV[a + 2])
+    a = a + 3
+  end
+end
+return 1
+"""
+)
+
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+
+@contextmanager
+def translated(doing: str, key: str | None = None) -> Iterator[None]:
+    """Turn redis-py's errors into :class:`StorageError`, in one place."""
+    try:
+        yield
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as error:
+        raise StorageError(f"Redis is unreachable while {doing}: {error}", key=key) from error
+    except redis.exceptions.RedisError as error:
+        raise StorageError(f"Redis failed while {doing}: {error}", key=key) from error
+
+
+def _backoff(delay: float, deadline: float) -> float:
+    """Sleep a jittered, growing delay (at most until ``deadline``); return the next one."""
+    delay = min(MAX_POLL, delay * 2 or MIN_POLL)
+    time.sleep(max(0.0, min(delay * random.uniform(0.5, 1.5), deadline - time.monotonic())))
+    return delay
+
+
+class RedisLeases(StripedLocks):
+    """Striped locks that exclude threads of this process and every process on every host."""
+
+    def __init__(self, client: Any, prefix: Callable[[], str]) -> None:
+        super().__init__()
+        self._client = client
+        self._prefix = prefix
+        self.lease = LEASE_SECONDS
+        self._tokens: dict[int, str] = {}  # stripes this process holds -> their tokens
+        self._lost: set[int] = set()  # held stripes whose lease could not be renewed
+        self._renewer_pid = 0
+        self._release = client.register_script(RELEASE)
+        self._renew = client.register_script(RENEW)
+
+    def key(self, number: int) -> str:
+        return f"cachekit:lock:{self._prefix()}{number}"
+
+    def token(self, number: int) -> str:
+        """This thread's token for stripe ``number``, or '' if it does not hold it."""
+        return self._tokens.get(number, "") if self.held_by_this_thread(number) else ""
+
+    def fence(self, numbers: Collection[int]) -> list[tuple[str, str]]:
+        """The (lock key, token) of held stripes, to check at commit; raises if one is lost."""
+        fenced = []
+        for number in sorted(numbers):
+            token = self.token(number)
+            if not token or number in self._lost:
+                raise LeaseLost(
+                    f"the lease on stripe {number} ran out before the commit; nothing was"
+                    " written (was Redis unreachable for longer than the lease?)",
+                    name=self.key(number),
+                )
+            fenced.append((self.key(number), token))
+        return fenced
+
+    def _acquire_outer(self, number: int, deadline: float | None) -> bool:
+        token, key = secrets.token_hex(16), self.key(number)
+        delay = 0.0
+        while True:
+            with translated(f"taking the lock {key}"):
+                taken = self._client.set(key, token, nx=True, px=int(self.lease * 1000))
+            if taken:
+                self._tokens[number] = token
+                self._lost.discard(number)
+                self._start_renewer()
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            delay = _backoff(delay, math.inf if deadline is None else deadline)
+
+    def _release_outer(self, number: int) -> None:
+        token = self._tokens.pop(number, None)
+        self._lost.discard(number)
+        if token:
+            try:
+                self._release(keys=[self.key(number)], args=[token])
+            except redis.exceptions.RedisError:
+                log.warning("could not release %s; its lease will run out", self.key(number))
+
+    def _start_renewer(self) -> None:
+        if self._renewer_pid == os.getpid():
+            return
+        with self._create:
+            if self._renewer_pid != os.getpid():
+                self._renewer_pid = os.getpid()
+                threading.Thread(
+                    target=self._renew_forever, name="cachekit-leases", daemon=True
+                ).start()
+
+    def _renew_forever(self) -> None:
+        pid = os.getpid()
+        while self._renewer_pid == pid:
+            time.sleep(self.lease / 3)
+            held = list(self._tokens.items())
+            if not held:
+                continue
+            try:
+                pipe = self._client.pipeline(transaction=False)
+                for number, token in held:
+                    self._renew(
+                        keys=[self.key(number)], args=[token, int(self.lease * 1000)], client=pipe
+                    )
+                renewed = pipe.execute()
+            except redis.exceptions.RedisError as error:
+                log.warning("could not renew cachekit leases: %s", error)
+                continue
+            for (number, token), ok in zip(held, renewed, strict=True):
+                if not ok and self._tokens.get(number) == token:
+                    self._lost.add(number)
+
+    def _after_fork_in_child(self) -> None:
+        super()._after_fork_in_child()
+        self._tokens = {}
+        self._lost = set()
+        self._renewer_pid = 0
+
+
+def _ttl(expires: int) -> str:
+    """A stored expiry as the scripts' ttl argument: '' keep, '0' none, else milliseconds."""
+    if expires == KEEP:
+        return ""
+    if expires == 0:
+        return "0"
+    return str(max(1, int((expires - time.time()) * 1000)))
+
+
+def _ttl_of(timeout: float | None) -> str:
+    if timeout is None:
+        return ""
+    absolute_expiry(timeout)  # the same bounds as every backend
+    return "0" if timeout == 0 else str(max(1, math.ceil(timeout * 1000)))
+
+
+class RedisStrategy(Strategy):
+    """Atomic operations on a cachelib / Flask-Caching ``RedisCache`` (and Sentinel)."""
+
+    name = "RedisCache"
+    _locks: RedisLeases
+
+    def __init__(self, backend: Any) -> None:
+        client = backend._write_client
+        if type(client).__name__ == "RedisCluster":
+            raise UnsupportedBackend(
+                "cachekit does not support RedisClusterCache yet: a transaction's keys and"
+                " leases would live in different hash slots. Use RedisCache or"
+                " RedisSentinelCache.",
+                backend=type(backend).__name__,
+            )
+        super().__init__(backend, RedisLeases(client, backend._get_prefix))
+        self._client = client
+        kind = type(backend.serializer)
+        self._default_serializer = (
+            kind.dumps is BaseRedisSerializer.dumps and kind.loads is BaseRedisSerializer.loads
+        )
+        self._incr = client.register_script(INCR)
+        self._compare_and_set = client.register_script(COMPARE_AND_SET)
+        self._commit_script = client.register_script(COMMIT)
+
+    def _key(self, key: str) -> str:
+        return f"{self.backend._get_prefix()}{key}"
+
+    # -- hooks ---------------------------------------------------------------
+
+    def _decode(self, key: str, raw: bytes) -> Any:
+        if not self._default_serializer:
+            return self.backend.serializer.loads(raw)
+        try:
+            if raw.startswith(b"!"):
+                return pickle.loads(raw[1:])
+            return int(raw)
+        except Exception as error:
+            raise CorruptValue(
+                f"key {key!r} holds {raw[:40]!r}, which cannot be decoded"
+                f" ({type(error).__name__}); it was left as it is",
+                key=key,
+            ) from error
+
+    def _load(self, key: str) -> Entry | None:
+        with translated(f"reading key {key!r}", key):
+            raw = self._client.get(self._key(key))
+        if raw is None:
+            return None
+        return Entry(self._decode(key, raw), KEEP, raw)
+
+    def _encode(self, key: str, value: Any) -> bytes:
+        try:
+            raw = self.backend.serializer.dumps(value)
+        except Exception as error:
+            raise SerializationError(
+                f"cannot store key {key!r}: a {type(value).__name__} value cannot be"
+                f" serialized ({type(error).__name__}: {error}); the old value is kept",
+                key=key,
+            ) from error
+        if raw is None:
+            raise SerializationError(
+                f"cannot store key {key!r}: the serializer rejected a {type(value).__name__}",
+                key=key,
+            )
+        return raw if isinstance(raw, bytes) else str(raw).encode()
+
+    def _commit(self, writes: Mapping[str, tuple[bytes, int]], deletes: Collection[str]) -> None:
+        fenced = self._locks.fence({stripe_of(KEYS, key) for key in (*writes, *deletes)})
+        keys = [lock for lock, _ in fenced]
+        args: list[Any] = [len(fenced), *(token for _, token in fenced)]
+        for key, (raw, expires) in writes.items():
+            keys.append(self._key(key))
+            args += ["s", raw, _ttl(expires)]
+        for key in deletes:
+            keys.append(self._key(key))
+            args.append("d")
+        with translated(f"writing keys {sorted((*writes, *deletes))!r}"):
+            committed = self._commit_script(keys=keys, args=args)
+        if not committed:
+            raise LeaseLost(
+                "a lease ran out before the commit (another holder took it); nothing was written",
+                name=keys[0],
+            )
+
+    # -- native operations ---------------------------------------------------
+
+    def incr(self, key: str, delta: int, timeout: Timeout) -> int:
+        check_key(key)
+        if not isinstance(delta, int) or isinstance(delta, bool):
+            raise InvalidArgument(f"delta must be an int, not {type(delta).__name__}", key=key)
+        ttl = _ttl_of(seconds(timeout))
+        number = stripe_of(KEYS, key)
+        keys = [self._key(key), self._locks.key(number)]
+        deadline = time.monotonic() + KEY_WAIT
+        delay = 0.0
+        with self._busy((key,)):
+            while True:
+                with translated(f"incrementing key {key!r}", key):
+                    try:
+                        result = self._incr(keys=keys, args=[delta, ttl, self._locks.token(number)])
+                    except redis.exceptions.ResponseError as error:
+                        if "not an integer" in str(error) or "out of range" in str(error):
+                            raise self._not_an_int(key, delta) from None
+                        raise
+                if result is not None:
+                    return int(result)
+                if time.monotonic() >= deadline:
+                    raise LockTimeout(
+                        f"could not increment key {key!r} within {KEY_WAIT} s: a transaction"
+                        " holds it",
+                        name=key,
+                        timeout=KEY_WAIT,
+                    )
+                delay = _backoff(delay, deadline)
+
+    def _not_an_int(self, key: str, delta: int) -> ValueTypeError:
+        found = self._load(key)
+        what = f"a {type(found.value).__name__}" if found is not None else "nothing"
+        if found is not None and isinstance(found.value, int):
+            what = f"{found.value}, which Redis cannot add {delta} to within 64 bits"
+        return ValueTypeError(
+            f"key {key!r} holds {what}, not an int: incr cannot add to it", key=key
+        )
+
+    def update(self, key: str, fn: Callable[[Any], T], default: Any, timeout: Timeout) -> T:
+        check_key(key)
+        ttl = _ttl_of(seconds(timeout))
+        number = stripe_of(KEYS, key)
+        keys = [self._key(key), self._locks.key(number)]
+        deadline = time.monotonic() + KEY_WAIT
+        delay = 0.0
+        attempts = 0
+        with self._busy((key,)):
+            while True:
+                old = self._load(key)
+                new = fn(copy.deepcopy(default) if old is None else old.value)
+                raw = self._encode(key, new)
+                read = ("1", old.raw) if old is not None else ("0", b"")
+                with translated(f"updating key {key!r}", key):
+                    outcome = self._compare_and_set(
+                        keys=keys, args=[*read, raw, ttl, self._locks.token(number)]
+                    )
+                if outcome == 1:
+                    return new
+                if outcome == 0:
+                    attempts += 1
+                    if attempts >= MAX_ATTEMPTS:
+                        raise ConcurrentUpdateError(
+                            f"key {key!r} changed under each of {attempts} attempts to update"
+                            " it; nothing was written",
+                            key=key,
+                            attempts=attempts,
+                        )
+                elif time.monotonic() >= deadline:
+                    raise LockTimeout(
+                        f"could not update key {key!r} within {KEY_WAIT} s: a transaction holds it",
+                        name=key,
+                        timeout=KEY_WAIT,
+                    )
+                delay = _backoff(delay, deadline if outcome == -1 else math.inf)
