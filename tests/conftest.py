@@ -65,8 +65,8 @@ def redis_url(redis_server: RedisServer) -> str:
 
 
 @pytest.fixture
-def fs_backend(tmp_path: Path) -> Any:
-    return filesystem_backend(tmp_path)
+def fs_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    return filesystem_backend(request, tmp_path)
 
 
 @pytest.fixture
