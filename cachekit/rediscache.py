@@ -67,8 +67,8 @@ from .errors import (
     UnsupportedBackend,
     ValueTypeError,
 )
+from . import strategy
 from .strategy import (
-    KEY_WAIT,
     Entry,
     Strategy,
     Timeout,
@@ -386,7 +386,7 @@ class RedisStrategy(Strategy):
         ttl = _ttl_of(seconds(timeout))
         number = stripe_of(KEYS, key)
         keys = [self._key(key), self._locks.key(number)]
-        deadline = time.monotonic() + KEY_WAIT
+        deadline = time.monotonic() + strategy.KEY_WAIT
         delay = 0.0
         with self._busy((key,)):
             while True:
@@ -401,10 +401,10 @@ class RedisStrategy(Strategy):
                     return int(result)
                 if time.monotonic() >= deadline:
                     raise LockTimeout(
-                        f"could not increment key {key!r} within {KEY_WAIT} s: a transaction"
+                        f"could not increment key {key!r} within {strategy.KEY_WAIT} s: a transaction"
                         " holds it",
                         name=key,
-                        timeout=KEY_WAIT,
+                        timeout=strategy.KEY_WAIT,
                     )
                 delay = _backoff(delay, deadline)
 
@@ -422,7 +422,7 @@ class RedisStrategy(Strategy):
         ttl = _ttl_of(seconds(timeout))
         number = stripe_of(KEYS, key)
         keys = [self._key(key), self._locks.key(number)]
-        deadline = time.monotonic() + KEY_WAIT
+        deadline = time.monotonic() + strategy.KEY_WAIT
         delay = 0.0
         attempts = 0
         with self._busy((key,)):
@@ -448,8 +448,8 @@ class RedisStrategy(Strategy):
                         )
                 elif time.monotonic() >= deadline:
                     raise LockTimeout(
-                        f"could not update key {key!r} within {KEY_WAIT} s: a transaction holds it",
+                        f"could not update key {key!r} within {strategy.KEY_WAIT} s: a transaction holds it",
                         name=key,
-                        timeout=KEY_WAIT,
+                        timeout=strategy.KEY_WAIT,
                     )
                 delay = _backoff(delay, deadline if outcome == -1 else math.inf)

@@ -6,8 +6,12 @@ item present once, each client's own counter 1..k, money conserved.
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
+from functools import partial
 from pathlib import Path
+from typing import Any
+from urllib.request import OpenerDirector
 
 import pytest
 
@@ -23,32 +27,37 @@ SESSIONS = 20
 TRANSFERS = 300
 
 
-def hammer(base: str) -> None:
-    """Load every stateful route at once and check the exact outcome of each."""
+def hammer(*bases: str) -> None:
+    """Load every stateful route at once and check the exact outcome of each.
+
+    With several ``bases`` (servers sharing one backend) the requests are dealt
+    out among them in turn.
+    """
     sessions = [client() for _ in range(SESSIONS)]
-    for session in sessions:  # one request first, so that the session has its client id
-        assert get_ok(base + "/reset", session) == {"count": 0}
-    jobs = (
-        [lambda: ("hit", get_ok(base + "/hits")["hits"]) for _ in range(HITS)]
-        + [lambda i=i: ("note", get_ok(f"{base}/notes/add?item=n{i}")) for i in range(NOTES)]
-        + [
-            lambda s=s: ("inc", (id(s), get_ok(base + "/inc", s)["count"]))
-            for s in sessions
-            for _ in range(PER_CLIENT)
-        ]
-        + [lambda: ("transfer", get_ok(base + "/transfer?amount=1")) for _ in range(TRANSFERS)]
-    )
-    results = concurrently(CLIENTS, jobs)
-    hits = [value for kind, value in results if kind == "hit"]
+    for i, session in enumerate(sessions):  # a first request gives each session its client id
+        assert get_ok(bases[i % len(bases)] + "/reset", session) == {"count": 0}
+    requests: list[tuple[str, str, OpenerDirector | None]] = []
+    requests += [("hit", "/hits", None)] * HITS
+    requests += [("note", f"/notes/add?item=n{i}", None) for i in range(NOTES)]
+    requests += [("inc", "/inc", session) for session in sessions for _ in range(PER_CLIENT)]
+    requests += [("transfer", "/transfer?amount=1", None)] * TRANSFERS
+
+    def send(i: int) -> tuple[str, int, Any]:
+        kind, path, session = requests[i]
+        return kind, id(session), get_ok(bases[i % len(bases)] + path, session)
+
+    results = concurrently(CLIENTS, [partial(send, i) for i in range(len(requests))])
+    hits = [body["hits"] for kind, _, body in results if kind == "hit"]
     assert sorted(hits) == list(range(1, HITS + 1))
 
+    base = bases[0]
     notes = get_ok(base + "/notes")
     assert Counter(notes["items"]) == Counter(f"n{i}" for i in range(NOTES))
 
     per_session: dict[int, list[int]] = {}
-    for kind, value in results:
+    for kind, session_id, body in results:
         if kind == "inc":
-            per_session.setdefault(value[0], []).append(value[1])
+            per_session.setdefault(session_id, []).append(body["count"])
     assert len(per_session) == SESSIONS
     for counts in per_session.values():
         assert sorted(counts) == list(range(1, PER_CLIENT + 1))
@@ -111,3 +120,33 @@ def test_simple_cache_in_one_threaded_worker_is_exact(tmp_path: Path) -> None:
         env={"FLASK_CACHE_TYPE": "SimpleCache"},
     ) as base:
         hammer(base)
+
+
+def redis_env(redis_url: str) -> dict[str, str]:
+    return {
+        "FLASK_CACHE_TYPE": "RedisCache",
+        "FLASK_CACHE_REDIS_URL": redis_url,
+        "FLASK_CACHE_KEY_PREFIX": f"gunicorn-{uuid.uuid4().hex[:8]}:",
+    }
+
+
+def test_two_hosts_sharing_only_redis_are_exact(tmp_path: Path, redis_url: str) -> None:
+    """Two servers with their own cache directories, as two machines would have."""
+    env = redis_env(redis_url)
+    (tmp_path / "host-a").mkdir()
+    (tmp_path / "host-b").mkdir()
+    with gunicorn(tmp_path / "host-a", "-w", "4", env=env) as a:
+        with gunicorn(
+            tmp_path / "host-b", "-w", "2", "-k", "gthread", "--threads", "4", env=env
+        ) as b:
+            hammer(a, b)
+            assert get_ok(a + "/boots") == get_ok(b + "/boots") == {"boots": 6}
+            results = concurrently(60, [lambda u=u: get_ok(u + "/expensive") for u in (a, b)] * 30)
+    assert {r["computation"] for r in results} == {1}
+
+
+def test_redis_under_preload_is_exact(tmp_path: Path, redis_url: str) -> None:
+    """The master's client (it used cachekit before forking) is never shared with workers."""
+    with gunicorn(tmp_path, "-w", "4", "--preload", env=redis_env(redis_url)) as base:
+        hammer(base)
+        assert get_ok(base + "/boots") == {"boots": 1}

@@ -1,0 +1,179 @@
+"""What is specific to RedisCache: stored form, leases, fencing, retries, restarts."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from cachelib import RedisCache
+from flask import Flask
+from flask_caching import Cache
+
+import cachekit
+import cachekit.rediscache
+from cachekit.resolve import strategy_for
+from cachekit.threadlocks import KEYS, LOCKS, stripe_of
+
+from .redisserver import RedisServer
+
+FORK = mp.get_context("fork")
+
+
+@pytest.fixture
+def rcache(redis_url: str) -> Any:
+    return RedisCache(
+        host=redis.Redis.from_url(url=redis_url), key_prefix=f"t{uuid.uuid4().hex[:6]}:"
+    )
+
+
+def raw_client(cache: Any) -> redis.Redis:
+    return cache._write_client  # type: ignore[no-any-return]
+
+
+def lock_key(cache: Any, domain: int, name: str) -> str:
+    return strategy_for(cache)._locks.key(stripe_of(domain, name))  # type: ignore[attr-defined,no-any-return]
+
+
+def test_values_keep_cachelib_form_and_flask_caching_prefix(redis_url: str) -> None:
+    app = Flask(__name__)
+    cache = Cache(
+        app,
+        config={
+            "CACHE_TYPE": "RedisCache",
+            "CACHE_REDIS_URL": redis_url,
+            "CACHE_KEY_PREFIX": "app1_",
+        },
+    )
+    with app.app_context():
+        cache.delete("hits")
+        assert cachekit.incr(cache, "hits", 5) == 5
+        cachekit.update(cache, "doc", lambda _: {"a": 1})
+        client = redis.Redis.from_url(redis_url)
+        assert client.get("app1_hits") == b"5"  # plain ASCII: INCRBY and cache.get agree
+        assert cache.get("hits") == 5 and cache.get("doc") == {"a": 1}
+        assert cache.cache.inc("hits") == 6  # Flask-Caching's own native inc still works
+        assert cachekit.incr(cache, "hits") == 7
+
+
+def test_a_foreign_value_is_an_error_not_a_reset(rcache: Any) -> None:
+    raw_client(rcache).set(rcache._get_prefix() + "k", b"!not a pickle")
+    with pytest.raises(cachekit.CorruptValue, match="'k'"):
+        cachekit.update(rcache, "k", lambda v: v)
+    assert raw_client(rcache).get(rcache._get_prefix() + "k") == b"!not a pickle"
+
+
+def test_a_live_holder_is_not_overtaken_when_its_lease_runs_out(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cachekit.rediscache, "LEASE_SECONDS", 0.6)
+    prefix = f"lease-{uuid.uuid4().hex[:6]}:"
+    holder = RedisCache(host=redis.Redis.from_url(redis_url), key_prefix=prefix)
+    with cachekit.lock(holder, "job"):
+        time.sleep(0.1)
+        out = FORK.Queue()
+        proc = FORK.Process(target=try_lock, args=(redis_url, prefix, 2.0, out))
+        proc.start()
+        assert out.get(timeout=20) == "timeout"  # 2 s = more than three leases
+        proc.join(10)
+    out = FORK.Queue()
+    proc = FORK.Process(target=try_lock, args=(redis_url, prefix, 2.0, out))
+    proc.start()
+    assert out.get(timeout=20) == "taken"
+    proc.join(10)
+
+
+def try_lock(url: str, prefix: str, timeout: float, out: Any) -> None:
+    cache = RedisCache(host=redis.Redis.from_url(url), key_prefix=prefix)
+    try:
+        with cachekit.lock(cache, "job", timeout=timeout):
+            out.put("taken")
+    except cachekit.LockTimeout:
+        out.put("timeout")
+
+
+def test_release_never_frees_someone_elses_lock(rcache: Any) -> None:
+    key = lock_key(rcache, LOCKS, "job")
+    client = raw_client(rcache)
+    with cachekit.lock(rcache, "job"):
+        client.set(key, "someone-else")  # as if our lease ran out and another took it
+    assert client.get(key) == b"someone-else"
+
+
+def test_a_transaction_whose_lease_was_lost_writes_nothing(rcache: Any) -> None:
+    client = raw_client(rcache)
+    with pytest.raises(cachekit.LeaseLost):
+        with cachekit.transaction(rcache, "a", "b") as txn:
+            txn["a"], txn["b"] = 1, 2
+            client.set(lock_key(rcache, KEYS, "b"), "someone-else")
+    assert rcache.get("a") is None and rcache.get("b") is None
+
+
+def test_update_gives_up_after_bounded_attempts(
+    rcache: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cachekit.rediscache, "MAX_ATTEMPTS", 3)
+    rcache.set("k", 0, timeout=0)
+    calls = []
+
+    def interfered(value: int) -> int:
+        calls.append(value)
+        rcache.set("k", value + 100, timeout=0)  # a plain writer changes it every time
+        return value + 1
+
+    with pytest.raises(cachekit.ConcurrentUpdateError, match="3 attempts") as raised:
+        cachekit.update(rcache, "k", interfered)
+    assert raised.value.attempts == 3 and len(calls) == 3
+    assert rcache.get("k") == 300  # only the interfering writes
+
+
+def test_incr_waits_for_a_transaction_on_its_key(rcache: Any) -> None:
+    entered, results = threading.Event(), []
+
+    def transact() -> None:
+        with cachekit.transaction(rcache, "n") as txn:
+            entered.set()
+            time.sleep(0.3)
+            txn["n"] = 100
+
+    thread = threading.Thread(target=transact)
+    thread.start()
+    assert entered.wait(5)
+    results.append(cachekit.incr(rcache, "n"))
+    thread.join()
+    assert results == [101]
+
+
+@pytest.fixture
+def durable_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path, durable=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_a_redis_restart_is_a_clear_error_then_service_resumes(durable_redis: RedisServer) -> None:
+    cache = RedisCache(
+        host=redis.Redis.from_url(durable_redis.url, socket_timeout=2), key_prefix="r:"
+    )
+    assert cachekit.incr(cache, "n") == 1
+    with cachekit.transaction(cache, "doc") as txn:
+        txn["doc"] = {"items": [1]}
+    durable_redis.stop()
+    for call in (
+        lambda: cachekit.incr(cache, "n"),
+        lambda: cachekit.update(cache, "doc", lambda d: d),
+        lambda: cachekit.transaction(cache, "doc").__enter__(),
+        lambda: cachekit.lock(cache, "x").__enter__(),
+    ):
+        with pytest.raises(cachekit.StorageError, match="unreachable"):
+            call()
+    durable_redis.start()
+    assert cachekit.incr(cache, "n") == 2
+    assert cachekit.update(cache, "doc", lambda d: {"items": d["items"] + [2]}) == {"items": [1, 2]}
