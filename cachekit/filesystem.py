@@ -188,7 +188,12 @@ class FileSystemStrategy(Strategy):
                 key=key,
             ) from error
 
-    def _commit(self, writes: Mapping[str, tuple[bytes, int]], deletes: Collection[str]) -> None:
+    def _commit(
+        self,
+        writes: Mapping[str, tuple[bytes, int]],
+        deletes: Collection[str],
+        read: Mapping[str, Entry | None],
+    ) -> None:
         staged: list[tuple[str, str, str]] = []
         try:
             for key, (raw, expires) in writes.items():

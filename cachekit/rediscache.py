@@ -41,6 +41,7 @@ Redis is unreachable every operation raises
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import math
 import os
@@ -50,12 +51,13 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any, Final, TypeVar
 
 import redis
 from cachelib.serializers import BaseRedisSerializer
 
+from . import strategy
 from .errors import (
     ConcurrentUpdateError,
     CorruptValue,
@@ -67,7 +69,6 @@ from .errors import (
     UnsupportedBackend,
     ValueTypeError,
 )
-from . import strategy
 from .strategy import (
     Entry,
     Strategy,
@@ -83,7 +84,12 @@ log = logging.getLogger(__name__)
 
 #: Lease of a lock, in seconds: how long a dead holder can block the others.
 LEASE_SECONDS: Final = 10.0
-#: Most tries of an optimistic update before ConcurrentUpdateError.
+#: Tries of an update without a lease; after these it leases the key and tries again.
+OPTIMISTIC_ATTEMPTS = 3
+CONFLICT_BACKOFF_AFTER = 1
+CONFLICT_POLL = 0.0001
+#: Most tries of an update in all before ConcurrentUpdateError (only writers that take
+#: no lease, a native incr or a plain cache.set, can make it fail while it holds the lease).
 MAX_ATTEMPTS: Final = 100
 #: Stored expiry meaning "keep the key's current TTL" (Redis reports no absolute time).
 KEEP: Final = -1
@@ -99,54 +105,64 @@ local function store(key, raw, ttl)
 end
 """
 
-# KEYS: value, lock of its stripe. ARGV: delta, ttl, caller's token or ''.
-INCR = """
-local holder = redis.call('GET', KEYS[2])
-if holder and holder ~= ARGV[3] then return false end
+# KEYS: value. ARGV: delta, ttl ('0' none, else milliseconds). For incr with a
+# timeout: INCRBY fails first on a non-integer, so nothing else is changed then.
+INCR_AND_EXPIRE = """
 local n = redis.call('INCRBY', KEYS[1], ARGV[1])
 if ARGV[2] == '0' then redis.call('PERSIST', KEYS[1])
-elseif ARGV[2] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+else redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return n
 """
 
 # KEYS: value, lock of its stripe. ARGV: '1' if a value was read, the raw value
-# read, the new raw value, ttl, caller's token or ''. Returns 1 written,
-# 0 changed since read, -1 leased by another holder.
+# read, the new raw value, ttl, caller's token or ''. Returns {1} written,
+# {0, current raw value or nil} changed since read, {-1} leased by another holder.
 COMPARE_AND_SET = (
     _SET_WITH_TTL
     + """
 local holder = redis.call('GET', KEYS[2])
-if holder and holder ~= ARGV[5] then return -1 end
+if holder and holder ~= ARGV[5] then return {-1} end
 local current = redis.call('GET', KEYS[1])
 if ARGV[1] == '1' then
-  if current ~= ARGV[2] then return 0 end
-elseif current then return 0 end
+  if current ~= ARGV[2] then return {0, current} end
+elseif current then return {0, current} end
 store(KEYS[1], ARGV[3], ARGV[4])
-return 1
+return {1}
 """
 )
 
 # KEYS: n lock keys, then the value keys. ARGV: n, the n tokens, then per value
-# key 'd' (delete) or 's', raw, ttl. Returns 0 (a lease is lost, nothing
-# written) or 1 (all written).
+# key: what was read ('-' nothing to check, '0' missing, '1' this raw value),
+# the raw value read, 'd' (delete) or 's' (set) and for 's' the raw value and
+# ttl. Returns {1} all written; {0} a lease is lost; {2, i} value key i changed
+# since it was read (an INCRBY or a plain SET, which take no lease). In the
+# last two cases nothing is written.
 COMMIT = (
     _SET_WITH_TTL
     + """
 local n = tonumber(ARGV[1])
 for i = 1, n do
-  if redis.call('GET', KEYS[i]) ~= ARGV[i + 1] then return 0 end
+  if redis.call('GET', KEYS[i]) ~= ARGV[i + 1] then return {0} end
 end
 local a = n + 2
 for i = n + 1, #KEYS do
-  if ARGV[a] == 'd' then
+  local current = redis.call('GET', KEYS[i])
+  if (ARGV[a] == '0' and current) or (ARGV[a] == '1' and current ~= ARGV[a + 1]) then
+    return {2, i - n}
+  end
+  a = a + (ARGV[a + 2] == 'd' and 3 or 5)
+end
+a = n + 2
+for i = n + 1, #KEYS do
+  if ARGV[a + 2] == 'd' then
     redis.call('DEL', KEYS[i])
-    a = a + 1
-  else
-    store(KEYS[i], ARGV[a + 1], ARGV[a + 2])
     a = a + 3
+  else
+    store(KEYS[i], ARGV[a + 3], ARGV[a + 4])
+    a = a + 5
   end
 end
-return 1
+return {1}
 """
 )
 
@@ -172,9 +188,25 @@ def translated(doing: str, key: str | None = None) -> Iterator[None]:
         raise StorageError(f"Redis failed while {doing}: {error}", key=key) from error
 
 
-def _backoff(delay: float, deadline: float) -> float:
+class LuaScript:
+    """A server-side script called by its SHA1, loaded again after a Redis restart."""
+
+    def __init__(self, client: Any, source: str) -> None:
+        self._client = client
+        self._source = source
+        self._sha = hashlib.sha1(source.encode()).hexdigest()
+
+    def __call__(self, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return self._client.evalsha(self._sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            self._client.script_load(self._source)
+            return self._client.evalsha(self._sha, len(keys), *keys, *args)
+
+
+def _backoff(delay: float, deadline: float, first: float = MIN_POLL) -> float:
     """Sleep a jittered, growing delay (at most until ``deadline``); return the next one."""
-    delay = min(MAX_POLL, delay * 2 or MIN_POLL)
+    delay = min(MAX_POLL, delay * 2 or first)
     time.sleep(max(0.0, min(delay * random.uniform(0.5, 1.5), deadline - time.monotonic())))
     return delay
 
@@ -196,22 +228,23 @@ class RedisLeases(StripedLocks):
     def key(self, number: int) -> str:
         return f"cachekit:lock:{self._prefix()}{number}"
 
-    def token(self, number: int) -> str:
-        """This thread's token for stripe ``number``, or '' if it does not hold it."""
-        return self._tokens.get(number, "") if self.held_by_this_thread(number) else ""
+    def key_and_token(self, number: int) -> tuple[str, str]:
+        """The lock key of stripe ``number`` and this thread's token ('' if not its holder)."""
+        key = f"cachekit:lock:{self._prefix()}{number}"
+        return key, self._tokens.get(number, "") if self.held_by_this_thread(number) else ""
 
     def fence(self, numbers: Collection[int]) -> list[tuple[str, str]]:
         """The (lock key, token) of held stripes, to check at commit; raises if one is lost."""
         fenced = []
         for number in sorted(numbers):
-            token = self.token(number)
+            key, token = self.key_and_token(number)
             if not token or number in self._lost:
                 raise LeaseLost(
                     f"the lease on stripe {number} ran out before the commit; nothing was"
                     " written (was Redis unreachable for longer than the lease?)",
-                    name=self.key(number),
+                    name=key,
                 )
-            fenced.append((self.key(number), token))
+            fenced.append((key, token))
         return fenced
 
     def _acquire_outer(self, number: int, deadline: float | None) -> bool:
@@ -276,6 +309,14 @@ class RedisLeases(StripedLocks):
         self._renewer_pid = 0
 
 
+def _held_by_transaction(key: str, doing: str) -> LockTimeout:
+    return LockTimeout(
+        f"could not {doing} key {key!r} within {strategy.KEY_WAIT} s: a transaction holds it",
+        name=key,
+        timeout=strategy.KEY_WAIT,
+    )
+
+
 def _ttl(expires: int) -> str:
     """A stored expiry as the scripts' ttl argument: '' keep, '0' none, else milliseconds."""
     if expires == KEEP:
@@ -313,9 +354,9 @@ class RedisStrategy(Strategy):
         self._default_serializer = (
             kind.dumps is BaseRedisSerializer.dumps and kind.loads is BaseRedisSerializer.loads
         )
-        self._incr = client.register_script(INCR)
-        self._compare_and_set = client.register_script(COMPARE_AND_SET)
-        self._commit_script = client.register_script(COMMIT)
+        self._incr_and_expire = LuaScript(client, INCR_AND_EXPIRE)
+        self._compare_and_set = LuaScript(client, COMPARE_AND_SET)
+        self._commit_script = LuaScript(client, COMMIT)
 
     def _key(self, key: str) -> str:
         return f"{self.backend._get_prefix()}{key}"
@@ -359,54 +400,67 @@ class RedisStrategy(Strategy):
             )
         return raw if isinstance(raw, bytes) else str(raw).encode()
 
-    def _commit(self, writes: Mapping[str, tuple[bytes, int]], deletes: Collection[str]) -> None:
-        fenced = self._locks.fence({stripe_of(KEYS, key) for key in (*writes, *deletes)})
+    def _commit(
+        self,
+        writes: Mapping[str, tuple[bytes, int]],
+        deletes: Collection[str],
+        read: Mapping[str, Entry | None],
+    ) -> None:
+        changed = [*writes, *deletes]
+        fenced = self._locks.fence({stripe_of(KEYS, key) for key in changed})
         keys = [lock for lock, _ in fenced]
         args: list[Any] = [len(fenced), *(token for _, token in fenced)]
-        for key, (raw, expires) in writes.items():
+        for key in changed:
             keys.append(self._key(key))
-            args += ["s", raw, _ttl(expires)]
-        for key in deletes:
-            keys.append(self._key(key))
-            args.append("d")
-        with translated(f"writing keys {sorted((*writes, *deletes))!r}"):
-            committed = self._commit_script(keys=keys, args=args)
-        if not committed:
+            if key not in read:
+                args += ["-", b""]
+            else:
+                old = read[key]
+                args += ["0", b""] if old is None else ["1", old.raw]
+            if key in writes:
+                raw, expires = writes[key]
+                args += ["s", raw, _ttl(expires)]
+            else:
+                args.append("d")
+        with translated(f"writing keys {sorted(changed)!r}"):
+            outcome = self._commit_script(keys, args)
+        if outcome[0] == 0:
             raise LeaseLost(
                 "a lease ran out before the commit (another holder took it); nothing was written",
                 name=keys[0],
+            )
+        if outcome[0] == 2:
+            key = changed[int(outcome[1]) - 1]
+            raise ConcurrentUpdateError(
+                f"key {key!r} was changed while the transaction held it, by an incr or a"
+                " plain cache.set (on Redis these do not wait for transactions); nothing"
+                " was written",
+                key=key,
+                attempts=1,
             )
 
     # -- native operations ---------------------------------------------------
 
     def incr(self, key: str, delta: int, timeout: Timeout) -> int:
+        """Native ``INCRBY``: one command, one round trip (a script when a timeout is given)."""
         check_key(key)
         if not isinstance(delta, int) or isinstance(delta, bool):
             raise InvalidArgument(f"delta must be an int, not {type(delta).__name__}", key=key)
+        self._refuse_nesting(self._local.__dict__.get("busy"), (key,))
         ttl = _ttl_of(seconds(timeout))
-        number = stripe_of(KEYS, key)
-        keys = [self._key(key), self._locks.key(number)]
-        deadline = time.monotonic() + strategy.KEY_WAIT
-        delay = 0.0
-        with self._busy((key,)):
-            while True:
-                with translated(f"incrementing key {key!r}", key):
-                    try:
-                        result = self._incr(keys=keys, args=[delta, ttl, self._locks.token(number)])
-                    except redis.exceptions.ResponseError as error:
-                        if "not an integer" in str(error) or "out of range" in str(error):
-                            raise self._not_an_int(key, delta) from None
-                        raise
-                if result is not None:
-                    return int(result)
-                if time.monotonic() >= deadline:
-                    raise LockTimeout(
-                        f"could not increment key {key!r} within {strategy.KEY_WAIT} s: a transaction"
-                        " holds it",
-                        name=key,
-                        timeout=strategy.KEY_WAIT,
-                    )
-                delay = _backoff(delay, deadline)
+        full_key = self._key(key)
+        try:
+            if not ttl:
+                return int(self._client.incrby(full_key, delta))
+            return int(self._incr_and_expire([full_key], [delta, ttl]))
+        except redis.exceptions.ResponseError as error:
+            if "not an integer" in str(error) or "out of range" in str(error):
+                raise self._not_an_int(key, delta) from None
+            with translated(f"incrementing key {key!r}", key):
+                raise
+        except redis.exceptions.RedisError:
+            with translated(f"incrementing key {key!r}", key):
+                raise
 
     def _not_an_int(self, key: str, delta: int) -> ValueTypeError:
         found = self._load(key)
@@ -421,23 +475,22 @@ class RedisStrategy(Strategy):
         check_key(key)
         ttl = _ttl_of(seconds(timeout))
         number = stripe_of(KEYS, key)
-        keys = [self._key(key), self._locks.key(number)]
+        full_key = self._key(key)
         deadline = time.monotonic() + strategy.KEY_WAIT
         delay = 0.0
         attempts = 0
-        with self._busy((key,)):
+        with self._busy((key,)), ExitStack() as lease:
+            old = self._load(key)
             while True:
-                old = self._load(key)
                 new = fn(copy.deepcopy(default) if old is None else old.value)
                 raw = self._encode(key, new)
                 read = ("1", old.raw) if old is not None else ("0", b"")
+                lock_key, token = self._locks.key_and_token(number)
                 with translated(f"updating key {key!r}", key):
-                    outcome = self._compare_and_set(
-                        keys=keys, args=[*read, raw, ttl, self._locks.token(number)]
-                    )
-                if outcome == 1:
+                    outcome = self._compare_and_set([full_key, lock_key], [*read, raw, ttl, token])
+                if outcome[0] == 1:
                     return new
-                if outcome == 0:
+                if outcome[0] == 0:  # changed since read: try again on the value it holds now
                     attempts += 1
                     if attempts >= MAX_ATTEMPTS:
                         raise ConcurrentUpdateError(
@@ -446,10 +499,23 @@ class RedisStrategy(Strategy):
                             key=key,
                             attempts=attempts,
                         )
-                elif time.monotonic() >= deadline:
-                    raise LockTimeout(
-                        f"could not update key {key!r} within {strategy.KEY_WAIT} s: a transaction holds it",
-                        name=key,
-                        timeout=strategy.KEY_WAIT,
+                    current = outcome[1]
+                    old = (
+                        None
+                        if current is None
+                        else Entry(self._decode(key, current), KEEP, current)
                     )
-                delay = _backoff(delay, deadline if outcome == -1 else math.inf)
+                    if attempts >= CONFLICT_BACKOFF_AFTER:
+                        delay = _backoff(delay, math.inf, CONFLICT_POLL)
+                    if attempts == OPTIMISTIC_ATTEMPTS:
+                        # Losing race after race: lease the key, as a transaction does, so
+                        # that other updaters wait and the next attempt wins.
+                        lease.enter_context(
+                            self._hold(KEYS, (key,), strategy.KEY_WAIT, f"key {key!r}")
+                        )
+                        old = self._load(key)
+                    continue
+                if time.monotonic() >= deadline:
+                    raise _held_by_transaction(key, "update")
+                delay = _backoff(delay, deadline)
+                old = self._load(key)

@@ -118,7 +118,12 @@ class SimpleStrategy(Strategy):
             )
         return raw  # type: ignore[no-any-return]
 
-    def _commit(self, writes: Mapping[str, tuple[bytes, int]], deletes: Collection[str]) -> None:
+    def _commit(
+        self,
+        writes: Mapping[str, tuple[bytes, int]],
+        deletes: Collection[str],
+        read: Mapping[str, Entry | None],
+    ) -> None:
         with self.backend._lock:
             for key, (raw, expires) in writes.items():
                 self.backend._cache[key] = (expires, raw)

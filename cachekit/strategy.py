@@ -174,11 +174,19 @@ class Strategy(ABC):
         """``value`` in stored form; :class:`~cachekit.errors.SerializationError` if impossible."""
 
     @abstractmethod
-    def _commit(self, writes: Mapping[str, tuple[bytes, int]], deletes: Collection[str]) -> None:
+    def _commit(
+        self,
+        writes: Mapping[str, tuple[bytes, int]],
+        deletes: Collection[str],
+        read: Mapping[str, Entry | None],
+    ) -> None:
         """Store encoded values with their absolute expiry, and delete keys.
 
         The caller holds the keys' locks. Everything that can fail before the
         first change (staging, space) fails before it, leaving every key as it was.
+        ``read`` holds what the caller loaded of the keys it writes, for a
+        backend whose writers do not all take the locks (Redis's native
+        ``INCRBY``) to check that nothing changed them meanwhile.
         """
 
     def check_usable(self) -> None:  # noqa: B027 (a hook that most backends leave empty)
@@ -199,7 +207,16 @@ class Strategy(ABC):
         an error rather than a lost update.
         """
         busy: set[str] = self._local.__dict__.setdefault("busy", set())
-        clash = busy.intersection(keys)
+        self._refuse_nesting(busy, keys)
+        busy.update(keys)
+        try:
+            yield
+        finally:
+            busy.difference_update(keys)
+
+    @staticmethod
+    def _refuse_nesting(busy: set[str] | None, keys: Collection[str]) -> None:
+        clash = busy.intersection(keys) if busy else None
         if clash:
             raise InvalidArgument(
                 f"key {sorted(clash)[0]!r} is already being modified by this thread"
@@ -207,11 +224,6 @@ class Strategy(ABC):
                 " the inner change)",
                 key=sorted(clash)[0],
             )
-        busy.update(keys)
-        try:
-            yield
-        finally:
-            busy.difference_update(keys)
 
     @contextmanager
     def _modifying(self, keys: Collection[str]) -> Iterator[None]:
@@ -243,7 +255,9 @@ class Strategy(ABC):
                     key=key,
                 )
             new = current + delta
-            self._commit({key: (self._encode(key, new), self._expires(wanted, old))}, ())
+            self._commit(
+                {key: (self._encode(key, new), self._expires(wanted, old))}, (), {key: old}
+            )
             return new
 
     def update(self, key: str, fn: Callable[[Any], T], default: Any, timeout: Timeout) -> T:
@@ -252,7 +266,9 @@ class Strategy(ABC):
         with self._modifying((key,)):
             old = self._load(key)
             new = fn(copy.deepcopy(default) if old is None else old.value)
-            self._commit({key: (self._encode(key, new), self._expires(wanted, old))}, ())
+            self._commit(
+                {key: (self._encode(key, new), self._expires(wanted, old))}, (), {key: old}
+            )
             return new
 
     @contextmanager
@@ -276,7 +292,7 @@ class Strategy(ABC):
                 elif old is not None:
                     deletes.append(key)
             if writes or deletes:
-                self._commit(writes, deletes)
+                self._commit(writes, deletes, entries)
 
     def lock(self, name: str, timeout: Timeout) -> AbstractContextManager[None]:
         check_key(name)
@@ -296,5 +312,5 @@ class Strategy(ABC):
             raw = self._encode(key, value)
             expires = absolute_expiry(self.default_timeout() if wanted is None else wanted)
             with self._modifying((key,)):
-                self._commit({key: (raw, expires)}, ())
+                self._commit({key: (raw, expires)}, (), {})
             return value

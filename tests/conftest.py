@@ -18,7 +18,7 @@ from cachelib import FileSystemCache, RedisCache, SimpleCache
 from flask import Flask
 from flask_caching import Cache
 
-from .redisserver import RedisServer
+from .redisserver import RedisServer, redis_binary
 
 BackendFactory = Callable[[pytest.FixtureRequest, Path], Any]
 
@@ -53,7 +53,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A real redis-server for the whole session, on a free loopback port."""
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server = RedisServer(tmp_path_factory.mktemp("redis"), binary=redis_binary())
     server.start()
     yield server
     server.stop()

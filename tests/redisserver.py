@@ -36,8 +36,10 @@ def free_port() -> int:
 class RedisServer:
     """One redis-server process; ``stop`` and ``start`` again keep its port and data file."""
 
-    def __init__(self, directory: Path, *, durable: bool = False) -> None:
-        self.binary = redis_binary()
+    def __init__(
+        self, directory: Path, *, durable: bool = False, binary: str | None = None
+    ) -> None:
+        self.binary = binary or shutil.which("redis-server") or "redis-server"
         self.directory = directory
         self.port = free_port()
         self.durable = durable

@@ -21,7 +21,7 @@ import cachekit.rediscache
 from cachekit.resolve import strategy_for
 from cachekit.threadlocks import KEYS, LOCKS, stripe_of
 
-from .redisserver import RedisServer
+from .redisserver import RedisServer, redis_binary
 
 FORK = mp.get_context("fork")
 
@@ -133,7 +133,7 @@ def test_update_gives_up_after_bounded_attempts(
     assert rcache.get("k") == 300  # only the interfering writes
 
 
-def test_incr_waits_for_a_transaction_on_its_key(rcache: Any) -> None:
+def test_update_waits_for_a_transaction_on_its_key(rcache: Any) -> None:
     entered, results = threading.Event(), []
 
     def transact() -> None:
@@ -145,14 +145,26 @@ def test_incr_waits_for_a_transaction_on_its_key(rcache: Any) -> None:
     thread = threading.Thread(target=transact)
     thread.start()
     assert entered.wait(5)
-    results.append(cachekit.incr(rcache, "n"))
+    results.append(cachekit.update(rcache, "n", lambda n: n + 1, 0))
     thread.join()
     assert results == [101]
 
 
+def test_a_transaction_never_overwrites_a_concurrent_native_incr(rcache: Any) -> None:
+    """incr is a bare INCRBY that takes no lease: the commit sees the change and writes nothing."""
+    with pytest.raises(cachekit.ConcurrentUpdateError, match="'n'"):
+        with cachekit.transaction(rcache, "n", "log") as txn:
+            txn["n"] = txn.get("n", 0) + 1
+            txn["log"] = ["n was bumped"]
+            threading.Thread(target=cachekit.incr, args=(rcache, "n", 5)).start()
+            time.sleep(0.3)
+    assert rcache.get("n") == 5
+    assert rcache.get("log") is None
+
+
 @pytest.fixture
 def durable_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path, durable=True)
+    server = RedisServer(tmp_path, durable=True, binary=redis_binary())
     server.start()
     yield server
     server.stop()
