@@ -2,20 +2,25 @@
 
 How each operation works here:
 
-- ``incr``: one server-side script that runs ``INCRBY`` (so the value stays
-  the plain ASCII integer cachelib stores and ``cache.get`` reads), unless
-  another holder leases the key's stripe (a ``transaction`` in progress), in
-  which case the caller waits and tries again.
+- ``incr``: a bare ``INCRBY``, one command, so that the value stays the plain
+  ASCII integer cachelib stores and ``cache.get`` reads (with a timeout, a
+  script that runs ``INCRBY`` then sets the TTL). It takes no lease.
 - ``update``: optimistic. Read the value, run ``fn`` locally, then one script
-  compares the stored value with what was read and writes the new one only if
-  they are equal and no one else leases the stripe. On a conflict it tries
-  again, at most :data:`MAX_ATTEMPTS` times, then raises
-  :class:`~cachekit.errors.ConcurrentUpdateError`. So ``fn`` may run more than
-  once under contention: it must not have side effects.
-- ``transaction``, ``lock``, ``get_or_compute``: leases on the stripes (the
-  generic operations of :mod:`cachekit.strategy` over :class:`RedisLeases`);
-  a transaction commits every key in one script that first checks that each
-  lease is still its own, so all keys are written or none.
+  writes the new value only if the stored one is still what was read and no
+  one else leases the key's stripe; otherwise it answers with the value now
+  stored, and ``fn`` runs again on that, without a pause (a conflict costs
+  one round trip, no extra read). After :data:`OPTIMISTIC_ATTEMPTS` lost
+  races the caller leases the key, so that it wins the next one; after
+  :data:`MAX_ATTEMPTS` it raises
+  :class:`~cachekit.errors.ConcurrentUpdateError`. ``fn`` may therefore run
+  more than once: on Redis it must not have side effects.
+- ``transaction``, ``lock``, ``get_or_compute``: leases on stripes (the generic
+  operations of :mod:`cachekit.strategy` over :class:`RedisLeases`). A
+  transaction commits every key in one script that first checks that each
+  lease is still its own and that no key it writes was changed by a writer
+  that takes no lease (``incr``, a plain ``cache.set``); so all keys are
+  written or none, and a concurrent ``incr`` is never overwritten (the
+  transaction raises ConcurrentUpdateError instead).
 
 Leases: a stripe is locked by ``SET cachekit:lock:<prefix><stripe> <token> NX
 PX <lease>``. A holder that dies frees the lock when the lease runs out; a
@@ -51,7 +56,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any, Final, TypeVar
 
 import redis
@@ -84,12 +89,15 @@ log = logging.getLogger(__name__)
 
 #: Lease of a lock, in seconds: how long a dead holder can block the others.
 LEASE_SECONDS: Final = 10.0
-#: Most tries of an update before ConcurrentUpdateError: it holds the key's lease, so
-#: only writers that take none (a native incr, a plain cache.set) can make it retry.
+#: Tries of an update without a lease; after these it leases the key and tries again.
+OPTIMISTIC_ATTEMPTS: Final = 16
+#: Most tries of an update in all before ConcurrentUpdateError (only writers that take
+#: no lease, a native incr or a plain cache.set, can make it fail while it holds the lease).
 MAX_ATTEMPTS: Final = 100
 #: Stored expiry meaning "keep the key's current TTL" (Redis reports no absolute time).
 KEEP: Final = -1
 
+#: Back-off of a lease's waiter: from MIN_POLL, doubling, up to MAX_POLL seconds.
 MIN_POLL: Final = 0.0001
 MAX_POLL: Final = 0.005
 
@@ -109,6 +117,23 @@ if ARGV[2] == '0' then redis.call('PERSIST', KEYS[1])
 else redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return n
 """
+
+# KEYS: value, lock of its stripe. ARGV: '1' if a value was read, the raw value
+# read, the new raw value, ttl, caller's token or ''. Returns {1} written,
+# {0, current raw value or nil} changed since read, {-1} leased by another holder.
+COMPARE_AND_SET = (
+    _SET_WITH_TTL
+    + """
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[5] then return {-1} end
+local current = redis.call('GET', KEYS[1])
+if ARGV[1] == '1' then
+  if current ~= ARGV[2] then return {0, current} end
+elseif current then return {0, current} end
+store(KEYS[1], ARGV[3], ARGV[4])
+return {1}
+"""
+)
 
 # KEYS: n lock keys, then the value keys. ARGV: n, the n tokens, then per value
 # key: what was read ('-' nothing to check, '0' missing, '1' this raw value),
@@ -141,33 +166,6 @@ for i = n + 1, #KEYS do
     a = a + 5
   end
 end
-return {1}
-"""
-)
-
-# KEYS: lock, value. ARGV: token, lease in ms. Returns {1, value or nil} if the
-# lease was taken, {0} if another holder has it.
-ACQUIRE_AND_GET = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return {1, redis.call('GET', KEYS[2])}
-end
-return {0}
-"""
-
-# KEYS: lock, value. ARGV: token, '1' if a value was read else '0', the raw value
-# read, the new raw value, ttl. Writes and releases the lease: {1}. Or writes
-# nothing: {0} the lease is lost, {2, current raw value or nil} the value was
-# changed since read by a writer that takes no lease (the lease is kept).
-SET_AND_RELEASE = (
-    _SET_WITH_TTL
-    + """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {0} end
-local current = redis.call('GET', KEYS[2])
-if (ARGV[2] == '0' and current) or (ARGV[2] == '1' and current ~= ARGV[3]) then
-  return {2, current}
-end
-store(KEYS[2], ARGV[4], ARGV[5])
-redis.call('DEL', KEYS[1])
 return {1}
 """
 )
@@ -230,8 +228,6 @@ class RedisLeases(StripedLocks):
         self._renewer_pid = 0
         self._release = client.register_script(RELEASE)
         self._renew = client.register_script(RENEW)
-        self._acquire_and_get = LuaScript(client, ACQUIRE_AND_GET)
-        self._local = threading.local()
 
     def key(self, number: int) -> str:
         return f"cachekit:lock:{self._prefix()}{number}"
@@ -255,38 +251,12 @@ class RedisLeases(StripedLocks):
             fenced.append((key, token))
         return fenced
 
-    @contextmanager
-    def hold_reading(self, name: str, value_key: str, timeout: float) -> Iterator[bytes | None]:
-        """Hold ``name``'s stripe in the KEYS domain and yield ``value_key``'s raw value.
-
-        The lease and the read travel in one round trip. The caller must not
-        hold the stripe already (so that this call is the one that leases it).
-        """
-        self._local.reading = value_key
-        try:
-            with self.hold(KEYS, (name,), timeout, f"key {name!r}"):
-                yield self._local.__dict__.pop("read")
-        finally:
-            self._local.__dict__.pop("reading", None)
-            self._local.__dict__.pop("read", None)
-
-    def released(self, number: int) -> None:
-        """Note that a script already deleted this thread's lease on stripe ``number``."""
-        self._tokens.pop(number, None)
-
     def _acquire_outer(self, number: int, deadline: float | None) -> bool:
         token, key = secrets.token_hex(16), self.key(number)
-        reading = self._local.__dict__.pop("reading", None)
         delay = 0.0
         while True:
             with translated(f"taking the lock {key}"):
-                if reading is None:
-                    taken = self._client.set(key, token, nx=True, px=int(self.lease * 1000))
-                else:
-                    reply = self._acquire_and_get([key, reading], [token, int(self.lease * 1000)])
-                    taken = reply[0] == 1
-                    if taken:
-                        self._local.read = reply[1] if len(reply) > 1 else None
+                taken = self._client.set(key, token, nx=True, px=int(self.lease * 1000))
             if taken:
                 self._tokens[number] = token
                 self._lost.discard(number)
@@ -389,7 +359,7 @@ class RedisStrategy(Strategy):
             kind.dumps is BaseRedisSerializer.dumps and kind.loads is BaseRedisSerializer.loads
         )
         self._incr_and_expire = LuaScript(client, INCR_AND_EXPIRE)
-        self._set_and_release = LuaScript(client, SET_AND_RELEASE)
+        self._compare_and_set = LuaScript(client, COMPARE_AND_SET)
         self._commit_script = LuaScript(client, COMMIT)
 
     def _key(self, key: str) -> str:
@@ -506,44 +476,50 @@ class RedisStrategy(Strategy):
         )
 
     def update(self, key: str, fn: Callable[[Any], T], default: Any, timeout: Timeout) -> T:
-        """Lease the key and read it in one round trip; write and release in a second.
-
-        ``fn`` runs once, on the current value, unless a writer that takes no
-        lease (a native ``incr``, a plain ``cache.set``) changes the key
-        meanwhile: then it runs again on the new value, at most
-        :data:`MAX_ATTEMPTS` times in all.
-        """
         check_key(key)
-        number = stripe_of(KEYS, key)
-        if self._locks.held_by_this_thread(number):
-            # Nested in a lease of this thread (two keys on one stripe): the generic path.
-            return super().update(key, fn, default, timeout)
         ttl = _ttl_of(seconds(timeout))
+        number = stripe_of(KEYS, key)
         full_key = self._key(key)
-        with self._busy((key,)), self._locks.hold_reading(key, full_key, strategy.KEY_WAIT) as raw:
-            old = None if raw is None else Entry(self._decode(key, raw), KEEP, raw)
-            for _ in range(MAX_ATTEMPTS):
+        deadline = time.monotonic() + strategy.KEY_WAIT
+        delay = 0.0
+        attempts = 0
+        with self._busy((key,)), ExitStack() as lease:
+            old = self._load(key)
+            while True:
                 new = fn(copy.deepcopy(default) if old is None else old.value)
-                encoded = self._encode(key, new)
+                raw = self._encode(key, new)
                 read = ("1", old.raw) if old is not None else ("0", b"")
                 lock_key, token = self._locks.key_and_token(number)
                 with translated(f"updating key {key!r}", key):
-                    outcome = self._set_and_release(
-                        [lock_key, full_key], [token, *read, encoded, ttl]
-                    )
+                    outcome = self._compare_and_set([full_key, lock_key], [*read, raw, ttl, token])
                 if outcome[0] == 1:
-                    self._locks.released(number)
                     return new
-                if outcome[0] == 0:
-                    raise LeaseLost(
-                        f"the lease on key {key!r} ran out while fn ran; nothing was written",
-                        name=lock_key,
+                if outcome[0] == 0:  # changed since read: try again on the value it holds now
+                    attempts += 1
+                    if attempts >= MAX_ATTEMPTS:
+                        raise ConcurrentUpdateError(
+                            f"key {key!r} changed under each of {attempts} attempts to update"
+                            " it; nothing was written",
+                            key=key,
+                            attempts=attempts,
+                        )
+                    current = outcome[1]
+                    old = (
+                        None
+                        if current is None
+                        else Entry(self._decode(key, current), KEEP, current)
                     )
-                current = outcome[1] if len(outcome) > 1 else None
-                old = None if current is None else Entry(self._decode(key, current), KEEP, current)
-            raise ConcurrentUpdateError(
-                f"key {key!r} was changed by writers that take no lease (incr, cache.set)"
-                f" under each of {MAX_ATTEMPTS} attempts to update it; nothing was written",
-                key=key,
-                attempts=MAX_ATTEMPTS,
-            )
+                    # No pause: the reply carries the current value, and on this
+                    # oversubscribed kind of machine a pause costs more than a retry.
+                    if attempts == OPTIMISTIC_ATTEMPTS:
+                        # Losing race after race: lease the key, as a transaction does, so
+                        # that other updaters wait and the next attempt wins.
+                        lease.enter_context(
+                            self._hold(KEYS, (key,), strategy.KEY_WAIT, f"key {key!r}")
+                        )
+                        old = self._load(key)
+                    continue
+                if time.monotonic() >= deadline:
+                    raise _held_by_transaction(key, "update")
+                delay = _backoff(delay, deadline)
+                old = self._load(key)

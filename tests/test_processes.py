@@ -205,6 +205,8 @@ def test_a_dead_holder_frees_its_lock(
     """At once on FileSystemCache (the kernel drops the lock), after the lease on Redis."""
     redis_lease = 1.0
     if shared.startswith("redis://"):
+        if victim is die_inside_update:
+            pytest.skip("update on Redis is optimistic: it holds no lock to die with")
         monkeypatch.setattr(cachekit.rediscache, "LEASE_SECONDS", redis_lease)
     monkeypatch.setattr(cachekit.strategy, "KEY_WAIT", 0.2)
     directory = shared

@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -189,3 +190,27 @@ def test_a_redis_restart_is_a_clear_error_then_service_resumes(durable_redis: Re
     durable_redis.start()
     assert cachekit.incr(cache, "n") == 2
     assert cachekit.update(cache, "doc", lambda d: {"items": d["items"] + [2]}) == {"items": [1, 2]}
+
+
+def appended(items: list[Any], item: Any) -> list[Any]:
+    return items + [item]
+
+
+def test_updates_that_lose_races_lease_the_key_and_stay_exact(
+    rcache: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With one optimistic try, every lost race goes through the leased path."""
+    monkeypatch.setattr(cachekit.rediscache, "OPTIMISTIC_ATTEMPTS", 1)
+    barrier = threading.Barrier(8)
+
+    def work(i: int) -> None:
+        barrier.wait(10)
+        for j in range(40):
+            cachekit.update(rcache, "items", partial(appended, item=(i, j)), [])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(rcache.get("items")) == [(i, j) for i in range(8) for j in range(40)]
