@@ -27,4 +27,5 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
-	$(BIN)/python bench/incr.py
+	$(BIN)/python bench/on_filesystem.py
+	$(BIN)/python bench/on_redis.py

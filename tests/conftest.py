@@ -17,6 +17,7 @@ import redis
 from cachelib import FileSystemCache, RedisCache, SimpleCache
 from flask import Flask
 from flask_caching import Cache
+from flask_caching.backends import RedisSentinelCache
 
 from .redisserver import RedisServer, redis_binary
 
@@ -37,10 +38,21 @@ def redis_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     return RedisCache(host=redis.Redis.from_url(url), key_prefix=f"test-{uuid.uuid4().hex[:8]}:")
 
 
+def redis_sentinel_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """Flask-Caching's RedisSentinelCache: writes to the master, reads from a replica."""
+    sentinel: RedisServer = request.getfixturevalue("redis_sentinel")
+    return RedisSentinelCache(
+        sentinels=[("127.0.0.1", sentinel.port)],
+        master="mymaster",
+        key_prefix=f"test-{uuid.uuid4().hex[:8]}:",
+    )
+
+
 BACKENDS: dict[str, BackendFactory] = {
     "FileSystemCache": filesystem_backend,
     "SimpleCache": simple_backend,
     "RedisCache": redis_backend,
+    "RedisSentinelCache": redis_sentinel_backend,
 }
 
 
@@ -57,6 +69,19 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RedisServer]:
+    """A Sentinel that monitors the session's server as ``mymaster``."""
+    sentinel = RedisServer(
+        tmp_path_factory.mktemp("sentinel"), binary=redis_binary(), sentinel_of=redis_server.port
+    )
+    sentinel.start()
+    yield sentinel
+    sentinel.stop()
 
 
 @pytest.fixture(scope="session")

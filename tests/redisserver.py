@@ -34,25 +34,42 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """One redis-server process; ``stop`` and ``start`` again keep its port and data file."""
+    """One redis-server process; ``stop`` and ``start`` again keep its port and data file.
+
+    With ``sentinel_of`` (a master's port) it runs as a Sentinel that monitors
+    that master under the name ``mymaster``.
+    """
 
     def __init__(
-        self, directory: Path, *, durable: bool = False, binary: str | None = None
+        self,
+        directory: Path,
+        *,
+        durable: bool = False,
+        binary: str | None = None,
+        sentinel_of: int | None = None,
     ) -> None:
         self.binary = binary or shutil.which("redis-server") or "redis-server"
         self.directory = directory
         self.port = free_port()
         self.durable = durable
+        self.sentinel_of = sentinel_of
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def _command(self) -> list[str]:
+        if self.sentinel_of is not None:
+            config = self.directory / f"sentinel-{self.port}.conf"
+            config.write_text(
+                f"port {self.port}\nbind 127.0.0.1\n"
+                f"sentinel monitor mymaster 127.0.0.1 {self.sentinel_of} 1\n"
+            )
+            return [self.binary, str(config), "--sentinel"]
         persistence = (
             ["--appendonly", "yes", "--appendfsync", "always"]
             if self.durable
             else ["--appendonly", "no"]
         )
-        command = [
+        return [
             self.binary,
             "--port",
             str(self.port),
@@ -64,8 +81,10 @@ class RedisServer:
             str(self.directory),
             *persistence,
         ]
+
+    def start(self) -> None:
         self.process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+            self._command(), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
         )
         deadline = time.monotonic() + 20
         while True:
