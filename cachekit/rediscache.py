@@ -34,8 +34,8 @@ Values use the backend's own serializer and ``CACHE_KEY_PREFIX`` exactly as
 cachelib applies them; reads and writes go to the backend's write client (the
 master, under Sentinel). Expiry: ``timeout=None`` keeps a key's remaining TTL
 (``KEEPTTL``), a number sets it relative to the server's clock. Redis 6.2 or
-later is assumed. RedisClusterCache is refused: a transaction's keys and
-leases would live in different hash slots.
+later is assumed. On a Redis Cluster a key's lock lives in the key's hash slot
+(see :class:`RedisLeases`), and a transaction's keys must share one slot.
 
 Connections: redis-py's pool opens new connections in a forked child, so a
 client created before gunicorn forks (``--preload``) is never shared. While
@@ -56,11 +56,12 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import Any, Final, TypeVar
 
 import redis
 from cachelib.serializers import BaseRedisSerializer
+from redis.crc import key_slot
 
 from . import strategy
 from .errors import (
@@ -71,7 +72,6 @@ from .errors import (
     LockTimeout,
     SerializationError,
     StorageError,
-    UnsupportedBackend,
     ValueTypeError,
 )
 from .strategy import (
@@ -82,7 +82,7 @@ from .strategy import (
     check_key,
     seconds,
 )
-from .threadlocks import KEYS, StripedLocks, stripe_of
+from .threadlocks import KEYS, STRIPES, StripedLocks
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -216,26 +216,39 @@ def _backoff(delay: float, deadline: float) -> float:
 
 
 class RedisLeases(StripedLocks):
-    """Striped locks that exclude threads of this process and every process on every host."""
+    """Striped locks that exclude threads of this process and every process on every host.
 
-    def __init__(self, client: Any, prefix: Callable[[], str]) -> None:
+    On a Redis Cluster the stripes of stored keys are the cluster's hash slots,
+    and each slot's lock key carries a hash tag of that slot: a script that
+    touches a key and its lock then runs on one node, as Cluster requires.
+    """
+
+    def __init__(self, client: Any, prefix: Callable[[], str], *, cluster: bool = False) -> None:
         super().__init__()
         self._client = client
         self._prefix = prefix
+        self.cluster = cluster
         self.lease = LEASE_SECONDS
         self._tokens: dict[int, str] = {}  # stripes this process holds -> their tokens
         self._lost: set[int] = set()  # held stripes whose lease could not be renewed
         self._renewer_pid = 0
-        self._release = client.register_script(RELEASE)
-        self._renew = client.register_script(RENEW)
+        self._release = LuaScript(client, RELEASE)
+        self._renew = LuaScript(client, RENEW)
+
+    def stripe(self, domain: int, name: str) -> int:
+        if self.cluster and domain == KEYS:
+            return KEYS * STRIPES + key_slot(f"{self._prefix()}{name}".encode())
+        return super().stripe(domain, name)
 
     def key(self, number: int) -> str:
+        if self.cluster and number >= KEYS * STRIPES:
+            return f"cachekit:lock:{{{tag_of_slot(number - KEYS * STRIPES)}}}:{self._prefix()}"
         return f"cachekit:lock:{self._prefix()}{number}"
 
     def key_and_token(self, number: int) -> tuple[str, str]:
         """The lock key of stripe ``number`` and this thread's token ('' if not its holder)."""
-        key = f"cachekit:lock:{self._prefix()}{number}"
-        return key, self._tokens.get(number, "") if self.held_by_this_thread(number) else ""
+        token = self._tokens.get(number, "") if self.held_by_this_thread(number) else ""
+        return self.key(number), token
 
     def fence(self, numbers: Collection[int]) -> list[tuple[str, str]]:
         """The (lock key, token) of held stripes, to check at commit; raises if one is lost."""
@@ -271,7 +284,7 @@ class RedisLeases(StripedLocks):
         self._lost.discard(number)
         if token:
             try:
-                self._release(keys=[self.key(number)], args=[token])
+                self._release([self.key(number)], [token])
             except redis.exceptions.RedisError:
                 log.warning("could not release %s; its lease will run out", self.key(number))
 
@@ -293,12 +306,10 @@ class RedisLeases(StripedLocks):
             if not held:
                 continue
             try:
-                pipe = self._client.pipeline(transaction=False)
-                for number, token in held:
-                    self._renew(
-                        keys=[self.key(number)], args=[token, int(self.lease * 1000)], client=pipe
-                    )
-                renewed = pipe.execute()
+                renewed = [
+                    self._renew([self.key(number)], [token, int(self.lease * 1000)])
+                    for number, token in held
+                ]
             except redis.exceptions.RedisError as error:
                 log.warning("could not renew cachekit leases: %s", error)
                 continue
@@ -319,6 +330,22 @@ def _held_by_transaction(key: str, doing: str) -> LockTimeout:
         name=key,
         timeout=strategy.KEY_WAIT,
     )
+
+
+_slot_tags: list[str] = []
+
+
+def tag_of_slot(slot: int) -> str:
+    """A short hash tag whose keys land in cluster hash slot ``slot`` (a table made once)."""
+    if not _slot_tags:
+        tags: dict[int, str] = {}
+        candidate = 0
+        while len(tags) < 16384:
+            tag = f"ck{candidate}"
+            tags.setdefault(key_slot(tag.encode()), tag)
+            candidate += 1
+        _slot_tags.extend(tags[number] for number in range(16384))
+    return _slot_tags[slot]
 
 
 def _ttl(expires: int) -> str:
@@ -345,14 +372,8 @@ class RedisStrategy(Strategy):
 
     def __init__(self, backend: Any) -> None:
         client = backend._write_client
-        if type(client).__name__ == "RedisCluster":
-            raise UnsupportedBackend(
-                "cachekit does not support RedisClusterCache yet: a transaction's keys and"
-                " leases would live in different hash slots. Use RedisCache or"
-                " RedisSentinelCache.",
-                backend=type(backend).__name__,
-            )
-        super().__init__(backend, RedisLeases(client, backend._get_prefix))
+        cluster = isinstance(client, redis.RedisCluster)
+        super().__init__(backend, RedisLeases(client, backend._get_prefix, cluster=cluster))
         self._client = client
         kind = type(backend.serializer)
         self._default_serializer = (
@@ -364,6 +385,19 @@ class RedisStrategy(Strategy):
 
     def _key(self, key: str) -> str:
         return f"{self.backend._get_prefix()}{key}"
+
+    def _hold(
+        self, domain: int, names: Collection[str], timeout: float | None, what: str
+    ) -> AbstractContextManager[None]:
+        if self._locks.cluster and domain == KEYS:
+            if len({self._locks.stripe(KEYS, name) for name in names}) > 1:
+                raise InvalidArgument(
+                    f"on a Redis Cluster the keys of one transaction must share a hash slot:"
+                    f" give {sorted(names)} a common {{hash tag}}, or put one in"
+                    " CACHE_KEY_PREFIX",
+                    key=sorted(names)[0],
+                )
+        return super()._hold(domain, names, timeout, what)
 
     # -- hooks ---------------------------------------------------------------
 
@@ -411,7 +445,7 @@ class RedisStrategy(Strategy):
         read: Mapping[str, Entry | None],
     ) -> None:
         changed = [*writes, *deletes]
-        fenced = self._locks.fence({stripe_of(KEYS, key) for key in changed})
+        fenced = self._locks.fence({self._locks.stripe(KEYS, key) for key in changed})
         keys = [lock for lock, _ in fenced]
         args: list[Any] = [len(fenced), *(token for _, token in fenced)]
         for key in changed:
@@ -478,7 +512,7 @@ class RedisStrategy(Strategy):
     def update(self, key: str, fn: Callable[[Any], T], default: Any, timeout: Timeout) -> T:
         check_key(key)
         ttl = _ttl_of(seconds(timeout))
-        number = stripe_of(KEYS, key)
+        number = self._locks.stripe(KEYS, key)
         full_key = self._key(key)
         deadline = time.monotonic() + strategy.KEY_WAIT
         delay = 0.0

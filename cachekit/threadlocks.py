@@ -81,6 +81,10 @@ class StripedLocks:
                 stripe = self._stripes.setdefault(number, _Stripe())
         return stripe
 
+    def stripe(self, domain: int, name: str) -> int:
+        """The stripe of ``name`` in ``domain``; a subclass may map names its own way."""
+        return stripe_of(domain, name)
+
     def _acquire_outer(self, number: int, deadline: float | None) -> bool:
         """Take the cross-process lock of a stripe; False if the deadline passes first."""
         return True
@@ -97,7 +101,7 @@ class StripedLocks:
         ``timeout`` is the longest wait in seconds (``None``: no limit). On
         timeout :class:`LockTimeout` names ``what`` and nothing is held.
         """
-        numbers = sorted({stripe_of(domain, name) for name in names})
+        numbers = sorted({self.stripe(domain, name) for name in names})
         deadline = None if timeout is None else time.monotonic() + timeout
         taken: list[tuple[int, _Stripe]] = []
         try:

@@ -17,7 +17,7 @@ import redis
 from cachelib import FileSystemCache, RedisCache, SimpleCache
 from flask import Flask
 from flask_caching import Cache
-from flask_caching.backends import RedisSentinelCache
+from flask_caching.backends import RedisClusterCache, RedisSentinelCache
 
 from .redisserver import RedisServer, redis_binary
 
@@ -48,11 +48,20 @@ def redis_sentinel_backend(request: pytest.FixtureRequest, tmp_path: Path) -> An
     )
 
 
+def redis_cluster_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """Flask-Caching's RedisClusterCache; the prefix's {hash tag} puts a test's keys in one slot."""
+    cluster: RedisServer = request.getfixturevalue("redis_cluster")
+    return RedisClusterCache(
+        cluster=f"127.0.0.1:{cluster.port}", key_prefix=f"{{test-{uuid.uuid4().hex[:8]}}}:"
+    )
+
+
 BACKENDS: dict[str, BackendFactory] = {
     "FileSystemCache": filesystem_backend,
     "SimpleCache": simple_backend,
     "RedisCache": redis_backend,
     "RedisSentinelCache": redis_sentinel_backend,
+    "RedisClusterCache": redis_cluster_backend,
 }
 
 
@@ -82,6 +91,15 @@ def redis_sentinel(
     sentinel.start()
     yield sentinel
     sentinel.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A Redis Cluster of one node that serves all 16384 hash slots."""
+    server = RedisServer(tmp_path_factory.mktemp("cluster"), binary=redis_binary(), cluster=True)
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -37,7 +37,8 @@ class RedisServer:
     """One redis-server process; ``stop`` and ``start`` again keep its port and data file.
 
     With ``sentinel_of`` (a master's port) it runs as a Sentinel that monitors
-    that master under the name ``mymaster``.
+    that master under the name ``mymaster``; with ``cluster`` it is a Redis
+    Cluster of one node that serves every hash slot.
     """
 
     def __init__(
@@ -47,12 +48,14 @@ class RedisServer:
         durable: bool = False,
         binary: str | None = None,
         sentinel_of: int | None = None,
+        cluster: bool = False,
     ) -> None:
         self.binary = binary or shutil.which("redis-server") or "redis-server"
         self.directory = directory
         self.port = free_port()
         self.durable = durable
         self.sentinel_of = sentinel_of
+        self.cluster = cluster
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -69,6 +72,9 @@ class RedisServer:
             if self.durable
             else ["--appendonly", "no"]
         )
+        if self.cluster:
+            nodes = str(self.directory / f"nodes-{self.port}.conf")
+            persistence += ["--cluster-enabled", "yes", "--cluster-config-file", nodes]
         return [
             self.binary,
             "--port",
@@ -89,15 +95,29 @@ class RedisServer:
         deadline = time.monotonic() + 20
         while True:
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
-                    conn.sendall(b"PING\r\n")
-                    if conn.recv(16).startswith(b"+PONG"):
-                        return
+                if self.ask("PING").startswith(b"+PONG"):
+                    break
             except OSError:
                 pass
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"redis-server did not start on port {self.port}")
             time.sleep(0.05)
+        if self.cluster:
+            self._serve_every_slot(deadline)
+
+    def ask(self, command: str) -> bytes:
+        """Send one inline command and return the start of the reply."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as conn:
+            conn.sendall(command.encode() + b"\r\n")
+            return conn.recv(65536)
+
+    def _serve_every_slot(self, deadline: float) -> None:
+        if b"cluster_state:ok" not in self.ask("CLUSTER INFO"):
+            self.ask("CLUSTER ADDSLOTSRANGE 0 16383")
+        while b"cluster_state:ok" not in self.ask("CLUSTER INFO"):
+            if time.monotonic() > deadline + 20:
+                raise RuntimeError(f"the cluster on port {self.port} did not become ready")
+            time.sleep(0.1)
 
     def stop(self) -> None:
         if self.process is not None:

@@ -16,6 +16,7 @@ import redis
 from cachelib import RedisCache
 from flask import Flask
 from flask_caching import Cache
+from flask_caching.backends import RedisClusterCache
 
 import cachekit
 import cachekit.rediscache
@@ -214,3 +215,14 @@ def test_updates_that_lose_races_lease_the_key_and_stay_exact(
     for thread in threads:
         thread.join()
     assert sorted(rcache.get("items")) == [(i, j) for i in range(8) for j in range(40)]
+
+
+def test_a_cluster_transaction_needs_its_keys_in_one_slot(redis_cluster: RedisServer) -> None:
+    cache = RedisClusterCache(cluster=f"127.0.0.1:{redis_cluster.port}", key_prefix="slots:")
+    with pytest.raises(cachekit.InvalidArgument, match="hash slot"):
+        with cachekit.transaction(cache, "alice", "bob"):
+            pytest.fail("a transaction across hash slots cannot commit atomically")
+    with cachekit.transaction(cache, "{pair}alice", "{pair}bob") as txn:
+        txn["{pair}alice"], txn["{pair}bob"] = 1, 2
+    assert (cache.get("{pair}alice"), cache.get("{pair}bob")) == (1, 2)
+    assert cachekit.incr(cache, "alice") == 1 and cachekit.incr(cache, "bob") == 1
