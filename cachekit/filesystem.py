@@ -53,7 +53,7 @@ from typing import Any, Final
 
 from cachelib.serializers import BaseSerializer
 
-from .errors import ConfigurationError, CorruptValue, SerializationError, StorageError, WriteError
+from .errors import ConfigurationError, CorruptValue, StorageError, WriteError
 from .lockfiles import lock_file
 from .strategy import Entry, Strategy
 
@@ -160,33 +160,19 @@ class FileSystemStrategy(Strategy):
         if expires and expires < time.time():
             return None
         raw = data[_HEADER.size :]
-        try:
-            if self._pickle:
-                value = pickle.loads(raw)
-            else:
-                value = self.backend.serializer.load(io.BytesIO(raw))
-        except Exception as error:
-            raise CorruptValue(
-                f"key {key!r}: {path} cannot be decoded ({type(error).__name__}: {error});"
-                " it was left as it is",
-                key=key,
-                path=path,
-            ) from error
-        return Entry(value, expires, raw)
+        return Entry(self._decode(key, raw, path), expires, raw)
 
-    def _encode(self, key: str, value: Any) -> bytes:
-        try:
-            if self._pickle:
-                return pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
-            out = io.BytesIO()
-            self.backend.serializer.dump(value, out)
-            return out.getvalue()
-        except Exception as error:
-            raise SerializationError(
-                f"cannot store key {key!r}: a {type(value).__name__} value cannot be"
-                f" serialized ({type(error).__name__}: {error}); the old value is kept",
-                key=key,
-            ) from error
+    def _dumps(self, value: Any) -> bytes:
+        if self._pickle:
+            return pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+        out = io.BytesIO()
+        self.backend.serializer.dump(value, out)
+        return out.getvalue()
+
+    def _loads(self, raw: bytes) -> Any:
+        if self._pickle:
+            return pickle.loads(raw)
+        return self.backend.serializer.load(io.BytesIO(raw))
 
     def _commit(
         self,

@@ -66,11 +66,9 @@ from redis.crc import key_slot
 from . import strategy
 from .errors import (
     ConcurrentUpdateError,
-    CorruptValue,
     InvalidArgument,
     LeaseLost,
     LockTimeout,
-    SerializationError,
     StorageError,
     ValueTypeError,
 )
@@ -401,19 +399,10 @@ class RedisStrategy(Strategy):
 
     # -- hooks ---------------------------------------------------------------
 
-    def _decode(self, key: str, raw: bytes) -> Any:
+    def _loads(self, raw: bytes) -> Any:
         if not self._default_serializer:
             return self.backend.serializer.loads(raw)
-        try:
-            if raw.startswith(b"!"):
-                return pickle.loads(raw[1:])
-            return int(raw)
-        except Exception as error:
-            raise CorruptValue(
-                f"key {key!r} holds {raw[:40]!r}, which cannot be decoded"
-                f" ({type(error).__name__}); it was left as it is",
-                key=key,
-            ) from error
+        return pickle.loads(raw[1:]) if raw.startswith(b"!") else int(raw)
 
     def _load(self, key: str) -> Entry | None:
         with translated(f"reading key {key!r}", key):
@@ -422,21 +411,9 @@ class RedisStrategy(Strategy):
             return None
         return Entry(self._decode(key, raw), KEEP, raw)
 
-    def _encode(self, key: str, value: Any) -> bytes:
-        try:
-            raw = self.backend.serializer.dumps(value)
-        except Exception as error:
-            raise SerializationError(
-                f"cannot store key {key!r}: a {type(value).__name__} value cannot be"
-                f" serialized ({type(error).__name__}: {error}); the old value is kept",
-                key=key,
-            ) from error
-        if raw is None:
-            raise SerializationError(
-                f"cannot store key {key!r}: the serializer rejected a {type(value).__name__}",
-                key=key,
-            )
-        return raw if isinstance(raw, bytes) else str(raw).encode()
+    def _dumps(self, value: Any) -> bytes | None:
+        raw = self.backend.serializer.dumps(value)
+        return raw if raw is None or isinstance(raw, bytes) else str(raw).encode()
 
     def _commit(
         self,

@@ -29,7 +29,7 @@ from typing import Any
 from cachelib.serializers import BaseSerializer
 from flask import has_request_context, request
 
-from .errors import CorruptValue, PerProcessBackend, SerializationError
+from .errors import PerProcessBackend
 from .strategy import Entry, Strategy
 from .threadlocks import StripedLocks
 
@@ -92,31 +92,15 @@ class SimpleStrategy(Strategy):
         expires, raw = item
         if expires and expires <= time.time():
             return None
-        try:
-            value = pickle.loads(raw) if self._pickle else self.backend.serializer.loads(raw)
-        except Exception as error:
-            raise CorruptValue(
-                f"key {key!r} cannot be decoded ({type(error).__name__}: {error})", key=key
-            ) from error
-        return Entry(value, expires, raw)
+        return Entry(self._decode(key, raw), expires, raw)
 
-    def _encode(self, key: str, value: Any) -> bytes:
-        try:
-            if self._pickle:
-                return pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
-            raw = self.backend.serializer.dumps(value)
-        except Exception as error:
-            raise SerializationError(
-                f"cannot store key {key!r}: a {type(value).__name__} value cannot be"
-                f" serialized ({type(error).__name__}: {error}); the old value is kept",
-                key=key,
-            ) from error
-        if raw is None:
-            raise SerializationError(
-                f"cannot store key {key!r}: the serializer rejected a {type(value).__name__}",
-                key=key,
-            )
-        return raw  # type: ignore[no-any-return]
+    def _dumps(self, value: Any) -> bytes | None:
+        if self._pickle:
+            return pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+        return self.backend.serializer.dumps(value)  # type: ignore[no-any-return]
+
+    def _loads(self, raw: bytes) -> Any:
+        return pickle.loads(raw) if self._pickle else self.backend.serializer.loads(raw)
 
     def _commit(
         self,

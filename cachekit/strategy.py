@@ -7,7 +7,9 @@ read-modify-write built on four hooks that each backend module implements:
 - :meth:`Strategy._hold`: hold the locks of some names (default: the striped
   locks given to the constructor);
 - :meth:`Strategy._load`: the current :class:`Entry` of a key, or ``None``;
-- :meth:`Strategy._encode`: a value in the backend's own stored form;
+- :meth:`Strategy._dumps` and :meth:`Strategy._loads`: the backend's own
+  stored form of a value (:meth:`Strategy._encode` and :meth:`Strategy._decode`
+  turn their failures into cachekit's errors);
 - :meth:`Strategy._commit`: write and delete keys, all staged before any lands.
 
 A backend with a native atomic operation overrides the public method instead
@@ -37,7 +39,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping, MutableMapp
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Final, NamedTuple, TypeVar
 
-from .errors import InvalidArgument, ValueTypeError
+from .errors import CorruptValue, InvalidArgument, SerializationError, ValueTypeError
 from .threadlocks import COMPUTE, KEYS, LOCKS, StripedLocks
 
 T = TypeVar("T")
@@ -170,8 +172,42 @@ class Strategy(ABC):
         """
 
     @abstractmethod
+    def _dumps(self, value: Any) -> bytes | None:
+        """``value`` in stored form; may raise, or return None as cachelib's serializers do."""
+
+    @abstractmethod
+    def _loads(self, raw: bytes) -> Any:
+        """The value of a stored form; raises if it cannot be decoded."""
+
     def _encode(self, key: str, value: Any) -> bytes:
         """``value`` in stored form; :class:`~cachekit.errors.SerializationError` if impossible."""
+        try:
+            raw = self._dumps(value)
+        except Exception as error:
+            raise SerializationError(
+                f"cannot store key {key!r}: a {type(value).__name__} value cannot be"
+                f" serialized ({type(error).__name__}: {error}); the old value is kept",
+                key=key,
+            ) from error
+        if raw is None:
+            raise SerializationError(
+                f"cannot store key {key!r}: the serializer rejected a {type(value).__name__}",
+                key=key,
+            )
+        return raw
+
+    def _decode(self, key: str, raw: bytes, path: str | None = None) -> Any:
+        """The value of ``key``'s stored form; :class:`~cachekit.errors.CorruptValue` if bad."""
+        try:
+            return self._loads(raw)
+        except Exception as error:
+            where = f" ({path})" if path else ""
+            raise CorruptValue(
+                f"key {key!r}{where} holds {raw[:40]!r}, which cannot be decoded"
+                f" ({type(error).__name__}: {error}); it was left as it is",
+                key=key,
+                path=path,
+            ) from error
 
     @abstractmethod
     def _commit(
