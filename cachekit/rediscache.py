@@ -25,7 +25,8 @@ How each operation works here:
 Leases: a stripe is locked by ``SET cachekit:lock:<prefix><stripe> <token> NX
 PX <lease>``. A holder that dies frees the lock when the lease runs out; a
 holder that is alive renews its leases from a background thread every third
-of the lease, so it is not overtaken while it works; release and renewal
+of the lease (the thread runs while the process holds leases), so it is not
+overtaken while it works; release and renewal
 compare the token first, so they never touch someone else's lease. The lock
 keys sit outside the cache's key prefix, so ``cache.clear()`` does not remove
 a lease in use.
@@ -229,7 +230,8 @@ class RedisLeases(StripedLocks):
         self.lease = LEASE_SECONDS
         self._tokens: dict[int, str] = {}  # stripes this process holds -> their tokens
         self._lost: set[int] = set()  # held stripes whose lease could not be renewed
-        self._renewer_pid = 0
+        self._renewer_pid = 0  # the process whose renewer thread runs, 0 for none
+        self._renewing = threading.Lock()
         self._release = LuaScript(client, RELEASE)
         self._renew = LuaScript(client, RENEW)
 
@@ -287,21 +289,31 @@ class RedisLeases(StripedLocks):
                 log.warning("could not release %s; its lease will run out", self.key(number))
 
     def _start_renewer(self) -> None:
+        """Make sure this process renews its leases; called after a lease is recorded.
+
+        The renewer stops when it finds no lease held. It decides so, and this
+        method decides to start one, under the same lock, after the lease is in
+        ``_tokens``: a new lease is never left without a renewer.
+        """
         if self._renewer_pid == os.getpid():
             return
-        with self._create:
+        with self._renewing:
             if self._renewer_pid != os.getpid():
                 self._renewer_pid = os.getpid()
                 threading.Thread(
-                    target=self._renew_forever, name="cachekit-leases", daemon=True
+                    target=self._renew_while_held, name="cachekit-leases", daemon=True
                 ).start()
 
-    def _renew_forever(self) -> None:
+    def _renew_while_held(self) -> None:
         pid = os.getpid()
         while self._renewer_pid == pid:
             time.sleep(self.lease / 3)
             held = list(self._tokens.items())
             if not held:
+                with self._renewing:
+                    if not self._tokens:
+                        self._renewer_pid = 0
+                        return
                 continue
             try:
                 renewed = [
@@ -320,6 +332,7 @@ class RedisLeases(StripedLocks):
         self._tokens = {}
         self._lost = set()
         self._renewer_pid = 0
+        self._renewing = threading.Lock()
 
 
 def _held_by_transaction(key: str, doing: str) -> LockTimeout:

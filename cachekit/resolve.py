@@ -6,13 +6,15 @@ there is no app context) or a cachelib / Flask-Caching backend instance.
 
 Invariant: exactly one :class:`~cachekit.strategy.Strategy` exists per backend
 instance per process, because its in-process locks are what keep that
-process's threads apart; creation is therefore serialized.
+process's threads apart; creation is therefore serialized. The strategy is
+kept on the backend itself (attribute ``_cachekit_strategy``), so that it
+lives and dies with it: a mapping from backends to strategies would keep every
+backend alive, since each strategy refers to its backend.
 """
 
 from __future__ import annotations
 
 import threading
-import weakref
 from typing import Any
 
 import cachelib
@@ -21,7 +23,6 @@ import flask_caching
 from .errors import ConfigurationError, InvalidArgument, UnsupportedBackend
 from .strategy import Strategy
 
-_strategies: weakref.WeakKeyDictionary[Any, Strategy] = weakref.WeakKeyDictionary()
 _creating = threading.Lock()
 
 
@@ -46,12 +47,13 @@ def backend_of(cache: Any) -> Any:
 def strategy_for(cache: Any) -> Strategy:
     """The strategy of ``cache``'s backend, created on first use, checked on every use."""
     backend = backend_of(cache)
-    strategy = _strategies.get(backend)
+    strategy: Strategy | None = getattr(backend, "_cachekit_strategy", None)
     if strategy is None:
         with _creating:
-            strategy = _strategies.get(backend)
+            strategy = getattr(backend, "_cachekit_strategy", None)
             if strategy is None:
-                strategy = _strategies[backend] = _create(backend)
+                strategy = _create(backend)
+                backend._cachekit_strategy = strategy
     strategy.check_usable()
     return strategy
 

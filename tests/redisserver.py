@@ -27,10 +27,21 @@ def redis_binary() -> str:
     return found
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+def free_port(*, with_bus: bool = False) -> int:
+    """A free loopback port; ``with_bus``: one whose cluster bus port (+10000) is free too."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        if not with_bus:
+            return port
+        if port + 10000 < 65536:
+            with socket.socket() as bus:
+                try:
+                    bus.bind(("127.0.0.1", port + 10000))
+                except OSError:
+                    continue
+            return port
 
 
 class RedisServer:
@@ -52,7 +63,7 @@ class RedisServer:
     ) -> None:
         self.binary = binary or shutil.which("redis-server") or "redis-server"
         self.directory = directory
-        self.port = free_port()
+        self.port = free_port(with_bus=cluster)
         self.durable = durable
         self.sentinel_of = sentinel_of
         self.cluster = cluster

@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +20,8 @@ from cachelib import RedisCache
 
 import cachekit
 from cachekit.resolve import strategy_for
+
+from .conftest import BACKENDS
 
 
 def run_threads(count: int, target: Any) -> list[Any]:
@@ -406,3 +409,23 @@ def test_results_are_exact_under_mixed_helpers(backend: Any) -> None:
     run_threads(6, work)
     assert backend.get("hits") == backend.get("hits-seen") == 240
     assert Counter(backend.get("log")) == Counter((i, j) for i in range(6) for j in range(40))
+
+
+@pytest.mark.parametrize("kind", sorted(BACKENDS))
+def test_a_backend_is_freed_once_unused(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """cachekit's per-backend state must not keep a discarded backend alive."""
+    import gc
+    import weakref
+
+    backend = BACKENDS[kind](request, tmp_path)
+    cachekit.incr(backend, "n")
+    cachekit.update(backend, "doc", lambda d: {"n": 1})
+    for client in {getattr(backend, name, None) for name in ("_read_client", "_write_client")}:
+        if client is not None:
+            client.close()  # else redis-py warns of its open socket when it is collected
+    ref = weakref.ref(backend)
+    del backend
+    gc.collect()
+    assert ref() is None
