@@ -27,8 +27,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def gunicorn(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[str]:
-    """Serve ``app:app`` with gunicorn ``args``; yield its base URL, stop it afterwards.
+def gunicorn(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None, app: str = "app:app"
+) -> Iterator[str]:
+    """Serve ``app`` with gunicorn ``args``; yield its base URL, stop it afterwards.
 
     The cache directory is ``tmp_path / "cache"`` unless ``env`` says otherwise.
     """
@@ -51,7 +53,7 @@ def gunicorn(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> I
         "--backlog",
         "2048",
         *args,
-        "app:app",
+        app,
     ]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT)
