@@ -52,7 +52,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config.from_prefixed_env()
     if config:
         app.config.update(config)
-    os.makedirs(app.instance_path, exist_ok=True)
+    os.makedirs(app.instance_path, mode=0o700, exist_ok=True)
+    if app.config["CACHE_TYPE"] == "FileSystemCache":  # private: its files are pickles
+        os.makedirs(app.config["CACHE_DIR"], mode=0o700, exist_ok=True)
     cache.init_app(app)
     app.register_blueprint(demo)
     with app.app_context():

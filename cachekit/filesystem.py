@@ -37,6 +37,11 @@ restart at 1).
 Pruning: cachelib prunes a directory over ``CACHE_THRESHOLD`` files, removing
 entries that never expire first, so cachekit refuses a FileSystemCache whose
 threshold is not 0.
+
+Security: a directory of pickles is code execution for whoever can write to
+it, so cachekit refuses a cache directory owned by another user or writable by
+group or others, opens entries without following symlinks, and writes them
+with the backend's mode (0600 by default).
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ import errno
 import io
 import os
 import pickle
+import stat
 import struct
 import time
 from collections.abc import Collection, Mapping
@@ -102,6 +108,33 @@ def _unlink_quietly(path: str) -> None:
         pass
 
 
+def check_private_directory(directory: str) -> None:
+    """Refuse a cache directory that someone else could write to.
+
+    Its files are pickles: whoever can write one can run code in every worker
+    that reads it. So the directory must belong to this process's user and be
+    writable by no one else.
+    """
+    try:
+        info = os.stat(directory)
+    except OSError as error:
+        raise ConfigurationError(
+            f"cannot use the cache directory {directory!r}: {error.strerror}", path=directory
+        ) from error
+    problem = None
+    if info.st_uid != os.geteuid():
+        problem = f"it belongs to uid {info.st_uid}, not to this process's uid {os.geteuid()}"
+    elif info.st_mode & 0o022:
+        problem = (
+            f"its mode {stat.S_IMODE(info.st_mode):o} lets others write pickles into it;"
+            f" run chmod 700 {directory}"
+        )
+    if problem:
+        raise ConfigurationError(
+            f"refusing the cache directory {directory!r}: {problem}", path=directory
+        )
+
+
 def _uses_pickle(serializer: Any) -> bool:
     kind = type(serializer)
     return kind.dump is BaseSerializer.dump and kind.load is BaseSerializer.load
@@ -121,6 +154,7 @@ class FileSystemStrategy(Strategy):
                 " which would silently reset cachekit state. Set CACHE_THRESHOLD=0.",
                 setting="CACHE_THRESHOLD",
             )
+        check_private_directory(directory)
         super().__init__(backend, lock_file(directory.rstrip(os.sep) + LOCK_SUFFIX))
         self.directory = directory
         self._mode = backend._mode or 0o600

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,6 +61,8 @@ class RedisServer:
         binary: str | None = None,
         sentinel_of: int | None = None,
         cluster: bool = False,
+        password: str | None = None,
+        tls: bool = False,
     ) -> None:
         self.binary = binary or shutil.which("redis-server") or "redis-server"
         self.directory = directory
@@ -67,7 +70,33 @@ class RedisServer:
         self.durable = durable
         self.sentinel_of = sentinel_of
         self.cluster = cluster
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.password = password
+        self.tls = tls
+        if tls:
+            self.certificate = str(directory / "server.pem")
+            self.private_key = str(directory / "server.key")
+            subprocess.run(
+                [
+                    "openssl",
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-days",
+                    "1",
+                    "-subj",
+                    "/CN=localhost",
+                    "-keyout",
+                    self.private_key,
+                    "-out",
+                    self.certificate,
+                ],
+                check=True,
+                capture_output=True,
+            )
+        auth = f":{password}@" if password else ""
+        self.url = f"{'rediss' if tls else 'redis'}://{auth}127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
 
     def _command(self) -> list[str]:
@@ -83,6 +112,14 @@ class RedisServer:
             if self.durable
             else ["--appendonly", "no"]
         )
+        if self.password:
+            persistence += ["--requirepass", self.password]
+        if self.tls:
+            persistence += [
+                "--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no",
+                "--tls-cert-file", self.certificate, "--tls-key-file", self.private_key,
+                "--tls-ca-cert-file", self.certificate,
+            ]  # fmt: skip
         if self.cluster:
             nodes = str(self.directory / f"nodes-{self.port}.conf")
             persistence += ["--cluster-enabled", "yes", "--cluster-config-file", nodes]
@@ -106,7 +143,7 @@ class RedisServer:
         deadline = time.monotonic() + 20
         while True:
             try:
-                if self.ask("PING").startswith(b"+PONG"):
+                if self.ping():
                     break
             except OSError:
                 pass
@@ -115,6 +152,25 @@ class RedisServer:
             time.sleep(0.05)
         if self.cluster:
             self._serve_every_slot(deadline)
+
+    def ping(self) -> bool:
+        if not (self.password or self.tls):
+            return self.ask("PING").startswith(b"+PONG")
+        import redis
+
+        client = redis.Redis.from_url(self.url, **self.client_options())
+        try:
+            return bool(client.ping())
+        except redis.exceptions.RedisError:
+            return False
+        finally:
+            client.close()
+
+    def client_options(self) -> dict[str, Any]:
+        """What a redis-py client needs besides the URL (the test CA for TLS)."""
+        if self.tls:
+            return {"ssl_ca_certs": self.certificate, "ssl_check_hostname": False}
+        return {}
 
     def ask(self, command: str) -> bytes:
         """Send one inline command and return the start of the reply."""

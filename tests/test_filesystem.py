@@ -182,3 +182,20 @@ def test_two_backends_on_one_directory_in_one_process_exclude_each_other(tmp_pat
         thread.start()
         thread.join()
     assert outcome == ["timeout"]
+
+
+def test_a_cache_directory_others_can_write_to_is_refused(tmp_path: Path) -> None:
+    cache = FileSystemCache(str(tmp_path / "cache"), threshold=0)
+    os.chmod(tmp_path / "cache", 0o777)
+    with pytest.raises(cachekit.ConfigurationError, match="chmod 700"):
+        cachekit.incr(cache, "n")
+    os.chmod(tmp_path / "cache", 0o700)
+    assert cachekit.incr(cache, "n") == 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory to another user needs root")
+def test_a_cache_directory_of_another_user_is_refused(tmp_path: Path) -> None:
+    cache = FileSystemCache(str(tmp_path / "cache"), threshold=0)
+    os.chown(tmp_path / "cache", 65534, 65534)
+    with pytest.raises(cachekit.ConfigurationError, match="belongs to uid 65534"):
+        cachekit.incr(cache, "n")

@@ -226,3 +226,42 @@ def test_a_cluster_transaction_needs_its_keys_in_one_slot(redis_cluster: RedisSe
         txn["{pair}alice"], txn["{pair}bob"] = 1, 2
     assert (cache.get("{pair}alice"), cache.get("{pair}bob")) == (1, 2)
     assert cachekit.incr(cache, "alice") == 1 and cachekit.incr(cache, "bob") == 1
+
+
+def test_a_password_is_honoured_and_never_shown(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = "s3cret-" + uuid.uuid4().hex
+    server = RedisServer(tmp_path, binary=redis_binary(), password=secret)
+    server.start()
+    try:
+        app = Flask(__name__)
+        cache = Cache(app, config={"CACHE_TYPE": "RedisCache", "CACHE_REDIS_URL": server.url})
+        with app.app_context():
+            assert cachekit.incr(cache, "n") == 1
+            with cachekit.transaction(cache, "doc") as txn, cachekit.lock(cache, "x"):
+                txn["doc"] = {"by": "password"}
+            assert cache.get("doc") == {"by": "password"}
+        wrong = RedisCache(host=redis.Redis.from_url(server.url.replace(secret, "wrong-" + secret)))
+        with pytest.raises(cachekit.StorageError) as raised:
+            cachekit.incr(wrong, "n")
+        assert secret not in str(raised.value) and secret not in caplog.text
+    finally:
+        server.stop()
+
+
+def test_tls_connections_work(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path, binary=redis_binary(), tls=True)
+    server.start()
+    try:
+        assert server.url.startswith("rediss://")
+        client = redis.Redis.from_url(server.url, **server.client_options())
+        cache = RedisCache(host=client, key_prefix="tls:")
+        assert [cachekit.incr(cache, "n") for _ in range(3)] == [1, 2, 3]
+        assert cachekit.update(cache, "doc", lambda d: {**d, "n": 1}, {}) == {"n": 1}
+        with cachekit.transaction(cache, "doc") as txn:
+            txn["doc"]["n"] += 1
+        assert cache.get("doc") == {"n": 2}
+        client.close()
+    finally:
+        server.stop()
