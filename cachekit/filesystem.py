@@ -170,8 +170,15 @@ class FileSystemStrategy(Strategy):
         except FileNotFoundError:
             return None
         except OSError as error:
+            hint = (
+                "; it is a symlink, which cachekit never follows: remove it"
+                if (error.errno == errno.ELOOP)
+                else ""
+            )
             raise StorageError(
-                f"cannot read key {key!r} from {path}: {error.strerror}", key=key, path=path
+                f"cannot read key {key!r} from {path}: {error.strerror}{hint}",
+                key=key,
+                path=path,
             ) from error
         try:
             chunks = []

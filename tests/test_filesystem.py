@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ from cachelib import FileSystemCache
 
 import cachekit
 from cachekit.filesystem import LOCK_SUFFIX, TEMP_SUFFIX
+from cachekit.resolve import strategy_for
 
 
 def file_of(cache: Any, key: str) -> Path:
@@ -199,3 +202,136 @@ def test_a_cache_directory_of_another_user_is_refused(tmp_path: Path) -> None:
     os.chown(tmp_path / "cache", 65534, 65534)
     with pytest.raises(cachekit.ConfigurationError, match="belongs to uid 65534"):
         cachekit.incr(cache, "n")
+
+
+def test_a_symlinked_entry_is_never_followed(fs_backend: Any, tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"planted")
+    cachekit.incr(fs_backend, "n")
+    entry = file_of(fs_backend, "n")
+    entry.unlink()
+    entry.symlink_to(target)
+    with pytest.raises(cachekit.StorageError, match="symlink"):
+        cachekit.incr(fs_backend, "n")
+    assert target.read_bytes() == b"planted"
+
+
+def test_a_lock_name_and_a_key_of_the_same_name_are_independent(fs_backend: Any) -> None:
+    with cachekit.lock(fs_backend, "report"):
+        assert cachekit.incr(fs_backend, "report") == 1
+        with cachekit.transaction(fs_backend, "report") as txn:
+            txn["report"] += 1
+    assert fs_backend.get("report") == 2
+
+
+def write_as_nobody(directory: str, out: Any) -> None:
+    """In a child: drop to uid 65534, so that file permissions apply (root ignores them)."""
+    os.setgid(65534)
+    os.setuid(65534)
+    cache = FileSystemCache(directory, threshold=0)
+    results: list[Any] = [cachekit.incr(cache, "n")]
+    os.chmod(directory, 0o500)  # read-only
+    try:
+        cachekit.incr(cache, "n")
+        results.append("written")
+    except cachekit.WriteError as error:
+        results.append(("WriteError", str(error)))
+    results.append(cache.get("n"))
+    os.chmod(directory, 0o700)  # writable again
+    results.append(cachekit.incr(cache, "n"))
+    out.put(results)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to another user needs root")
+def test_a_read_only_directory_fails_cleanly_then_recovers() -> None:
+    import multiprocessing
+    import shutil
+    import tempfile
+
+    home = Path(tempfile.mkdtemp(prefix="cachekit-nobody-"))  # outside root's private tmp
+    try:
+        (home / "cache").mkdir(mode=0o700)
+        for path in (home, home / "cache"):
+            os.chown(path, 65534, 65534)
+        ctx = multiprocessing.get_context("fork")
+        out = ctx.Queue()
+        child = ctx.Process(target=write_as_nobody, args=(str(home / "cache"), out))
+        child.start()
+        first, failure, kept, after = out.get(timeout=30)
+        child.join(10)
+    finally:
+        shutil.rmtree(home)
+    assert first == 1
+    assert failure[0] == "WriteError" and "'n'" in failure[1]
+    assert kept == 1  # the old value is intact
+    assert after == 2  # and service resumes once the directory is writable
+
+
+class DieAtStep:
+    """Stands in for ``os`` in cachekit.filesystem and SIGKILLs the process at its n-th call."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        self.calls = 0
+
+    def tick(self) -> None:
+        self.calls += 1
+        if self.calls == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(os, name)
+        if not callable(real) or name in {"fsencode", "strerror", "getpid"}:
+            return real
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.tick()
+            return real(*args, **kwargs)
+
+        return call
+
+
+def update_dying_at(directory: str, step: int) -> None:
+    import cachekit.filesystem as filesystem
+
+    cache = FileSystemCache(directory, threshold=0)
+    cachekit.incr(cache, "warm-up")  # opens the lock file before the steps are counted
+    dying = DieAtStep(step)
+    exchange = filesystem._exchange
+    vars(filesystem)["os"] = dying
+
+    def exchange_dying(tmp: str, path: str) -> bool:
+        dying.tick()
+        return exchange(tmp, path)
+
+    vars(filesystem)["_exchange"] = exchange_dying
+    cachekit.update(cache, "n", lambda value: value + 1)
+
+
+def test_a_writer_killed_between_any_two_steps_leaves_old_or_new(fs_backend: Any) -> None:
+    """Kill an update at its 1st, 2nd, ... system call until one completes."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    cachekit.incr(fs_backend, "n")
+    directory = fs_backend._path
+    for step in range(1, 60):
+        before = fs_backend.get("n")
+        child = ctx.Process(target=update_dying_at, args=(directory, step))
+        child.start()
+        child.join(20)
+        began = time.monotonic()
+        value = strategy_for(fs_backend)._load("n")  # raises CorruptValue if partial
+        assert value is not None and value.value in (before, before + 1)
+        temporary = [name for name in os.listdir(directory) if name.endswith(TEMP_SUFFIX)]
+        assert len(temporary) <= 1  # at most the one of this key, reused next time
+        with cachekit.lock(fs_backend, "any", timeout=1), cachekit.transaction(fs_backend, "n"):
+            pass
+        assert time.monotonic() - began < 1
+        if child.exitcode == 0:
+            assert step > 5  # it really was killed at several steps before completing
+            break
+        assert child.exitcode == -signal.SIGKILL
+    else:
+        pytest.fail("the update never completed")
+    assert cachekit.incr(fs_backend, "n") == fs_backend.get("n")
