@@ -131,6 +131,8 @@ def test_a_write_past_the_file_size_limit_fails_cleanly(fs_backend: Any) -> None
         signal.signal(signal.SIGXFSZ, previous_handler)
     assert fs_backend.get("blob") == b"small"
     assert not Path(str(file_of(fs_backend, "blob")) + TEMP_SUFFIX).exists()
+    cachekit.update(fs_backend, "blob", lambda _: b"x" * 100_000)  # space is back
+    assert fs_backend.get("blob") == b"x" * 100_000
 
 
 def test_a_stale_temporary_file_is_replaced_by_the_next_write(fs_backend: Any) -> None:
