@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/gunicorn --workers 4 --bind 127.0.0.1:$(PORT) app:app
+	$(BIN)/gunicorn -c gunicorn.conf.py --bind 127.0.0.1:$(PORT) app:app
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -477,6 +477,7 @@ class RedisStrategy(Strategy):
         self._refuse_nesting(self._local.__dict__.get("busy"), (key,))
         ttl = _ttl_of(seconds(timeout))
         full_key = self._key(key)
+        self._started("incr")
         try:
             if not ttl:
                 return int(self._client.incrby(full_key, delta))
@@ -489,6 +490,8 @@ class RedisStrategy(Strategy):
         except redis.exceptions.RedisError:
             with translated(f"incrementing key {key!r}", key):
                 raise
+        finally:
+            self._finished()
 
     def _not_an_int(self, key: str, delta: int) -> ValueTypeError:
         found = self._load(key)
@@ -507,43 +510,50 @@ class RedisStrategy(Strategy):
         deadline = time.monotonic() + strategy.KEY_WAIT
         delay = 0.0
         attempts = 0
-        with self._busy((key,)), ExitStack() as lease:
-            old = self._load(key)
-            while True:
-                new = fn(copy.deepcopy(default) if old is None else old.value)
-                raw = self._encode(key, new)
-                read = ("1", old.raw) if old is not None else ("0", b"")
-                lock_key, token = self._locks.key_and_token(number)
-                with translated(f"updating key {key!r}", key):
-                    outcome = self._compare_and_set([full_key, lock_key], [*read, raw, ttl, token])
-                if outcome[0] == 1:
-                    return new
-                if outcome[0] == 0:  # changed since read: try again on the value it holds now
-                    attempts += 1
-                    if attempts >= MAX_ATTEMPTS:
-                        raise ConcurrentUpdateError(
-                            f"key {key!r} changed under each of {attempts} attempts to update"
-                            " it; nothing was written",
-                            key=key,
-                            attempts=attempts,
-                        )
-                    current = outcome[1]
-                    old = (
-                        None
-                        if current is None
-                        else Entry(self._decode(key, current), KEEP, current)
-                    )
-                    # No pause: the reply carries the current value, and on this
-                    # oversubscribed kind of machine a pause costs more than a retry.
-                    if attempts == OPTIMISTIC_ATTEMPTS:
-                        # Losing race after race: lease the key, as a transaction does, so
-                        # that other updaters wait and the next attempt wins.
-                        lease.enter_context(
-                            self._hold(KEYS, (key,), strategy.KEY_WAIT, f"key {key!r}")
-                        )
-                        old = self._load(key)
-                    continue
-                if time.monotonic() >= deadline:
-                    raise _held_by_transaction(key, "update")
-                delay = _backoff(delay, deadline)
+        self._started("update")
+        try:
+            with self._busy((key,)), ExitStack() as lease:
                 old = self._load(key)
+                while True:
+                    new = fn(copy.deepcopy(default) if old is None else old.value)
+                    raw = self._encode(key, new)
+                    read = ("1", old.raw) if old is not None else ("0", b"")
+                    lock_key, token = self._locks.key_and_token(number)
+                    with translated(f"updating key {key!r}", key):
+                        outcome = self._compare_and_set(
+                            [full_key, lock_key], [*read, raw, ttl, token]
+                        )
+                    if outcome[0] == 1:
+                        return new
+                    if outcome[0] == 0:  # changed since read: try again on the value it holds now
+                        attempts += 1
+                        self.stats.count("retries")
+                        if attempts >= MAX_ATTEMPTS:
+                            raise ConcurrentUpdateError(
+                                f"key {key!r} changed under each of {attempts} attempts to update"
+                                " it; nothing was written",
+                                key=key,
+                                attempts=attempts,
+                            )
+                        current = outcome[1]
+                        old = (
+                            None
+                            if current is None
+                            else Entry(self._decode(key, current), KEEP, current)
+                        )
+                        # No pause: the reply carries the current value, and on this
+                        # oversubscribed kind of machine a pause costs more than a retry.
+                        if attempts == OPTIMISTIC_ATTEMPTS:
+                            # Losing race after race: lease the key, as a transaction does, so
+                            # that other updaters wait and the next attempt wins.
+                            lease.enter_context(
+                                self._hold(KEYS, (key,), strategy.KEY_WAIT, f"key {key!r}")
+                            )
+                            old = self._load(key)
+                        continue
+                    if time.monotonic() >= deadline:
+                        raise _held_by_transaction(key, "update")
+                    delay = _backoff(delay, deadline)
+                    old = self._load(key)
+        finally:
+            self._finished()

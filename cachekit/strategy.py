@@ -29,20 +29,28 @@ with cachekit's read-modify-write.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import datetime as dt
+import logging
 import math
+import os
 import threading
 import time
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterator, Mapping, MutableMapping
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Final, NamedTuple, TypeVar
 
-from .errors import CorruptValue, InvalidArgument, SerializationError, ValueTypeError
+from .errors import CorruptValue, InvalidArgument, LockTimeout, SerializationError, ValueTypeError
+from .stats import PREFIX as STATS_PREFIX
+from .stats import Stats, summary
+from .stats import names as stat_names
 from .threadlocks import COMPUTE, KEYS, LOCKS, StripedLocks
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 #: Longest wait, in seconds, for the lock of a key (incr, update, transaction).
 KEY_WAIT: Final = 30.0
@@ -155,13 +163,69 @@ class Strategy(ABC):
         self.backend = backend
         self._locks = locks
         self._local = threading.local()
+        self.stats = Stats()
+        _live.add(self)
 
     # -- hooks ---------------------------------------------------------------
 
     def _hold(
         self, domain: int, names: Collection[str], timeout: float | None, what: str
     ) -> AbstractContextManager[None]:
-        return self._locks.hold(domain, names, timeout, what)
+        return self._timed_hold(domain, names, timeout, what)
+
+    @contextmanager
+    def _timed_hold(
+        self, domain: int, names: Collection[str], timeout: float | None, what: str
+    ) -> Iterator[None]:
+        began = time.monotonic()
+        entered = False
+        try:
+            with self._locks.hold(domain, names, timeout, what):
+                entered = True
+                self.stats.waited(time.monotonic() - began)
+                yield
+        except LockTimeout:
+            if not entered:
+                self.stats.count("lock_timeouts")
+            raise
+
+    # -- statistics ----------------------------------------------------------
+
+    def _started(self, operation: str) -> None:
+        if not self._local.__dict__.get("flushing"):
+            self.stats.count(f"operations:{operation}")
+
+    def _finished(self) -> None:
+        """Flush the statistics if due, unless this thread holds a lock (no nesting)."""
+        if self.stats.due() and not self._locks.holds_any():
+            self.flush_stats()
+
+    def flush_stats(self) -> None:
+        """Add this process's counts since the last flush to the shared cache; never raises."""
+        if self._local.__dict__.get("flushing"):
+            return
+        pending = self.stats.take_pending()
+        self._local.flushing = True
+        try:
+            for name, amount in pending.items():
+                if amount:
+                    self.incr(STATS_PREFIX + name, amount, None)
+        except Exception:  # statistics must never fail the app
+            log.debug("could not flush cachekit statistics", exc_info=True)
+        finally:
+            self._local.flushing = False
+
+    def merged_stats(self) -> dict[str, Any]:
+        """The statistics of every process, as flushed to the shared cache."""
+        counts = {}
+        for name in stat_names():
+            entry = self._load(STATS_PREFIX + name)
+            counts[name] = entry.value if entry is not None else 0
+        return summary(counts)
+
+    def process_stats(self) -> dict[str, Any]:
+        """The statistics of this process since it started (or forked)."""
+        return summary(self.stats.total)
 
     @abstractmethod
     def _load(self, key: str) -> Entry | None:
@@ -281,31 +345,39 @@ class Strategy(ABC):
         if not isinstance(delta, int) or isinstance(delta, bool):
             raise InvalidArgument(f"delta must be an int, not {type(delta).__name__}", key=key)
         wanted = seconds(timeout)
-        with self._modifying((key,)):
-            old = self._load(key)
-            current = 0 if old is None else old.value
-            if not isinstance(current, int) or isinstance(current, bool):
-                raise ValueTypeError(
-                    f"key {key!r} holds a {type(current).__name__}, not an int: incr cannot"
-                    " add to it",
-                    key=key,
+        self._started("incr")
+        try:
+            with self._modifying((key,)):
+                old = self._load(key)
+                current = 0 if old is None else old.value
+                if not isinstance(current, int) or isinstance(current, bool):
+                    raise ValueTypeError(
+                        f"key {key!r} holds a {type(current).__name__}, not an int: incr"
+                        " cannot add to it",
+                        key=key,
+                    )
+                new = current + delta
+                self._commit(
+                    {key: (self._encode(key, new), self._expires(wanted, old))}, (), {key: old}
                 )
-            new = current + delta
-            self._commit(
-                {key: (self._encode(key, new), self._expires(wanted, old))}, (), {key: old}
-            )
-            return new
+                return new
+        finally:
+            self._finished()
 
     def update(self, key: str, fn: Callable[[Any], T], default: Any, timeout: Timeout) -> T:
         check_key(key)
         wanted = seconds(timeout)
-        with self._modifying((key,)):
-            old = self._load(key)
-            new = fn(copy.deepcopy(default) if old is None else old.value)
-            self._commit(
-                {key: (self._encode(key, new), self._expires(wanted, old))}, (), {key: old}
-            )
-            return new
+        self._started("update")
+        try:
+            with self._modifying((key,)):
+                old = self._load(key)
+                new = fn(copy.deepcopy(default) if old is None else old.value)
+                self._commit(
+                    {key: (self._encode(key, new), self._expires(wanted, old))}, (), {key: old}
+                )
+                return new
+        finally:
+            self._finished()
 
     @contextmanager
     def transaction(self, keys: Collection[str], timeout: Timeout) -> Iterator[Transaction]:
@@ -314,6 +386,7 @@ class Strategy(ABC):
         if not keys:
             raise InvalidArgument("transaction needs at least one key")
         wanted = seconds(timeout)
+        self._started("transaction")
         with self._modifying(keys):
             entries = {key: self._load(key) for key in keys}
             values = {key: entry.value for key, entry in entries.items() if entry is not None}
@@ -329,24 +402,55 @@ class Strategy(ABC):
                     deletes.append(key)
             if writes or deletes:
                 self._commit(writes, deletes, entries)
+        self._finished()
 
     def lock(self, name: str, timeout: Timeout) -> AbstractContextManager[None]:
         check_key(name)
-        return self._hold(LOCKS, (name,), seconds(timeout, "lock timeout"), f"lock {name!r}")
+        return self._locked(name, seconds(timeout, "lock timeout"))
+
+    @contextmanager
+    def _locked(self, name: str, wait: float | None) -> Iterator[None]:
+        self._started("lock")
+        with self._hold(LOCKS, (name,), wait, f"lock {name!r}"):
+            yield
+        self._finished()
 
     def get_or_compute(self, key: str, fn: Callable[[], T], timeout: Timeout) -> T:
         check_key(key)
         wanted = seconds(timeout)
-        found = self._load(key)
-        if found is not None:
-            return found.value  # type: ignore[no-any-return]
-        with self._hold(COMPUTE, (key,), COMPUTE_WAIT, f"computation of {key!r}"):
+        self._started("get_or_compute")
+        try:
             found = self._load(key)
-            if found is not None:
-                return found.value  # type: ignore[no-any-return]
-            value = fn()
-            raw = self._encode(key, value)
-            expires = absolute_expiry(self.default_timeout() if wanted is None else wanted)
-            with self._modifying((key,)):
-                self._commit({key: (raw, expires)}, (), {})
-            return value
+            if found is None:
+                with self._hold(COMPUTE, (key,), COMPUTE_WAIT, f"computation of {key!r}"):
+                    found = self._load(key)
+                    if found is None:
+                        self.stats.count("computes")
+                        value = fn()
+                        raw = self._encode(key, value)
+                        timeout_s = self.default_timeout() if wanted is None else wanted
+                        with self._modifying((key,)):
+                            self._commit({key: (raw, absolute_expiry(timeout_s))}, (), {})
+                        return value
+            self.stats.count("computes_saved")
+            return found.value  # type: ignore[no-any-return]
+        finally:
+            self._finished()
+
+
+_live: weakref.WeakSet[Strategy] = weakref.WeakSet()
+
+
+def flush_all_stats() -> None:
+    """Flush the statistics of every strategy of this process (at exit, say)."""
+    for strategy in list(_live):
+        strategy.flush_stats()
+
+
+def _reset_stats_after_fork() -> None:
+    for strategy in list(_live):
+        strategy.stats.after_fork()
+
+
+atexit.register(flush_all_stats)
+os.register_at_fork(after_in_child=_reset_stats_after_fork)

@@ -72,6 +72,7 @@ class StripedLocks:
     def __init__(self) -> None:
         self._stripes: dict[int, _Stripe] = {}
         self._create = threading.Lock()
+        self._held = threading.local()  # .count: stripe entries of this thread
         _live.add(self)
 
     def _stripe(self, number: int) -> _Stripe:
@@ -136,9 +137,11 @@ class StripedLocks:
                 return False
         stripe.depth += 1
         stripe.owner = threading.get_ident()
+        self._held.count = getattr(self._held, "count", 0) + 1
         return True
 
     def _exit(self, number: int, stripe: _Stripe) -> None:
+        self._held.count -= 1
         stripe.depth -= 1
         try:
             if stripe.depth == 0:
@@ -146,6 +149,10 @@ class StripedLocks:
                 self._release_outer(number)
         finally:
             stripe.mutex.release()
+
+    def holds_any(self) -> bool:
+        """Whether the calling thread holds any stripe."""
+        return bool(getattr(self._held, "count", 0))
 
     def held_by_this_thread(self, number: int) -> bool:
         """Whether the calling thread holds stripe ``number``."""
@@ -155,6 +162,7 @@ class StripedLocks:
     def _after_fork_in_child(self) -> None:
         self._stripes = {}
         self._create = threading.Lock()
+        self._held = threading.local()
 
 
 _live: weakref.WeakSet[StripedLocks] = weakref.WeakSet()
