@@ -18,7 +18,10 @@ Routes (all answer JSON):
   clients ask at once; it counts its computations with ``incr``;
 - ``/report``: a ``lock`` held around an ``update``;
 - ``/boots``: how many processes imported the app (the master too, under
-  ``--preload``, which uses cachekit before it forks the workers).
+  ``--preload``, which uses cachekit before it forks the workers);
+- ``/stats``: cachekit's figures, of every worker and of the one that answers;
+- ``/resource``: a client made once per worker process (never shared across a
+  fork) and a resource made per request and closed at its end.
 """
 
 from __future__ import annotations
@@ -32,9 +35,32 @@ from flask import Blueprint, Flask, jsonify, request, session
 from flask.typing import ResponseReturnValue
 
 import cachekit
+from cachekit.resources import PerProcess, PerRequest
 from common import cache
 
 demo = Blueprint("demo", __name__)
+
+
+class DemoClient:
+    """Stands for a database or pub/sub client: one per worker process."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.id = uuid.uuid4().hex
+
+
+class RequestAudit:
+    """Stands for a per-request resource; closing it is counted in the shared cache."""
+
+    def __init__(self) -> None:
+        self.id = uuid.uuid4().hex
+
+    def close(self) -> None:
+        cachekit.incr(cache, "audits-closed")
+
+
+process_client = PerProcess(DemoClient)
+request_audit = PerRequest("audit", RequestAudit)
 
 OPENING_BALANCE = 1000
 
@@ -57,8 +83,14 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         os.makedirs(app.config["CACHE_DIR"], mode=0o700, exist_ok=True)
     cache.init_app(app)
     app.register_blueprint(demo)
+    request_audit.init_app(app)
     with app.app_context():
-        cachekit.incr(cache, "boots")
+        try:
+            cachekit.incr(cache, "boots")
+        except cachekit.CachekitError as error:  # the app still starts: requests answer 503
+            app.logger.error(
+                "cachekit cannot use this cache: %s (run: flask cachekit doctor)", error
+            )
     return app
 
 
@@ -88,6 +120,8 @@ def index() -> ResponseReturnValue:
             "/expensive",
             "/report",
             "/boots",
+            "/stats",
+            "/resource",
         ],
     )
 
@@ -160,6 +194,25 @@ def report() -> ResponseReturnValue:
     with cachekit.lock(cache, "report"):
         runs = cachekit.update(cache, "report", lambda r: {"runs": r["runs"] + 1}, {"runs": 0})
     return jsonify(runs)
+
+
+@demo.get("/stats")
+def stats() -> ResponseReturnValue:
+    return jsonify(
+        pid=os.getpid(),
+        all_workers=cachekit.statistics(cache),
+        this_worker=cachekit.statistics(cache, merged=False),
+    )
+
+
+@demo.get("/resource")
+def resource() -> ResponseReturnValue:
+    client = process_client()
+    return jsonify(
+        worker=os.getpid(),
+        client={"pid": client.pid, "id": client.id},
+        audit=request_audit().id,
+    )
 
 
 @demo.get("/boots")

@@ -20,7 +20,7 @@ from .errors import (
     ValueTypeError,
     WriteError,
 )
-from .operations import get_or_compute, incr, lock, transaction, update
+from .operations import get_or_compute, incr, lock, statistics, transaction, update
 from .strategy import Transaction
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "get_or_compute",
     "incr",
     "lock",
+    "statistics",
     "transaction",
     "update",
 ]

@@ -99,3 +99,17 @@ def get_or_compute(cache: Any, key: str, fn: Callable[[], T], timeout: Timeout =
     nothing is cached and the next caller computes again.
     """
     return strategy_for(cache).get_or_compute(key, fn, timeout)
+
+
+def statistics(cache: Any, *, merged: bool = True) -> dict[str, Any]:
+    """cachekit's figures for ``cache``: operations, lock waits (p50, p99), timeouts, retries.
+
+    ``merged=True``: every worker's, as they flushed them into the shared cache
+    (this process flushes first); ``merged=False``: this process's alone.
+    See :mod:`cachekit.stats`.
+    """
+    strategy = strategy_for(cache)
+    if not merged:
+        return strategy.process_stats()
+    strategy.flush_stats()
+    return strategy.merged_stats()

@@ -289,6 +289,10 @@ class Strategy(ABC):
         ``INCRBY``) to check that nothing changed them meanwhile.
         """
 
+    def read(self, key: str) -> Entry | None:
+        """The current entry of ``key`` (None if missing); for tools such as the CLI."""
+        return self._load(check_key(key))
+
     def check_usable(self) -> None:  # noqa: B027 (a hook that most backends leave empty)
         """Raise if the backend cannot be shared safely in the current context."""
 
