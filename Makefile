@@ -27,5 +27,6 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
-	$(BIN)/python bench/on_filesystem.py
-	$(BIN)/python bench/on_redis.py
+	$(BIN)/python bench/on_filesystem.py --json bench/results/filesystem.json
+	$(BIN)/python bench/on_redis.py --json bench/results/redis.json
+	$(BIN)/python bench/chart.py bench/results/filesystem.json bench/results/redis.json --out docs/benchmark.svg

@@ -8,6 +8,8 @@ step adding 1, ``processes * ops - final`` is the number of lost updates.
 
 from __future__ import annotations
 
+import argparse
+import json
 import multiprocessing as mp
 import statistics
 import time
@@ -61,11 +63,12 @@ def compare(
     processes: int,
     ops: int,
     rounds: int,
-) -> None:
+) -> dict[str, Any]:
     """Run every contender ``rounds`` times, interleaved, and print one table.
 
     ``baselines`` maps a contender to the one its ratio is computed against;
-    ``new_location(name)`` gives a fresh, empty place for one round.
+    ``new_location(name)`` gives a fresh, empty place for one round. Returns
+    the table's rows, for ``--json`` and the chart (``bench/chart.py``).
     """
     rates: dict[str, list[float]] = {name: [] for name in contenders}
     lost = dict.fromkeys(contenders, 0)
@@ -78,6 +81,7 @@ def compare(
             rates[name].append(rate)
             lost[name] += missing
     total = rounds * processes * ops
+    rows: list[dict[str, Any]] = []
     print(f"{title}: {processes} processes x {ops} operations, {rounds} rounds")
     header = ("contender", "median ops/s", "min-max", "ratio", "lost updates", "ratio to")
     print("{:34} {:>12} {:>15} {:>7} {:>18}  {}".format(*header))
@@ -91,4 +95,25 @@ def compare(
             ratio = f"{statistics.median(ratios):.2f}x"
         lost_text = f"{lost[name]} of {total}"
         print(f"{name:34} {median:12,.0f} {spread:>15} {ratio:>7} {lost_text:>18}  {base or ''}")
+        rows.append({"contender": name, "median_ops": median, "ratio": ratio, "baseline": base,
+                     "lost": lost[name], "total": total})  # fmt: skip
     print()
+    return {"title": title, "rows": rows}
+
+
+def parser(description: str | None) -> argparse.ArgumentParser:
+    """The options every benchmark script takes."""
+    options = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    options.add_argument("--processes", "-p", type=int, default=4)
+    options.add_argument("--ops", type=int, default=2000, help="operations per process per round")
+    options.add_argument("--rounds", type=int, default=5)
+    options.add_argument("--json", help="also write the tables to this file, for bench/chart.py")
+    return options
+
+
+def save(path: str | None, tables: list[dict[str, Any]]) -> None:
+    if path:
+        with open(path, "w") as out:
+            json.dump(tables, out, indent=1)

@@ -14,7 +14,6 @@ Run: ``python bench/incr.py`` (``--help`` for the options).
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import os
 import shutil
@@ -25,7 +24,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.harness import Contender, compare  # noqa: E402
+from bench.harness import Contender, compare, parser, save  # noqa: E402
 
 
 def flask_caching_backend(directory: str) -> Any:
@@ -100,18 +99,13 @@ CONTENDERS = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--processes", "-p", type=int, default=4)
-    parser.add_argument("--ops", type=int, default=2000, help="increments per process per round")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--dir", default=os.getcwd(), help="where to create the cache directories")
-    args = parser.parse_args()
+    options = parser(__doc__)
+    options.add_argument("--dir", default=os.getcwd(), help="where to create the cache directories")
+    args = options.parse_args()
 
     root = tempfile.mkdtemp(prefix="cachekit-bench-", dir=args.dir)
     try:
-        compare(
+        table = compare(
             f"shared counter on FileSystemCache, {os.path.abspath(args.dir)}",
             CONTENDERS,
             {name: LOSSY for name in CONTENDERS if name != LOSSY},
@@ -122,6 +116,7 @@ def main() -> None:
         )
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    save(args.json, [table])
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ Run: ``python bench/redis.py`` (``--help`` for the options).
 
 from __future__ import annotations
 
-import argparse
 import os
 import pickle
 import sys
@@ -27,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import redis  # noqa: E402
 
-from bench.harness import Contender, compare  # noqa: E402
+from bench.harness import Contender, compare, parser, save  # noqa: E402
 
 
 def client(location: str) -> redis.Redis:
@@ -131,14 +130,9 @@ DOCUMENTS = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--processes", "-p", type=int, default=4)
-    parser.add_argument("--ops", type=int, default=2000, help="operations per process per round")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--url", help="an existing Redis (default: start redis-server here)")
-    args = parser.parse_args()
+    options = parser(__doc__)
+    options.add_argument("--url", help="an existing Redis (default: start redis-server here)")
+    args = options.parse_args()
 
     server = None
     url = args.url
@@ -153,7 +147,7 @@ def main() -> None:
         def fresh(name: str) -> str:
             return f"{url}|bench-{uuid.uuid4().hex[:8]}:"
 
-        compare(
+        counters = compare(
             "counter on Redis",
             COUNTERS,
             {name: INCR for name in COUNTERS if name != INCR},
@@ -162,7 +156,7 @@ def main() -> None:
             args.ops,
             args.rounds,
         )
-        compare(
+        documents = compare(
             "dict read-modify-write on Redis",
             DOCUMENTS,
             {name: WATCH for name in DOCUMENTS if name != WATCH},
@@ -174,6 +168,7 @@ def main() -> None:
     finally:
         if server is not None:
             server.stop()
+    save(args.json, [counters, documents])
 
 
 if __name__ == "__main__":
