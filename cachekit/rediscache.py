@@ -23,8 +23,11 @@ How each operation works here:
   transaction raises ConcurrentUpdateError instead).
 
 Leases: a stripe is locked by ``SET cachekit:lock:<prefix><stripe> <token> NX
-PX <lease>``. A holder that dies frees the lock when the lease runs out; a
-holder that is alive renews its leases from a background thread every third
+PX <lease>``. The token starts with the Redis client id of a connection the
+holder's process keeps open: a waiter that finds that connection gone (the
+kernel closes it when the process dies, even by kill -9) deletes the lease
+and goes on at once; a holder whose host is lost frees the lock when the lease
+runs out. A holder that is alive renews its leases from a background thread every third
 of the lease (the thread runs while the process holds leases), so it is not
 overtaken while it works; release and renewal
 compare the token first, so they never touch someone else's lease. The lock
@@ -96,6 +99,8 @@ MAX_ATTEMPTS: Final = 100
 #: Stored expiry meaning "keep the key's current TTL" (Redis reports no absolute time).
 KEEP: Final = -1
 
+#: How often, in seconds, a lease's waiter checks that the holder's process still lives.
+HOLDER_CHECK: Final = 0.05
 #: Back-off of a lease's waiter: from MIN_POLL, doubling, up to MAX_POLL seconds.
 MIN_POLL: Final = 0.0001
 MAX_POLL: Final = 0.005
@@ -232,6 +237,9 @@ class RedisLeases(StripedLocks):
         self._lost: set[int] = set()  # held stripes whose lease could not be renewed
         self._renewer_pid = 0  # the process whose renewer thread runs, 0 for none
         self._renewing = threading.Lock()
+        self._presence_pid = 0  # the process whose presence connection is open
+        self._presence_id = ""
+        self._presence_connection: Any = None
         self._release = LuaScript(client, RELEASE)
         self._renew = LuaScript(client, RENEW)
 
@@ -265,8 +273,9 @@ class RedisLeases(StripedLocks):
         return fenced
 
     def _acquire_outer(self, number: int, deadline: float | None) -> bool:
-        token, key = secrets.token_hex(16), self.key(number)
+        token, key = f"{self._presence()}.{secrets.token_hex(12)}", self.key(number)
         delay = 0.0
+        check_holder_at = time.monotonic() + HOLDER_CHECK
         while True:
             with translated(f"taking the lock {key}"):
                 taken = self._client.set(key, token, nx=True, px=int(self.lease * 1000))
@@ -275,9 +284,53 @@ class RedisLeases(StripedLocks):
                 self._lost.discard(number)
                 self._start_renewer()
                 return True
-            if deadline is not None and time.monotonic() >= deadline:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
                 return False
+            if now >= check_holder_at:
+                check_holder_at = now + HOLDER_CHECK
+                if self._free_if_holder_died(key):
+                    continue
             delay = _backoff(delay, math.inf if deadline is None else deadline)
+
+    def _presence(self) -> str:
+        """The Redis client id of a connection this process keeps open while it lives.
+
+        A lease's token starts with it, so that a waiter can tell a holder that
+        died (its connection is gone from CLIENT LIST the moment the kernel
+        closes its sockets, even on kill -9) from one that is still working,
+        and take the lock at once instead of after the lease. '' where the
+        server refuses CLIENT commands or on a Cluster: leases then run out.
+        """
+        if self._presence_pid == os.getpid():
+            return self._presence_id
+        with self._renewing:
+            if self._presence_pid != os.getpid():
+                self._presence_id = ""
+                if not self.cluster:
+                    try:
+                        connection = self._client.connection_pool.get_connection()
+                        connection.send_command("CLIENT", "ID")
+                        self._presence_id = str(int(connection.read_response()))
+                        self._presence_connection = connection  # kept open, never released
+                    except (redis.exceptions.RedisError, OSError, ValueError):
+                        log.info("no CLIENT ID on this server: dead holders free locks by lease")
+                self._presence_pid = os.getpid()
+        return self._presence_id
+
+    def _free_if_holder_died(self, key: str) -> bool:
+        """Delete the lease at ``key`` if its holder's connection is gone; True if deleted."""
+        try:
+            holder = self._client.get(key)
+            if not holder:
+                return True
+            client_id = holder.split(b".", 1)[0]
+            if not client_id.isdigit() or self._client.client_list(client_id=[client_id]):
+                return False
+            self._release([key], [holder])
+            return True
+        except redis.exceptions.RedisError:
+            return False
 
     def _release_outer(self, number: int) -> None:
         token = self._tokens.pop(number, None)

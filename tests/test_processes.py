@@ -202,8 +202,12 @@ def die_inside_transaction(directory: str, ready: Any) -> None:
 def test_a_dead_holder_frees_its_lock(
     shared: str, victim: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """At once on FileSystemCache (the kernel drops the lock), after the lease on Redis."""
-    redis_lease = 1.0
+    """At once: the kernel drops a file lock, Redis sees the holder's connection close.
+
+    The Redis lease is set far longer than the test may wait, so that only the
+    check of the holder's connection can free the lock in time.
+    """
+    redis_lease = 30.0
     if shared.startswith("redis://"):
         if victim is die_inside_update:
             pytest.skip("update on Redis is optimistic: it holds no lock to die with")
@@ -229,7 +233,7 @@ def test_a_dead_holder_frees_its_lock(
     monkeypatch.setattr(cachekit.strategy, "KEY_WAIT", 5)
     with cachekit.lock(cache, "held", timeout=5):
         assert cachekit.incr(cache, "n") == 2  # the old value, untouched by the dead update
-    assert time.monotonic() - began < (redis_lease + 0.5 if shared.startswith("redis") else 0.5)
+    assert time.monotonic() - began < 1
 
 
 def fork_and_lock(directory: str, out: Any) -> None:
