@@ -73,7 +73,7 @@ def run_workers(ctx: Any, count: int, target: Any, *args: Any) -> list[Any]:
     for proc in procs:
         proc.start()
     try:
-        results = [out.get(timeout=60) for _ in procs]
+        results = [out.get(timeout=120) for _ in procs]
     finally:
         for proc in procs:
             proc.join(10)

@@ -19,7 +19,7 @@ import pytest
 
 import cachekit
 
-from .test_processes import FORK, open_cache
+from .test_processes import FORK, open_cache, run_workers
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -106,21 +106,9 @@ def test_soak_matches_an_exact_model(
         spec = f"{request.getfixturevalue('redis_url')}|soak-{os.getpid()}-{time.time_ns()}:"
     else:
         spec = str(tmp_path / "cache")
-    ctx_start = FORK.Barrier(PROCESSES)
-    out = FORK.Queue()
-    procs = [
-        FORK.Process(target=soak_worker, args=(spec, ctx_start, out)) for _ in range(PROCESSES)
+    records = [
+        record for chunk in run_workers(FORK, PROCESSES, soak_worker, spec) for record in chunk
     ]
-    for proc in procs:
-        proc.start()
-    try:
-        records = [record for _ in procs for record in out.get(timeout=120)]
-    finally:
-        for proc in procs:
-            proc.join(30)
-            if proc.is_alive():
-                proc.kill()
-    assert all(proc.exitcode == 0 for proc in procs)
     assert len(records) == PROCESSES * THREADS
 
     cache = open_cache(spec)
