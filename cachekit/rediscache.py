@@ -24,9 +24,10 @@ How each operation works here:
 
 Leases: a stripe is locked by ``SET cachekit:lock:<prefix><stripe> <token> NX
 PX <lease>``. The token starts with the Redis client id of a connection the
-holder's process keeps open: a waiter that finds that connection gone (the
-kernel closes it when the process dies, even by kill -9) deletes the lease
-and goes on at once; a holder whose host is lost frees the lock when the lease
+holder's process keeps open, parked in a BLPOP that never returns (a blocked
+client is never closed for idleness): a waiter that finds that connection gone
+(the kernel closes it when the process dies, even by kill -9) deletes the
+lease and goes on at once; a holder whose host is lost frees the lock when the lease
 runs out. A holder that is alive renews its leases from a background thread every third
 of the lease (the thread runs while the process holds leases), so it is not
 overtaken while it works; release and renewal
@@ -57,6 +58,7 @@ import os
 import pickle
 import random
 import secrets
+import select
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
@@ -101,6 +103,8 @@ KEEP: Final = -1
 
 #: How often, in seconds, a lease's waiter checks that the holder's process still lives.
 HOLDER_CHECK: Final = 0.05
+#: How often, in seconds, a process without a presence connection tries to open one.
+PRESENCE_RETRY: Final = 5.0
 #: Back-off of a lease's waiter: from MIN_POLL, doubling, up to MAX_POLL seconds.
 MIN_POLL: Final = 0.0001
 MAX_POLL: Final = 0.005
@@ -240,6 +244,7 @@ class RedisLeases(StripedLocks):
         self._presence_pid = 0  # the process whose presence connection is open
         self._presence_id = ""
         self._presence_connection: Any = None
+        self._presence_retry_at = 0.0
         self._release = LuaScript(client, RELEASE)
         self._renew = LuaScript(client, RENEW)
 
@@ -302,21 +307,54 @@ class RedisLeases(StripedLocks):
         and take the lock at once instead of after the lease. '' where the
         server refuses CLIENT commands or on a Cluster: leases then run out.
         """
-        if self._presence_pid == os.getpid():
+        if self._presence_pid == os.getpid() and self._presence_alive():
             return self._presence_id
         with self._renewing:
-            if self._presence_pid != os.getpid():
+            if self._presence_pid != os.getpid() or not self._presence_alive():
                 self._presence_id = ""
-                if not self.cluster:
-                    try:
-                        connection = self._client.connection_pool.get_connection()
-                        connection.send_command("CLIENT", "ID")
-                        self._presence_id = str(int(connection.read_response()))
-                        self._presence_connection = connection  # kept open, never released
-                    except (redis.exceptions.RedisError, OSError, ValueError):
-                        log.info("no CLIENT ID on this server: dead holders free locks by lease")
+                self._presence_connection = None
                 self._presence_pid = os.getpid()
+                if not self.cluster:
+                    self._open_presence()
         return self._presence_id
+
+    def _open_presence(self) -> None:
+        try:
+            connection = self._client.connection_pool.get_connection()
+            connection.send_command("CLIENT", "ID")
+            client_id = str(int(connection.read_response()))
+            # Park the connection in a BLPOP that never returns: Redis never closes a
+            # blocked client for idleness, so the connection lives as long as the process.
+            connection.send_command("BLPOP", f"cachekit:presence:{client_id}", 0)
+        except (redis.exceptions.RedisError, OSError, ValueError):
+            log.info("no CLIENT ID on this server: dead holders free locks by lease")
+            return
+        self._presence_id = client_id
+        self._presence_connection = connection  # kept open, never released to the pool
+
+    def _presence_alive(self) -> bool:
+        """Whether the parked presence connection is still open (no round trip).
+
+        It never receives a reply, so a readable socket means the server closed
+        it (a restart, CLIENT KILL): a new one is opened, under a new id.
+        """
+        connection = self._presence_connection
+        sock = getattr(connection, "_sock", None)
+        if sock is None:
+            return connection is None and not self._presence_retry_due()
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return not readable
+
+    def _presence_retry_due(self) -> bool:
+        """Without a presence connection, try to open one again now and then."""
+        now = time.monotonic()
+        if now < self._presence_retry_at:
+            return False
+        self._presence_retry_at = now + PRESENCE_RETRY
+        return True
 
     def _free_if_holder_died(self, key: str) -> bool:
         """Delete the lease at ``key`` if its holder's connection is gone; True if deleted."""
@@ -382,6 +420,11 @@ class RedisLeases(StripedLocks):
 
     def _after_fork_in_child(self) -> None:
         super()._after_fork_in_child()
+        sock = getattr(self._presence_connection, "_sock", None)
+        if sock is not None:  # the parent's: close this copy only (no shutdown, which is shared)
+            sock.close()
+        self._presence_connection = None
+        self._presence_pid = 0
         self._tokens = {}
         self._lost = set()
         self._renewer_pid = 0

@@ -265,3 +265,24 @@ def test_tls_connections_work(tmp_path: Path) -> None:
         client.close()
     finally:
         server.stop()
+
+
+def test_an_idle_holder_is_not_taken_for_dead(
+    redis_server: RedisServer, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis closes idle clients after `timeout`; the holder's presence must survive it."""
+    admin = redis.Redis.from_url(redis_url)
+    admin.config_set("timeout", 1)
+    try:
+        prefix = f"idle-{uuid.uuid4().hex[:6]}:"
+        holder = RedisCache(host=redis.Redis.from_url(redis_url), key_prefix=prefix)
+        with cachekit.lock(holder, "job"):
+            time.sleep(2.5)  # longer than the idle timeout: the server has swept idle clients
+            out = FORK.Queue()
+            proc = FORK.Process(target=try_lock, args=(redis_url, prefix, 1.5, out))
+            proc.start()
+            assert out.get(timeout=20) == "timeout"
+            proc.join(10)
+    finally:
+        admin.config_set("timeout", 0)
+        admin.close()
