@@ -102,5 +102,5 @@ def _percentile_ms(buckets: list[int], fraction: float) -> float | None:
         seen += count
         if seen >= fraction * total:
             bound = WAIT_BUCKETS[index] if index < len(WAIT_BUCKETS) else float("inf")
-            return bound * 1000
+            return round(bound * 1000, 6)
     return float("inf")

@@ -178,14 +178,16 @@ class Strategy(ABC):
         self, domain: int, names: Collection[str], timeout: float | None, what: str
     ) -> Iterator[None]:
         began = time.monotonic()
+        counted = not self._local.__dict__.get("flushing")  # a flush counts nothing of its own
         entered = False
         try:
             with self._locks.hold(domain, names, timeout, what):
                 entered = True
-                self.stats.waited(time.monotonic() - began)
+                if counted:
+                    self.stats.waited(time.monotonic() - began)
                 yield
         except LockTimeout:
-            if not entered:
+            if counted and not entered:
                 self.stats.count("lock_timeouts")
             raise
 

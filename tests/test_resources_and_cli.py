@@ -210,3 +210,11 @@ def threading_timeout(cache: Any) -> None:
     thread.start()
     thread.join()
     raise errors[0]
+
+
+def test_a_flush_counts_nothing_of_its_own(fs_backend: Any) -> None:
+    cachekit.incr(fs_backend, "n")
+    merged = cachekit.statistics(fs_backend)  # flushes this process first
+    mine = cachekit.statistics(fs_backend, merged=False)
+    assert merged == mine  # the flush's own increments and lock waits are not counted
+    assert mine["operations"]["incr"] == 1 and mine["lock_waits"] == 1
