@@ -9,7 +9,7 @@ of the same disk (by default under the current directory, so not tmpfs).
 - a naive ``fcntl.flock`` held around that get/set: exact but slow;
 - ``diskcache.Cache.incr`` (SQLite), the embedded anchor.
 
-Run: ``python bench/incr.py`` (``--help`` for the options).
+Run: ``python bench/on_filesystem.py`` (``--help`` for the options), or ``make bench``.
 """
 
 from __future__ import annotations
