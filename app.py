@@ -19,7 +19,8 @@ Routes (all answer JSON):
 - ``/report``: a ``lock`` held around an ``update``;
 - ``/boots``: how many processes imported the app (the master too, under
   ``--preload``, which uses cachekit before it forks the workers);
-- ``/stats``: cachekit's figures, of every worker and of the one that answers;
+- ``/stats`` (JSON) and ``/stats/page`` (HTML): cachekit's figures, of every
+  worker and of the one that answers;
 - ``/resource``: a client made once per worker process (never shared across a
   fork) and a resource made per request and closed at its end.
 """
@@ -31,7 +32,7 @@ import time
 import uuid
 from typing import Any
 
-from flask import Blueprint, Flask, jsonify, request, session
+from flask import Blueprint, Flask, jsonify, render_template_string, request, session
 from flask.typing import ResponseReturnValue
 
 import cachekit
@@ -121,6 +122,7 @@ def index() -> ResponseReturnValue:
             "/report",
             "/boots",
             "/stats",
+            "/stats/page",
             "/resource",
         ],
     )
@@ -202,6 +204,34 @@ def stats() -> ResponseReturnValue:
         pid=os.getpid(),
         all_workers=cachekit.statistics(cache),
         this_worker=cachekit.statistics(cache, merged=False),
+    )
+
+
+STATS_PAGE = """<!doctype html>
+<title>cachekit statistics</title>
+<h1>cachekit statistics</h1>
+<p>Every worker's figures, merged in the shared cache (flushed at most once a second),
+beside those of the worker that answered (pid {{ pid }}).</p>
+<table border="1" cellpadding="4">
+<tr><th>figure</th><th>all workers</th><th>this worker</th></tr>
+{% for name, value in all_workers.items() %}
+<tr><td>{{ name }}</td><td>{{ value }}</td><td>{{ this_worker[name] }}</td></tr>
+{% endfor %}
+</table>
+"""
+
+
+@demo.get("/stats/page")
+def stats_page() -> ResponseReturnValue:
+    def flat(figures: dict[str, Any]) -> dict[str, Any]:
+        operations = {f"operations: {op}": n for op, n in figures.pop("operations").items()}
+        return {**operations, **figures}
+
+    return render_template_string(
+        STATS_PAGE,
+        pid=os.getpid(),
+        all_workers=flat(cachekit.statistics(cache)),
+        this_worker=flat(cachekit.statistics(cache, merged=False)),
     )
 
 

@@ -218,3 +218,18 @@ def test_a_flush_counts_nothing_of_its_own(fs_backend: Any) -> None:
     mine = cachekit.statistics(fs_backend, merged=False)
     assert merged == mine  # the flush's own increments and lock waits are not counted
     assert mine["operations"]["incr"] == 1 and mine["lock_waits"] == 1
+
+
+def test_the_demo_shows_statistics_on_a_page(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLASK_CACHE_DIR", str(tmp_path / "cache"))
+    from app import create_app
+
+    client = create_app().test_client()
+    for _ in range(3):
+        client.get("/hits")
+    page = client.get("/stats/page")
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    text = page.get_data(as_text=True)
+    assert "operations: incr" in text and "lock_wait_p99_ms" in text
