@@ -7,14 +7,13 @@ and, where it must, looks at the backend itself (the directory, the server).
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask
 
-from .errors import CachekitError
-from .filesystem import LOCK_SUFFIX, TEMP_SUFFIX
+from .errors import CachekitError, ConfigurationError
+from .filesystem import LOCK_SUFFIX, TEMP_SUFFIX, check_private_directory
 from .resolve import strategy_for
 
 PROBLEM = "problem"
@@ -80,23 +79,14 @@ def _filesystem(config: Any, backend: Any) -> list[Finding]:
                 "set CACHE_THRESHOLD=0",
             )
         )
-    info = os.stat(directory)
-    if info.st_uid != os.geteuid():
+    try:
+        check_private_directory(directory)  # the very check cachekit makes at first use
+    except ConfigurationError as error:
         findings.append(
             Finding(
                 PROBLEM,
-                f"the cache directory {directory} belongs to uid {info.st_uid}; whoever can"
-                " write its pickles can run code in every worker",
-                f"chown it to uid {os.geteuid()} (the app's user)",
-            )
-        )
-    elif info.st_mode & 0o022:
-        findings.append(
-            Finding(
-                PROBLEM,
-                f"the cache directory {directory} has mode {stat.S_IMODE(info.st_mode):o}:"
-                " others can write pickles into it",
-                f"chmod 700 {directory}",
+                f"{error}; whoever can write its pickles can run code in every worker",
+                f"chown it to uid {os.geteuid()} (the app's user) and chmod 700 {directory}",
             )
         )
     foreign = sorted(
