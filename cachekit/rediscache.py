@@ -83,6 +83,7 @@ from .strategy import (
     Strategy,
     Timeout,
     absolute_expiry,
+    check_delta,
     check_key,
     seconds,
 )
@@ -567,9 +568,7 @@ class RedisStrategy(Strategy):
 
     def incr(self, key: str, delta: int, timeout: Timeout) -> int:
         """Native ``INCRBY``: one command, one round trip (a script when a timeout is given)."""
-        check_key(key)
-        if not isinstance(delta, int) or isinstance(delta, bool):
-            raise InvalidArgument(f"delta must be an int, not {type(delta).__name__}", key=key)
+        check_delta(delta, check_key(key))
         self._refuse_nesting(self._local.__dict__.get("busy"), (key,))
         ttl = _ttl_of(seconds(timeout))
         full_key = self._key(key)

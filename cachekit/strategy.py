@@ -79,6 +79,13 @@ def check_key(key: object) -> str:
     return key
 
 
+def check_delta(delta: object, key: str) -> int:
+    """Return ``delta`` if it is an int (not a bool), else raise :class:`InvalidArgument`."""
+    if not isinstance(delta, int) or isinstance(delta, bool):
+        raise InvalidArgument(f"delta must be an int, not {type(delta).__name__}", key=key)
+    return delta
+
+
 def seconds(timeout: Timeout, what: str = "timeout") -> float | None:
     """Validate a timeout given in seconds or as a timedelta; ``None`` stays ``None``."""
     if timeout is None:
@@ -347,9 +354,7 @@ class Strategy(ABC):
     # -- public operations ---------------------------------------------------
 
     def incr(self, key: str, delta: int, timeout: Timeout) -> int:
-        check_key(key)
-        if not isinstance(delta, int) or isinstance(delta, bool):
-            raise InvalidArgument(f"delta must be an int, not {type(delta).__name__}", key=key)
+        check_delta(delta, check_key(key))
         wanted = seconds(timeout)
         self._started("incr")
         try:
