@@ -21,6 +21,10 @@ from flask_caching.backends import RedisClusterCache, RedisSentinelCache
 
 from .redisserver import RedisServer, redis_binary
 
+# Served by gunicorn in test_gunicorn.py: importing it here (doctest collection) would
+# create an app whose cache is the repository's own instance folder.
+collect_ignore = ["slowapp.py"]
+
 BackendFactory = Callable[[pytest.FixtureRequest, Path], Any]
 
 
