@@ -21,7 +21,7 @@ from .errors import (
     WriteError,
 )
 from .operations import get_or_compute, incr, lock, statistics, transaction, update
-from .strategy import Transaction
+from .strategy import LockHandle, Transaction
 
 __all__ = [
     "CachekitError",
@@ -30,6 +30,7 @@ __all__ = [
     "CorruptValue",
     "InvalidArgument",
     "LeaseLost",
+    "LockHandle",
     "LockTimeout",
     "PerProcessBackend",
     "SerializationError",

@@ -1,7 +1,13 @@
-"""What in an app's cache configuration would lose or corrupt shared state, with the fix.
+"""What in an app's cache setup would lose or corrupt shared state, with the fix.
 
-Used by ``flask cachekit doctor``; each check reads the app's configuration
-and, where it must, looks at the backend itself (the directory, the server).
+Used by ``flask cachekit doctor``. Every check looks at what the app really
+has, never at ``app.config`` alone: the backend objects Flask-Caching built
+(however the configuration was passed: ``app.config``, ``Cache(config=...)``
+or ``init_app(app, config=...)``), their class, threshold, default timeout and
+resolved directory, and for Redis the live server (eviction policy,
+persistence, version), through a client with bounded timeouts so that a dead
+server costs seconds, not minutes. Problems come first, then warnings. The
+checks change nothing on the system they look at.
 """
 
 from __future__ import annotations
@@ -10,14 +16,17 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import cachelib
 from flask import Flask
 
+from .compat import bounded_redis_client, filesystem_parts, redis_parts, socket_timeout_of
 from .errors import CachekitError, ConfigurationError
-from .filesystem import LOCK_SUFFIX, TEMP_SUFFIX, check_private_directory
-from .resolve import strategy_for
+from .filesystem import CACHELIB_SKIPS, check_private_directory
 
 PROBLEM = "problem"
 WARNING = "warning"
+#: Longest wait, in seconds, for the Redis server's replies during the checks.
+REDIS_CHECK_TIMEOUT = 2.0
 
 
 @dataclass(frozen=True)
@@ -28,53 +37,64 @@ class Finding:
 
 
 def diagnose(app: Flask) -> list[Finding]:
-    """Every finding about the app's cache (empty: nothing would lose state)."""
-    config = app.config
-    kind = str(config.get("CACHE_TYPE", "NullCache")).rsplit(".", 1)[-1]
-    findings: list[Finding] = []
+    """Every finding about the app's caches, problems first (empty: nothing would lose state)."""
     backends = list(app.extensions.get("cache", {}).values())
     if not backends:
         return [Finding(PROBLEM, "the app has no Flask-Caching cache", "call cache.init_app(app)")]
-    backend = backends[0]
-    if kind == "SimpleCache":
+    findings: list[Finding] = []
+    for backend in {id(b): b for b in backends}.values():
+        findings += diagnose_backend(backend)
+    return sorted(findings, key=lambda finding: finding.level != PROBLEM)
+
+
+def diagnose_backend(backend: Any) -> list[Finding]:
+    """The findings about one backend instance."""
+    findings: list[Finding] = []
+    if isinstance(backend, cachelib.SimpleCache):
         findings.append(
             Finding(
                 PROBLEM,
                 "SimpleCache keeps a separate copy in each worker process",
-                "use CACHE_TYPE=FileSystemCache (one machine) or RedisCache; SimpleCache"
+                "set CACHE_TYPE=FileSystemCache (one machine) or RedisCache; SimpleCache"
                 " only suits a single process",
             )
         )
-    if kind == "FileSystemCache":
-        findings += _filesystem(config, backend)
-    timeout = config.get("CACHE_DEFAULT_TIMEOUT", 300)
+    elif isinstance(backend, cachelib.FileSystemCache):
+        findings += _filesystem(backend)
+    elif isinstance(backend, cachelib.RedisCache):
+        findings += _redis(backend)
+    else:
+        hint = " (NullCache stores nothing)" if isinstance(backend, cachelib.NullCache) else ""
+        findings.append(
+            Finding(
+                PROBLEM,
+                f"cachekit has no atomic strategy for {type(backend).__name__}{hint}",
+                "set CACHE_TYPE to FileSystemCache, RedisCache (or RedisSentinelCache,"
+                " RedisClusterCache) or, for one process, SimpleCache",
+            )
+        )
+    timeout = getattr(backend, "default_timeout", 0)
     if timeout:
         findings.append(
             Finding(
                 WARNING,
-                f"CACHE_DEFAULT_TIMEOUT={timeout} expires what plain cache.set stores after"
-                f" {timeout} s (cachekit's helpers keep no expiry unless asked)",
+                f"the default timeout is {timeout} s: what plain cache.set stores expires"
+                " after it (cachekit's helpers keep no expiry unless asked)",
                 "write shared state only through cachekit, or set CACHE_DEFAULT_TIMEOUT=0",
             )
         )
-    if kind.startswith("Redis"):
-        findings += _redis(backend)
-    try:
-        strategy_for(backend)
-    except CachekitError as error:
-        if not any(f.level == PROBLEM for f in findings):
-            findings.append(Finding(PROBLEM, str(error), "see the message"))
     return findings
 
 
-def _filesystem(config: Any, backend: Any) -> list[Finding]:
+def _filesystem(backend: Any) -> list[Finding]:
     findings = []
-    directory = os.path.abspath(backend._path)
-    if backend._threshold:
+    parts = filesystem_parts(backend)
+    directory = os.path.realpath(parts.path)
+    if parts.threshold:
         findings.append(
             Finding(
                 PROBLEM,
-                f"CACHE_THRESHOLD={backend._threshold}: past that many files FileSystemCache"
+                f"CACHE_THRESHOLD={parts.threshold}: past that many files FileSystemCache"
                 " deletes entries, those that never expire first",
                 "set CACHE_THRESHOLD=0",
             )
@@ -89,39 +109,82 @@ def _filesystem(config: Any, backend: Any) -> list[Finding]:
                 f"chown it to uid {os.geteuid()} (the app's user) and chmod 700 {directory}",
             )
         )
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return findings  # a missing or unreadable directory was reported just above
     foreign = sorted(
         name
-        for name in os.listdir(directory)
-        if not name.endswith(TEMP_SUFFIX)
+        for name in names
+        if not name.endswith(CACHELIB_SKIPS)
         and (not os.path.isfile(os.path.join(directory, name)) or _looks_like_lock(name))
     )
     if foreign:
         findings.append(
             Finding(
                 PROBLEM,
-                f"the cache directory holds lock files or folders ({', '.join(foreign[:5])}):"
-                " FileSystemCache treats everything there as entries, so clear() and"
-                " pruning delete them (and clear() fails on folders)",
-                "keep locks outside CACHE_DIR (cachekit's own lock file is"
-                f" {directory}{LOCK_SUFFIX})",
+                f"the cache directory {directory} holds lock files or folders"
+                f" ({', '.join(foreign[:5])}): FileSystemCache treats everything there as"
+                " entries, so clear() and pruning delete them (and clear() fails on folders)",
+                "keep other locks outside CACHE_DIR (cachekit's own lock file ends in"
+                f" {CACHELIB_SKIPS}, which cachelib skips)",
             )
         )
     return findings
 
 
 def _looks_like_lock(name: str) -> bool:
-    return name.endswith((".lock", LOCK_SUFFIX)) or name.startswith(".lock")
+    return name.endswith(".lock") or name.startswith(".lock")
 
 
 def _redis(backend: Any) -> list[Finding]:
+    from .redis.server import eviction_problem, persistence_warning, read_facts, version_problem
+    from .redis.translate import translated
+
+    parts = redis_parts(backend)
+    findings = []
+    client = bounded_redis_client(parts.client, REDIS_CHECK_TIMEOUT, REDIS_CHECK_TIMEOUT / 2)
     try:
-        backend._write_client.ping()
-    except Exception as error:
+        with translated("checking the server"):
+            facts = read_facts(client)
+    except CachekitError as error:
         return [
             Finding(
                 PROBLEM,
-                f"Redis does not answer ({type(error).__name__}: {error})",
+                f"Redis does not answer: {error}",
                 "start Redis or correct CACHE_REDIS_URL / CACHE_REDIS_HOST",
             )
         ]
-    return []
+    finally:
+        client.close()
+    problem = eviction_problem(facts)
+    if problem:
+        findings.append(
+            Finding(PROBLEM, problem, "CONFIG SET maxmemory-policy noeviction (and in redis.conf)")
+        )
+    too_old = version_problem(facts)
+    if too_old:
+        findings.append(Finding(PROBLEM, too_old, "upgrade Redis to 6.2 or later"))
+    warning = persistence_warning(facts)
+    if warning:
+        findings.append(Finding(WARNING, warning, "CONFIG SET appendonly yes (and in redis.conf)"))
+    for refusal in facts.refused:
+        findings.append(
+            Finding(
+                WARNING,
+                f"the server refused a check ({refusal}): cachekit cannot tell whether it"
+                " evicts or persists state",
+                "allow INFO and CONFIG GET to the app's Redis user, or check by hand",
+            )
+        )
+    if socket_timeout_of(parts.client) is None:
+        findings.append(
+            Finding(
+                WARNING,
+                "the app's own Redis client waits forever for a reply: a plain cache.get"
+                " hangs while Redis does not answer (cachekit's helpers use a client of"
+                " their own, with CACHEKIT_REDIS_TIMEOUT)",
+                'set CACHE_OPTIONS={"socket_timeout": 5, "socket_connect_timeout": 1}',
+            )
+        )
+    return findings

@@ -59,13 +59,16 @@ from typing import Any, Final
 
 from cachelib.serializers import BaseSerializer
 
+from .compat import filesystem_parts
 from .errors import ConfigurationError, CorruptValue, StorageError, WriteError
 from .lockfiles import lock_file
+from .settings import DEFAULTS, Settings
 from .strategy import Entry, Strategy
 
 _HEADER: Final = struct.Struct("I")
 TEMP_SUFFIX: Final = ".cachekit.__wz_cache"
-LOCK_SUFFIX: Final = ".cachekit-lock"
+#: cachelib's suffix of management files: clear(), pruning and counting skip them.
+CACHELIB_SKIPS: Final = ".__wz_cache"
 
 _AT_FDCWD: Final = -100
 _RENAME_EXCHANGE: Final = 2
@@ -145,23 +148,30 @@ class FileSystemStrategy(Strategy):
 
     name = "FileSystemCache"
 
-    def __init__(self, backend: Any) -> None:
-        directory = os.path.abspath(backend._path)
-        if backend._threshold != 0:
+    def __init__(self, backend: Any, settings: Settings = DEFAULTS) -> None:
+        parts = filesystem_parts(backend)
+        directory = os.path.realpath(parts.path)  # identity: never how the path is spelled
+        if parts.threshold != 0:
             raise ConfigurationError(
-                f"FileSystemCache at {directory!r} has CACHE_THRESHOLD={backend._threshold}:"
+                f"FileSystemCache at {directory!r} has CACHE_THRESHOLD={parts.threshold}:"
                 " past that many files it deletes entries, those that never expire first,"
                 " which would silently reset cachekit state. Set CACHE_THRESHOLD=0.",
                 setting="CACHE_THRESHOLD",
             )
         check_private_directory(directory)
-        super().__init__(backend, lock_file(directory.rstrip(os.sep) + LOCK_SUFFIX))
+        super().__init__(backend, lock_file(directory), settings)
         self.directory = directory
-        self._mode = backend._mode or 0o600
+        self._filename = parts.filename
+        self._respell = os.path.abspath(parts.path) != directory
+        self._mode = parts.mode or 0o600
         self._pickle = _uses_pickle(backend.serializer)
 
     def _path(self, key: str) -> str:
-        return self.backend._get_filename(key)  # type: ignore[no-any-return]
+        """The key's file, under the directory's real path (resolved once, at start)."""
+        path: str = self._filename(key)
+        if self._respell:
+            return os.path.join(self.directory, os.path.basename(path))
+        return path
 
     def _load(self, key: str) -> Entry | None:
         path = self._path(key)

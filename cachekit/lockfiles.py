@@ -3,25 +3,34 @@
 All stripes of a cache directory live in a single lock file, as one-byte POSIX
 record locks (``fcntl.lockf``) at the stripe's offset. So:
 
-- The number of lock files is one per cache directory, whatever the number of
-  keys or lock names.
+- There is one lock file per cache directory, whatever the number of keys or
+  lock names, and it lives *inside* the directory, as
+  ``.cachekit-lock.__wz_cache``: cachelib skips every name ending in
+  ``.__wz_cache`` (its own temporary files) in ``clear()``, pruning and
+  counting, and a lock inside the directory is the same lock however the
+  directory is reached (a symlink, ``..``, a bind mount). Within a process
+  the lock file is found by the directory's device and inode, never by how
+  its path is spelled.
 - The lock file is never unlinked, because unlinking a lock file while others
   wait on it splits them across two inodes, and each side would believe it
   holds the lock.
 - The kernel drops a process's record locks when it dies, even by ``kill -9``:
-  a dead holder never blocks the others.
+  a dead holder never blocks the others, and a live one (even stopped) is
+  never overtaken.
 - Record locks belong to the process, not to the thread and not to the file
   descriptor: threads are kept apart by the stripes' thread locks
   (:class:`~cachekit.threadlocks.StripedLocks`), and one :class:`LockFile`
   object, holding the only descriptor this process opens on the file, exists
-  per file per process (see :func:`lock_file`). Closing any descriptor of the
-  file would release every lock the process holds on it, so the descriptor is
-  never closed. A forked child does not inherit its parent's record locks.
+  per directory per process (see :func:`lock_file`). Closing any descriptor of
+  the file would release every lock the process holds on it, so the
+  descriptor is never closed. A forked child does not inherit its parent's
+  record locks.
+- Fencing tokens of the LOCKS stripes are 8-byte counters in the same file,
+  at :data:`FENCE_BASE` (far past the lock offsets), read and advanced by the
+  holder of the stripe's record lock only.
 
-The file lives *beside* the cache directory, not in it: FileSystemCache treats
-every file in its directory as an entry, so ``clear()`` and pruning would
-delete it. It is opened without following symlinks, created ``0600``, and
-refused if it belongs to another user or is open to others.
+It is opened without following symlinks, created ``0600``, and refused if it
+belongs to another user or is open to others.
 
 The kernel offers no timed wait on a record lock, so a waiter polls with a
 back-off capped at :data:`MAX_POLL` seconds. Only one thread per process polls
@@ -34,15 +43,21 @@ import errno
 import fcntl
 import os
 import stat
+import struct
 import threading
-import time
 from typing import Final
 
-from .errors import ConfigurationError
-from .threadlocks import StripedLocks
+from .errors import ConfigurationError, StorageError
+from .threadlocks import LOCKS, STRIPES, StripedLocks, next_fence
+from .waiting import Backoff
 
+#: The lock file's name inside the cache directory (cachelib skips the suffix).
+LOCK_NAME: Final = ".cachekit-lock.__wz_cache"
 MIN_POLL: Final = 0.00005
 MAX_POLL: Final = 0.002
+#: Offset of the fencing counters in the lock file (the lock bytes end at 3 * STRIPES).
+FENCE_BASE: Final = 1 << 16
+_FENCE: Final = struct.Struct("<Q")
 
 _CONTENDED: Final = frozenset({errno.EAGAIN, errno.EACCES})
 
@@ -55,38 +70,68 @@ class LockFile(StripedLocks):
         self.path = path
         self._fd = _open_private(path)
 
-    def _acquire_outer(self, number: int, deadline: float | None) -> bool:
-        delay = 0.0
+    def _acquire_outer(self, number: int, deadline: float | None) -> int | None:
+        backoff = Backoff(MIN_POLL, MAX_POLL, deadline)
         while True:
             try:
                 fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, number, os.SEEK_SET)
-                return True
+                break
             except OSError as error:
                 if error.errno not in _CONTENDED:
                     raise
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                return False
-            delay = min(MAX_POLL, delay * 2 or MIN_POLL)
-            time.sleep(delay if deadline is None else min(delay, deadline - now))
+            if not backoff.sleep():
+                return None
+        if number // STRIPES != LOCKS:
+            return 0
+        try:
+            return self._fence(number)
+        except BaseException:
+            self._release_outer(number)
+            raise
 
-    def _release_outer(self, number: int) -> None:
+    def _fence(self, number: int) -> int:
+        offset = FENCE_BASE + (number - LOCKS * STRIPES) * _FENCE.size
+        try:
+            data = os.pread(self._fd, _FENCE.size, offset)
+            last = _FENCE.unpack(data)[0] if len(data) == _FENCE.size else 0
+            token = next_fence(last)
+            os.pwrite(self._fd, _FENCE.pack(token), offset)
+        except OSError as error:
+            raise StorageError(
+                f"cannot record the fencing token of lock stripe {number} in {self.path}:"
+                f" {error.strerror}",
+                path=self.path,
+            ) from error
+        return token
+
+    def _release_outer(self, number: int) -> bool:
         fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, number, os.SEEK_SET)
+        return True
 
 
-_files: dict[str, LockFile] = {}
-_files_lock = threading.Lock()
+_files: dict[tuple[int, int], LockFile] = {}
+_files_lock = threading.Lock()  # held only to create a LockFile (no network I/O)
 
 
-def lock_file(path: str) -> LockFile:
-    """The one :class:`LockFile` of this process for ``path``, created on first use."""
-    key = os.path.realpath(path)
-    found = _files.get(key)
+def lock_file(directory: str) -> LockFile:
+    """The one :class:`LockFile` of this process for the cache ``directory``.
+
+    Found by the directory's device and inode, so every spelling of one
+    directory shares one lock file (and one set of thread stripes).
+    """
+    try:
+        info = os.stat(directory)
+    except OSError as error:
+        raise ConfigurationError(
+            f"cannot use the cache directory {directory!r}: {error.strerror}", path=directory
+        ) from error
+    identity = (info.st_dev, info.st_ino)
+    found = _files.get(identity)
     if found is None:
         with _files_lock:
-            found = _files.get(key)
+            found = _files.get(identity)
             if found is None:
-                found = _files[key] = LockFile(key)
+                found = _files[identity] = LockFile(os.path.join(directory, LOCK_NAME))
     return found
 
 

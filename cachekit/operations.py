@@ -28,7 +28,7 @@ from contextlib import AbstractContextManager
 from typing import Any, Final, TypeVar
 
 from .resolve import strategy_for
-from .strategy import Timeout, Transaction
+from .strategy import LockHandle, Timeout, Transaction
 
 T = TypeVar("T")
 
@@ -80,12 +80,18 @@ def transaction(
     return strategy_for(cache).transaction(keys, timeout)
 
 
-def lock(cache: Any, name: str, timeout: Timeout = LOCK_TIMEOUT) -> AbstractContextManager[None]:
-    """Mutual exclusion across threads and processes for the block, by ``name``.
+def lock(
+    cache: Any, name: str, timeout: Timeout = LOCK_TIMEOUT
+) -> AbstractContextManager[LockHandle]:
+    """Mutual exclusion across threads, processes and hosts for the block, by ``name``.
 
     Waits at most ``timeout`` seconds (``None``: no limit), then raises
     :class:`~cachekit.errors.LockTimeout`. Re-entrant within a thread. A
-    process that dies holding it releases it at once.
+    process that dies holding it releases it at once (on Redis: at once on
+    the same machine, after the lease from another). The block gets a
+    :class:`~cachekit.strategy.LockHandle` with the grant's fencing token;
+    if the lock was lost while held (a holder paused past its lease), leaving
+    the block raises :class:`~cachekit.errors.LeaseLost`.
     """
     return strategy_for(cache).lock(name, timeout)
 

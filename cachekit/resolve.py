@@ -4,26 +4,32 @@ Every helper accepts either the shared ``flask_caching.Cache`` (resolved to the
 backend of the current app, or of the app it was last initialised with when
 there is no app context) or a cachelib / Flask-Caching backend instance.
 
-Invariant: exactly one :class:`~cachekit.strategy.Strategy` exists per backend
-instance per process, because its in-process locks are what keep that
-process's threads apart; creation is therefore serialized. The strategy is
-kept on the backend itself (attribute ``_cachekit_strategy``), so that it
-lives and dies with it: a mapping from backends to strategies would keep every
-backend alive, since each strategy refers to its backend.
+Invariant: exactly one :class:`~cachekit.strategy.Strategy` is *used* per
+backend instance per process, because its in-process locks are what keep that
+process's threads apart. Two threads that both find none may both create one
+(no lock is held while creating, which may ask a Redis server), but
+``dict.setdefault`` is atomic, so they agree on the first one stored. The
+strategy is kept on the backend itself (attribute ``_cachekit_strategy``), so
+that it lives and dies with it: a mapping from backends to strategies would
+keep every backend alive, since each strategy refers to its backend.
+
+Settings (:mod:`cachekit.settings`) come from the app's ``CACHEKIT_*``
+configuration when the strategy is created through the app's
+``flask_caching.Cache`` in an app context, else from the defaults.
 """
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import cachelib
 import flask_caching
+from flask import current_app, has_app_context
 
+from . import settings as configured
 from .errors import ConfigurationError, InvalidArgument, UnsupportedBackend
+from .settings import DEFAULTS, Settings
 from .strategy import Strategy
-
-_creating = threading.Lock()
 
 
 def backend_of(cache: Any) -> Any:
@@ -49,28 +55,28 @@ def strategy_for(cache: Any) -> Strategy:
     backend = backend_of(cache)
     strategy: Strategy | None = getattr(backend, "_cachekit_strategy", None)
     if strategy is None:
-        with _creating:
-            strategy = getattr(backend, "_cachekit_strategy", None)
-            if strategy is None:
-                strategy = _create(backend)
-                backend._cachekit_strategy = strategy
+        settings = configured.DEFAULTS
+        if isinstance(cache, flask_caching.Cache) and has_app_context():
+            settings = Settings.from_config(current_app.config)
+        strategy = backend.__dict__.setdefault("_cachekit_strategy", create(backend, settings))
     strategy.check_usable()
     return strategy
 
 
-def _create(backend: Any) -> Strategy:
+def create(backend: Any, settings: Settings = DEFAULTS) -> Strategy:
+    """A new strategy for ``backend`` (checked as at first use); most callers want strategy_for."""
     if isinstance(backend, cachelib.FileSystemCache):
         from .filesystem import FileSystemStrategy
 
-        return FileSystemStrategy(backend)
+        return FileSystemStrategy(backend, settings)
     if isinstance(backend, cachelib.SimpleCache):
         from .simple import SimpleStrategy
 
-        return SimpleStrategy(backend)
+        return SimpleStrategy(backend, settings)
     if isinstance(backend, cachelib.RedisCache):
-        from .rediscache import RedisStrategy
+        from .redis import RedisStrategy
 
-        return RedisStrategy(backend)
+        return RedisStrategy(backend, settings)
     hint = ""
     if isinstance(backend, cachelib.NullCache):
         hint = " NullCache stores nothing (it is Flask-Caching's default CACHE_TYPE)."

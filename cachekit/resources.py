@@ -28,6 +28,8 @@ from typing import Any, Generic, TypeVar
 
 from flask import Flask, g
 
+from .threadlocks import PerProcessValue
+
 T = TypeVar("T")
 
 
@@ -35,12 +37,15 @@ class PerProcess(Generic[T]):
     """``factory()`` called once per process, lazily, safely when threads race for it.
 
     A forked child never touches its parent's object (its sockets belong to
-    the parent): it drops the reference and builds its own on first use.
+    the parent): it drops the reference and builds its own on first use. The
+    lock that makes racing threads wait for one factory call is itself made
+    in the child on first use, so under gevent it is a gevent lock (the
+    factory may do I/O while it is held).
     """
 
     def __init__(self, factory: Callable[[], T]) -> None:
         self._factory = factory
-        self._lock = threading.Lock()
+        self._lock = PerProcessValue(threading.Lock)
         self._pid = 0
         self._value: T | None = None
         _instances.add(self)
@@ -48,14 +53,13 @@ class PerProcess(Generic[T]):
     def __call__(self) -> T:
         if self._pid == os.getpid():
             return self._value  # type: ignore[return-value]
-        with self._lock:
+        with self._lock.get():
             if self._pid != os.getpid():
                 self._value = self._factory()
                 self._pid = os.getpid()
         return self._value  # type: ignore[return-value]
 
     def _after_fork_in_child(self) -> None:
-        self._lock = threading.Lock()  # another thread may have held it at the fork
         self._pid = 0
         self._value = None
 

@@ -23,13 +23,15 @@ from __future__ import annotations
 import os
 import pickle
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from cachelib.serializers import BaseSerializer
 from flask import has_request_context, request
 
+from .compat import simple_parts, wrap_simple_prune
 from .errors import PerProcessBackend
+from .settings import DEFAULTS, Settings
 from .strategy import Entry, Strategy
 from .threadlocks import StripedLocks
 
@@ -44,8 +46,11 @@ class SimpleStrategy(Strategy):
 
     name = "SimpleCache"
 
-    def __init__(self, backend: Any) -> None:
-        super().__init__(backend, StripedLocks())
+    def __init__(self, backend: Any, settings: Settings = DEFAULTS) -> None:
+        super().__init__(backend, StripedLocks(), settings)
+        parts = simple_parts(backend)
+        self._lock = parts.lock
+        self._entries = parts.entries
         self._pid = os.getpid()
         self._managed: set[str] = set()
         kind = type(backend.serializer)
@@ -66,27 +71,26 @@ class SimpleStrategy(Strategy):
             )
 
     def _protect_from_pruning(self) -> None:
-        backend, managed = self.backend, self._managed
-        prune = backend._prune
+        lock, entries, managed = self._lock, self._entries, self._managed
 
-        def prune_except_cachekit_keys() -> None:
-            with backend._lock:
+        def prune_except_cachekit_keys(prune: Callable[[], None]) -> None:
+            with lock:
                 now = time.time()
                 kept = {}
                 for key in managed:
-                    item = backend._cache.pop(key, None)
+                    item = entries.pop(key, None)
                     if item is not None and (item[0] == 0 or item[0] > now):
                         kept[key] = item
                 try:
                     prune()
                 finally:
-                    backend._cache.update(kept)
+                    entries.update(kept)
 
-        backend._prune = prune_except_cachekit_keys
+        wrap_simple_prune(self.backend, prune_except_cachekit_keys)
 
     def _load(self, key: str) -> Entry | None:
-        with self.backend._lock:
-            item = self.backend._cache.get(key)
+        with self._lock:
+            item = self._entries.get(key)
         if item is None:
             return None
         expires, raw = item
@@ -108,10 +112,10 @@ class SimpleStrategy(Strategy):
         deletes: Collection[str],
         read: Mapping[str, Entry | None],
     ) -> None:
-        with self.backend._lock:
+        with self._lock:
             for key, (raw, expires) in writes.items():
-                self.backend._cache[key] = (expires, raw)
+                self._entries[key] = (expires, raw)
                 self._managed.add(key)
             for key in deletes:
-                self.backend._cache.pop(key, None)
+                self._entries.pop(key, None)
                 self._managed.discard(key)

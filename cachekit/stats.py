@@ -80,7 +80,13 @@ class Stats:
 
 
 def summary(counts: Counter[str] | dict[str, int]) -> dict[str, Any]:
-    """Readable figures from raw counts: operations, waits with p50/p99, the rest."""
+    """Readable figures from raw counts: operations, waits with p50/p99, the rest.
+
+    Every value is finite (valid JSON): a percentile is the upper bound, in
+    ms, of the bucket that holds it, and ``None`` when there was no wait or
+    when it lies beyond the largest bound (then ``lock_waits_over_10s`` counts
+    those waits).
+    """
     buckets = [int(counts.get(f"wait:{i}", 0)) for i in range(len(WAIT_BUCKETS) + 1)]
     waits = sum(buckets)
     return {
@@ -88,19 +94,17 @@ def summary(counts: Counter[str] | dict[str, int]) -> dict[str, Any]:
         "lock_waits": waits,
         "lock_wait_p50_ms": _percentile_ms(buckets, 0.50),
         "lock_wait_p99_ms": _percentile_ms(buckets, 0.99),
+        "lock_waits_over_10s": buckets[-1],
         **{name: int(counts.get(name, 0)) for name in COUNTERS},
     }
 
 
 def _percentile_ms(buckets: list[int], fraction: float) -> float | None:
-    """The upper bound of the bucket holding the percentile, in ms (None: no waits)."""
+    """The upper bound of the bucket holding the percentile, in ms; None if none or unbounded."""
     total = sum(buckets)
-    if not total:
-        return None
     seen = 0
-    for index, count in enumerate(buckets):
+    for bound, count in zip(WAIT_BUCKETS, buckets, strict=False):
         seen += count
-        if seen >= fraction * total:
-            bound = WAIT_BUCKETS[index] if index < len(WAIT_BUCKETS) else float("inf")
+        if total and seen >= fraction * total:
             return round(bound * 1000, 6)
-    return float("inf")
+    return None

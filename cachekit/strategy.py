@@ -43,19 +43,23 @@ from collections.abc import Callable, Collection, Iterator, Mapping, MutableMapp
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Final, NamedTuple, TypeVar
 
-from .errors import CorruptValue, InvalidArgument, LockTimeout, SerializationError, ValueTypeError
+from .errors import (
+    CorruptValue,
+    InvalidArgument,
+    LeaseLost,
+    LockTimeout,
+    SerializationError,
+    ValueTypeError,
+)
+from .settings import DEFAULTS, Settings
 from .stats import PREFIX as STATS_PREFIX
 from .stats import Stats, summary
 from .stats import names as stat_names
-from .threadlocks import COMPUTE, KEYS, LOCKS, StripedLocks
+from .threadlocks import COMPUTE, KEYS, LOCKS, PerProcessValue, StripedLocks
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-#: Longest wait, in seconds, for the lock of a key (incr, update, transaction).
-KEY_WAIT: Final = 30.0
-#: Longest wait, in seconds, for another caller's get_or_compute of the same key.
-COMPUTE_WAIT: Final = 60.0
 #: Expiry times are stored as unsigned 32-bit seconds by cachelib's file format.
 MAX_EXPIRES: Final = 2**32 - 1
 
@@ -71,11 +75,27 @@ class Entry(NamedTuple):
 
 
 def check_key(key: object) -> str:
-    """Return ``key`` if it is a non-empty string, else raise :class:`InvalidArgument`."""
+    """Return ``key`` if it is a non-empty string that UTF-8 can encode, else raise.
+
+    Every backend stores keys as UTF-8 bytes, so a string holding a lone
+    surrogate (what ``os.fsdecode`` and ``surrogateescape`` make of bytes
+    that are not UTF-8) is refused with :class:`InvalidArgument` here, the
+    same on every backend, rather than failing inside one of them.
+    """
     if not isinstance(key, str):
         raise InvalidArgument(f"a key must be a str, not {type(key).__name__}", key=key)
     if not key:
         raise InvalidArgument("a key must not be empty", key=key)
+    if not key.isascii():
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise InvalidArgument(
+                f"a key must be encodable as UTF-8; {key!r} holds {key[error.start]!r} at"
+                f" {error.start}, a lone surrogate (undecodable bytes, as surrogateescape"
+                " leaves them)",
+                key=key,
+            ) from None
     return key
 
 
@@ -160,39 +180,87 @@ class Transaction(MutableMapping[str, Any]):
         return f"Transaction({self._values!r})"
 
 
+class LockHandle:
+    """What ``with cachekit.lock(cache, name) as handle`` gives the block.
+
+    ``handle.token`` is the *fencing token* of this grant: an integer larger
+    than that of every earlier grant of the same lock name, across every
+    process and host that shares the cache. Pass it to a store you write to
+    inside the block and have the store refuse a write whose token is lower
+    than one it has already seen: a holder that was paused past its lease
+    (and overtaken) then cannot overwrite the newer holder's work.
+
+    ``handle.is_held()`` tells whether the lock is still this holder's (on
+    Redis a round trip that checks the lease; a lock held by the kernel or in
+    memory is held until the block ends); ``handle.check()`` raises
+    :class:`~cachekit.errors.LeaseLost` if not. Leaving the block raises
+    ``LeaseLost`` too if the lock was lost while held.
+    """
+
+    __slots__ = ("_active", "_still_held", "name", "token")
+
+    def __init__(self, name: str, token: int, still_held: Callable[[], bool]) -> None:
+        self.name = name
+        self.token = token
+        self._still_held = still_held
+        self._active = True
+
+    def is_held(self) -> bool:
+        """Whether the lock is still this holder's (False once the block has ended)."""
+        return self._active and self._still_held()
+
+    def check(self) -> None:
+        """Raise :class:`~cachekit.errors.LeaseLost` unless the lock is still held."""
+        if not self.is_held():
+            raise LeaseLost(
+                f"lock {self.name!r} is no longer held by this holder (fencing token"
+                f" {self.token}): another holder may be running",
+                name=self.name,
+            )
+
+    def __repr__(self) -> str:
+        return f"LockHandle({self.name!r}, token={self.token})"
+
+
 class Strategy(ABC):
     """Atomic operations on one backend instance; one instance per backend per process."""
 
     #: The backend's name in messages and documentation.
     name = "backend"
 
-    def __init__(self, backend: Any, locks: StripedLocks) -> None:
+    def __init__(self, backend: Any, locks: StripedLocks, settings: Settings = DEFAULTS) -> None:
         self.backend = backend
+        self.settings = settings
         self._locks = locks
-        self._local = threading.local()
+        self._thread_state = PerProcessValue(threading.local)
         self.stats = Stats()
         _live.add(self)
+
+    @property
+    def _local(self) -> threading.local:
+        """This thread's (greenlet's, under gevent) own state: nesting, flushing."""
+        return self._thread_state.get()
 
     # -- hooks ---------------------------------------------------------------
 
     def _hold(
         self, domain: int, names: Collection[str], timeout: float | None, what: str
-    ) -> AbstractContextManager[None]:
+    ) -> AbstractContextManager[int]:
         return self._timed_hold(domain, names, timeout, what)
 
     @contextmanager
     def _timed_hold(
         self, domain: int, names: Collection[str], timeout: float | None, what: str
-    ) -> Iterator[None]:
+    ) -> Iterator[int]:
         began = time.monotonic()
         counted = not self._local.__dict__.get("flushing")  # a flush counts nothing of its own
         entered = False
         try:
-            with self._locks.hold(domain, names, timeout, what):
+            with self._locks.hold(domain, names, timeout, what) as token:
                 entered = True
                 if counted:
                     self.stats.waited(time.monotonic() - began)
-                yield
+                yield token
         except LockTimeout:
             if counted and not entered:
                 self.stats.count("lock_timeouts")
@@ -342,7 +410,7 @@ class Strategy(ABC):
     def _modifying(self, keys: Collection[str]) -> Iterator[None]:
         """Lock ``keys`` for a read-modify-write (see :meth:`_busy` for nesting)."""
         what = f"key {next(iter(keys))!r}" if len(keys) == 1 else f"keys {sorted(keys)!r}"
-        with self._busy(keys), self._hold(KEYS, keys, KEY_WAIT, what):
+        with self._busy(keys), self._hold(KEYS, keys, self.settings.key_wait, what):
             yield
 
     @staticmethod
@@ -415,15 +483,20 @@ class Strategy(ABC):
                 self._commit(writes, deletes, entries)
         self._finished()
 
-    def lock(self, name: str, timeout: Timeout) -> AbstractContextManager[None]:
+    def lock(self, name: str, timeout: Timeout) -> AbstractContextManager[LockHandle]:
         check_key(name)
         return self._locked(name, seconds(timeout, "lock timeout"))
 
     @contextmanager
-    def _locked(self, name: str, wait: float | None) -> Iterator[None]:
+    def _locked(self, name: str, wait: float | None) -> Iterator[LockHandle]:
         self._started("lock")
-        with self._hold(LOCKS, (name,), wait, f"lock {name!r}"):
-            yield
+        number = self._locks.stripe(LOCKS, name)
+        with self._hold(LOCKS, (name,), wait, f"lock {name!r}") as token:
+            handle = LockHandle(name, token, lambda: self._locks.still_held(number))
+            try:
+                yield handle
+            finally:
+                handle._active = False
         self._finished()
 
     def get_or_compute(self, key: str, fn: Callable[[], T], timeout: Timeout) -> T:
@@ -433,7 +506,9 @@ class Strategy(ABC):
         try:
             found = self._load(key)
             if found is None:
-                with self._hold(COMPUTE, (key,), COMPUTE_WAIT, f"computation of {key!r}"):
+                with self._hold(
+                    COMPUTE, (key,), self.settings.compute_wait, f"computation of {key!r}"
+                ):
                     found = self._load(key)
                     if found is None:
                         self.stats.count("computes")

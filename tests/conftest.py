@@ -7,6 +7,7 @@ fixture that starts it.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +19,8 @@ from cachelib import FileSystemCache, RedisCache, SimpleCache
 from flask import Flask
 from flask_caching import Cache
 from flask_caching.backends import RedisClusterCache, RedisSentinelCache
+
+import cachekit.settings
 
 from .redisserver import RedisServer, redis_binary
 
@@ -130,3 +133,10 @@ def flask_cache(tmp_path: Path) -> Iterator[tuple[Flask, Cache]]:
         },
     )
     yield app, cache
+
+
+def use_settings(monkeypatch: pytest.MonkeyPatch, **changes: float) -> None:
+    """Strategies created from now on (in this process and its forks) get these settings."""
+    monkeypatch.setattr(
+        cachekit.settings, "DEFAULTS", dataclasses.replace(cachekit.settings.DEFAULTS, **changes)
+    )

@@ -14,7 +14,8 @@ import pytest
 from cachelib import FileSystemCache
 
 import cachekit
-from cachekit.filesystem import LOCK_SUFFIX, TEMP_SUFFIX
+from cachekit.filesystem import TEMP_SUFFIX
+from cachekit.lockfiles import LOCK_NAME
 from cachekit.resolve import strategy_for
 
 
@@ -31,18 +32,19 @@ def test_values_stay_in_flask_caching_format(fs_backend: Any) -> None:
     assert cachekit.incr(fs_backend, "plain") == 11
 
 
-def test_lock_file_is_one_private_file_beside_the_directory(fs_backend: Any) -> None:
+def test_lock_file_is_one_private_file_that_cachelib_skips(fs_backend: Any) -> None:
     for i in range(300):
         cachekit.incr(fs_backend, f"key-{i}")
         with cachekit.lock(fs_backend, f"name-{i}"):
             pass
     directory = Path(fs_backend._path)
-    siblings = sorted(p.name for p in directory.parent.iterdir())
-    assert siblings == ["cache", "cache" + LOCK_SUFFIX]
-    lock_file = directory.parent / ("cache" + LOCK_SUFFIX)
+    assert sorted(p.name for p in directory.parent.iterdir()) == ["cache"]  # nothing beside it
+    lock_file = directory / LOCK_NAME
     assert stat.S_IMODE(lock_file.stat().st_mode) == 0o600
-    assert len(list(directory.iterdir())) == 300  # only the entries
-    for entry in directory.iterdir():
+    entries = [p for p in directory.iterdir() if p.name != LOCK_NAME]
+    assert len(entries) == 300
+    assert len(list(fs_backend._list_dir())) == 300  # cachelib counts the entries only
+    for entry in entries:
         assert stat.S_IMODE(entry.stat().st_mode) == 0o600
 
 
@@ -50,7 +52,10 @@ def test_clear_works_after_cachekit_used_the_directory(fs_backend: Any) -> None:
     cachekit.incr(fs_backend, "n")
     with cachekit.lock(fs_backend, "x"):
         pass
+    lock_file = Path(fs_backend._path) / LOCK_NAME
+    inode = lock_file.stat().st_ino
     assert fs_backend.clear() is True
+    assert lock_file.stat().st_ino == inode  # clear() leaves the lock file alone
     assert fs_backend.get("n") is None
     assert cachekit.incr(fs_backend, "n") == 1
 
@@ -58,14 +63,16 @@ def test_clear_works_after_cachekit_used_the_directory(fs_backend: Any) -> None:
 def test_a_symlinked_lock_file_is_refused(tmp_path: Path) -> None:
     target = tmp_path / "elsewhere"
     target.write_text("")
-    (tmp_path / ("cache" + LOCK_SUFFIX)).symlink_to(target)
+    (tmp_path / "cache").mkdir(mode=0o700)
+    (tmp_path / "cache" / LOCK_NAME).symlink_to(target)
     cache = FileSystemCache(str(tmp_path / "cache"), threshold=0)
     with pytest.raises(cachekit.ConfigurationError, match="symlink"):
         cachekit.incr(cache, "n")
 
 
 def test_a_lock_file_open_to_others_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / ("cache" + LOCK_SUFFIX)
+    (tmp_path / "cache").mkdir(mode=0o700)
+    path = tmp_path / "cache" / LOCK_NAME
     path.write_text("")
     path.chmod(0o666)
     cache = FileSystemCache(str(tmp_path / "cache"), threshold=0)
@@ -150,7 +157,7 @@ def test_writes_leave_no_temporary_files(fs_backend: Any) -> None:
         with cachekit.transaction(fs_backend, "a", "b") as txn:
             txn["a"] = txn.get("a", 0) + 1
             txn["b"] = txn.get("b", 0) - 1
-    names = os.listdir(fs_backend._path)
+    names = [name for name in os.listdir(fs_backend._path) if name != LOCK_NAME]
     assert not [name for name in names if name.endswith(TEMP_SUFFIX)]
     assert len(names) == 7
 

@@ -19,10 +19,11 @@ from flask_caching import Cache
 from flask_caching.backends import RedisClusterCache
 
 import cachekit
-import cachekit.rediscache
+import cachekit.redis.strategy
 from cachekit.resolve import strategy_for
 from cachekit.threadlocks import KEYS, LOCKS, stripe_of
 
+from .conftest import use_settings
 from .redisserver import RedisServer, redis_binary
 
 FORK = mp.get_context("fork")
@@ -74,7 +75,7 @@ def test_a_foreign_value_is_an_error_not_a_reset(rcache: Any) -> None:
 def test_a_live_holder_is_not_overtaken_when_its_lease_runs_out(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cachekit.rediscache, "LEASE_SECONDS", 0.6)
+    use_settings(monkeypatch, lease=0.6)
     prefix = f"lease-{uuid.uuid4().hex[:6]}:"
     holder = RedisCache(host=redis.Redis.from_url(redis_url), key_prefix=prefix)
     with cachekit.lock(holder, "job"):
@@ -100,12 +101,18 @@ def try_lock(url: str, prefix: str, timeout: float, out: Any) -> None:
         out.put("timeout")
 
 
-def test_release_never_frees_someone_elses_lock(rcache: Any) -> None:
+def test_a_holder_whose_lease_was_taken_is_told_and_frees_nothing(rcache: Any) -> None:
     key = lock_key(rcache, LOCKS, "job")
     client = raw_client(rcache)
-    with cachekit.lock(rcache, "job"):
-        client.set(key, "someone-else")  # as if our lease ran out and another took it
-    assert client.get(key) == b"someone-else"
+    someone_else = f"{int(time.time() * 1000) + 60000} other.1.1.abc"
+    with pytest.raises(cachekit.LeaseLost, match="'job'"):
+        with cachekit.lock(rcache, "job") as handle:
+            assert handle.is_held()
+            client.set(key, someone_else)  # as if our lease ran out and another took it
+            assert not handle.is_held()
+            with pytest.raises(cachekit.LeaseLost):
+                handle.check()
+    assert client.get(key) == someone_else.encode()
 
 
 def test_a_transaction_whose_lease_was_lost_writes_nothing(rcache: Any) -> None:
@@ -120,7 +127,7 @@ def test_a_transaction_whose_lease_was_lost_writes_nothing(rcache: Any) -> None:
 def test_update_gives_up_after_bounded_attempts(
     rcache: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cachekit.rediscache, "MAX_ATTEMPTS", 3)
+    monkeypatch.setattr(cachekit.redis.strategy, "MAX_ATTEMPTS", 3)
     rcache.set("k", 0, timeout=0)
     calls = []
 
@@ -201,7 +208,7 @@ def test_updates_that_lose_races_lease_the_key_and_stay_exact(
     rcache: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With one optimistic try, every lost race goes through the leased path."""
-    monkeypatch.setattr(cachekit.rediscache, "OPTIMISTIC_ATTEMPTS", 1)
+    monkeypatch.setattr(cachekit.redis.strategy, "OPTIMISTIC_ATTEMPTS", 1)
     barrier = threading.Barrier(8)
 
     def work(i: int) -> None:

@@ -1,0 +1,167 @@
+"""Every touch of a cachelib, Flask-Caching or redis-py internal, behind one door.
+
+cachekit works on the backends' own objects, so it must read some of their
+private attributes. Each one is read here and nowhere else, and a missing one
+raises :class:`~cachekit.errors.UnsupportedBackend` naming the installed
+version and the versions cachekit is tested with, instead of an
+``AttributeError`` deep inside an operation.
+
+Tested with: cachelib 0.13 to 0.17, Flask-Caching 2.3 to 2.5, redis-py 5.3 to
+8.1 (the floors are in ``pyproject.toml``; CI runs the lowest and the newest).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from .errors import UnsupportedBackend
+
+#: The versions this module was written and tested against, for messages.
+TESTED: Final = "cachelib 0.13-0.17, Flask-Caching 2.3-2.5, redis-py 5.3-8.1"
+
+
+def version(distribution: str) -> str:
+    """The installed version of ``distribution``, or ``"not installed"``."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _get(obj: Any, attribute: str, distribution: str) -> Any:
+    try:
+        return getattr(obj, attribute)
+    except AttributeError:
+        raise UnsupportedBackend(
+            f"{type(obj).__name__} has no {attribute!r} in {distribution}"
+            f" {version(distribution)}; cachekit is tested with {TESTED}",
+            backend=type(obj).__name__,
+        ) from None
+
+
+# -- cachelib ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileSystemParts:
+    """What cachekit reads of a cachelib ``FileSystemCache``."""
+
+    path: str
+    threshold: int
+    mode: int | None
+    filename: Callable[[str], str]  # the key's file, under ``path`` as the backend spells it
+    default_timeout: float
+
+
+def filesystem_parts(backend: Any) -> FileSystemParts:
+    return FileSystemParts(
+        path=_get(backend, "_path", "cachelib"),
+        threshold=_get(backend, "_threshold", "cachelib"),
+        mode=_get(backend, "_mode", "cachelib"),
+        filename=_get(backend, "_get_filename", "cachelib"),
+        default_timeout=float(getattr(backend, "default_timeout", 0) or 0),
+    )
+
+
+@dataclass(frozen=True)
+class SimpleParts:
+    """What cachekit reads of a cachelib ``SimpleCache``: its dict and the lock around it."""
+
+    lock: Any
+    entries: dict[str, Any]
+
+
+def simple_parts(backend: Any) -> SimpleParts:
+    return SimpleParts(
+        lock=_get(backend, "_lock", "cachelib"), entries=_get(backend, "_cache", "cachelib")
+    )
+
+
+def wrap_simple_prune(backend: Any, wrapper: Callable[[Callable[[], None]], None]) -> None:
+    """Make the backend's ``_prune`` call ``wrapper(original_prune)`` instead."""
+    prune = _get(backend, "_prune", "cachelib")
+    backend._prune = lambda: wrapper(prune)
+
+
+def threshold_of(backend: Any) -> int | None:
+    """The entry limit of a FileSystemCache or SimpleCache (``None`` for other backends)."""
+    return getattr(backend, "_threshold", None)
+
+
+# -- Redis backends --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RedisParts:
+    """What cachekit reads of a cachelib / Flask-Caching Redis backend."""
+
+    client: Any  # the write client (the master, under Sentinel)
+    prefix: Callable[[], str]
+    serializer: Any
+
+
+def redis_parts(backend: Any) -> RedisParts:
+    return RedisParts(
+        client=_get(backend, "_write_client", "cachelib"),
+        prefix=_get(backend, "_get_prefix", "cachelib"),
+        serializer=_get(backend, "serializer", "cachelib"),
+    )
+
+
+def bounded_redis_client(client: Any, timeout: float, connect_timeout: float) -> Any:
+    """A client of cachekit's own to the server ``client`` talks to, with bounded waits.
+
+    Same server, credentials, TLS and database as ``client``, but every reply
+    waited for at most ``timeout`` seconds and every connection opened within
+    ``connect_timeout``, and no retry of a command: redis-py's retries (the
+    default from redis-py 6 on) make a refused connection cost seconds, and
+    repeating a write whose reply was lost could apply it twice. The user's
+    own client, behind ``cache.get``, is left as it is.
+    """
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    overrides: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": connect_timeout,
+        "retry": Retry(NoBackoff(), 0),
+        "retry_on_timeout": False,
+        "retry_on_error": [],
+    }
+    if isinstance(client, redis.RedisCluster):
+        from redis.cluster import ClusterNode
+
+        manager = _get(client, "nodes_manager", "redis")
+        nodes = [
+            ClusterNode(node.host, node.port)  # type: ignore[no-untyped-call]
+            for node in manager.startup_nodes.values()
+        ]
+        kwargs = {**manager.connection_kwargs, **overrides}
+        for unwanted in ("retry_on_timeout", "retry_on_error", "host", "port"):
+            kwargs.pop(unwanted, None)
+        if int(redis.__version__.split(".")[0]) < 6:  # from redis-py 6 on, `retry` says it
+            kwargs["cluster_error_retry_attempts"] = 0
+        return redis.RedisCluster(startup_nodes=nodes, **kwargs)
+    pool = _get(client, "connection_pool", "redis")
+    sentinel = getattr(pool, "sentinel_manager", None)
+    if sentinel is not None:
+        return sentinel.master_for(_get(pool, "service_name", "redis"), **overrides)
+    kwargs = {**_get(pool, "connection_kwargs", "redis"), **overrides}
+    own = redis.ConnectionPool(
+        connection_class=_get(pool, "connection_class", "redis"),
+        max_connections=getattr(pool, "max_connections", None),
+        **kwargs,
+    )
+    return redis.Redis(connection_pool=own)
+
+
+def socket_timeout_of(client: Any) -> float | None:
+    """The reply timeout of a redis-py client's connections (``None``: waits forever)."""
+    manager = getattr(client, "nodes_manager", None)
+    kwargs = getattr(manager or getattr(client, "connection_pool", None), "connection_kwargs", {})
+    timeout = kwargs.get("socket_timeout")
+    return None if timeout is None else float(timeout)

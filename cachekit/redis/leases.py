@@ -1,0 +1,326 @@
+"""Leases: striped locks that exclude every thread of every process on every host.
+
+A stripe is locked by a *lease*, a key ``cachekit:lock:...`` holding
+``"<expiry in server ms> <token>"`` (``acquire.lua``). How it keeps its promises:
+
+- **No eviction.** A lease has no Redis TTL, so the ``volatile-*`` eviction
+  policies never drop it; its expiry is read by the scripts against the
+  server's clock. (``allkeys-*`` policies with ``maxmemory`` are refused at
+  first use: see :mod:`cachekit.redis.server`.)
+- **A live holder is never overtaken.** Its process renews all its leases
+  every third of the lease from a background thread (a greenlet under
+  gevent); a lost connection is reopened and changes nothing, since nothing
+  depends on a connection.
+- **A dead holder is freed at once only on proof.** A token names the
+  holder's machine (boot id and pid namespace), its pid and the pid's start
+  time. A waiter on the same machine that finds that process gone (or the
+  pid reused) takes the lease at once (``ARGV[3]`` of ``acquire.lua``); a
+  holder on another machine is waited for until its lease ends.
+- **A holder that lost its lease is told.** A holder paused past its lease
+  can be overtaken; renewal, release and commit compare the token first, so
+  they never touch another's lease, and releasing a lease that is no longer
+  its own makes ``lock()`` raise :class:`~cachekit.errors.LeaseLost`. A lease
+  past its expiry that still holds the token was taken by no one, so it is
+  still good. If the release cannot reach Redis, the lease is known to have
+  held only if it was renewed less than a lease ago.
+- **Fencing.** A grant of a ``lock()`` stripe returns a token from a counter
+  beside the lease (no TTL), raised to the server's time in microseconds, so
+  it increases with every grant even after the counter was lost.
+
+On a Redis Cluster the stripes of stored keys are the cluster's hash slots,
+and every lock key carries a hash tag, so that a script touching a key and
+its lock (or a lease and its fencing counter) runs on one node.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable, Collection
+from typing import Any, Final
+
+from redis.crc import key_slot
+
+from ..errors import LeaseLost, StorageError
+from ..settings import Settings
+from ..threadlocks import KEYS, LOCKS, STRIPES, PerProcessValue, StripedLocks
+from ..waiting import Backoff
+from .scripts import Scripts
+from .translate import translated
+
+log = logging.getLogger(__name__)
+
+#: How often, in seconds, a waiter checks whether a lease's holder process still lives.
+HOLDER_CHECK: Final = 0.05
+#: Back-off of a lease's waiter: from MIN_POLL, doubling, up to MAX_POLL seconds.
+MIN_POLL: Final = 0.0001
+MAX_POLL: Final = 0.005
+
+
+# -- who holds a lease -----------------------------------------------------------
+
+
+def _machine() -> str:
+    """This machine and pid namespace, as a short id; '' where /proc cannot prove deaths."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as boot:
+            boot_id = boot.read().strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+        with open("/proc/self/stat") as own:  # /proc must show this pid namespace
+            if int(own.read().split(" ", 1)[0]) != os.getpid():
+                return ""
+    except (OSError, ValueError):
+        return ""
+    return hashlib.sha1(f"{boot_id}:{namespace}".encode()).hexdigest()[:16]
+
+
+def _started(pid: int) -> str | None:
+    """The start time (clock ticks since boot) of a live process ``pid``; None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    if fields[0] in ("Z", "X"):  # a zombie holds no socket and renews nothing
+        return None
+    return fields[19]
+
+
+MACHINE: Final = _machine()
+
+
+def _process_identity() -> str:
+    """``<machine>.<pid>.<start time>`` of this process ('' parts where unknown)."""
+    pid = os.getpid()
+    return f"{MACHINE}.{pid}.{_started(pid) or ''}"
+
+
+def holder_is_dead(token: str) -> bool:
+    """Whether ``token``'s process is proven gone: on this machine, and no longer running.
+
+    Only a token from this machine (same boot, same pid namespace) can be
+    judged; any other holder counts as alive until its lease ends.
+    """
+    parts = token.split(".")
+    if len(parts) != 4 or not MACHINE or parts[0] != MACHINE or not parts[2]:
+        return False
+    try:
+        pid = int(parts[1])
+    except ValueError:
+        return False
+    return _started(pid) != parts[2]
+
+
+# -- the locks ---------------------------------------------------------------------
+
+
+class RedisLeases(StripedLocks):
+    """Striped locks held as leases in Redis (see the module's docstring)."""
+
+    def __init__(
+        self,
+        client: Any,
+        scripts: Scripts,
+        prefix: Callable[[], str],
+        settings: Settings,
+        *,
+        cluster: bool = False,
+    ) -> None:
+        super().__init__()
+        self._client = client
+        self._scripts = scripts
+        self._prefix = prefix
+        self.settings = settings
+        self.cluster = cluster
+        self._identity = PerProcessValue(_process_identity)
+        self._tokens: dict[int, str] = {}  # stripes this process holds -> their tokens
+        self._renewed: dict[int, float] = {}  # -> monotonic time the last grant or renewal was sent
+        self._lost: set[int] = set()  # held stripes a renewal found taken or erased
+        self._renewer = 0  # generation (pid) whose renewer runs; 0 for none
+        self._renewer_lock = PerProcessValue(threading.Lock)
+
+    # -- naming ----------------------------------------------------------------
+
+    def stripe(self, domain: int, name: str) -> int:
+        if self.cluster and domain == KEYS:
+            return KEYS * STRIPES + key_slot(f"{self._prefix()}{name}".encode())
+        return super().stripe(domain, name)
+
+    def _tag(self, number: int) -> str:
+        if not self.cluster:
+            return f"{self._prefix()}{number}"
+        if number >= KEYS * STRIPES:
+            return f"{{{tag_of_slot(number - KEYS * STRIPES)}}}:{self._prefix()}"
+        return f"{{cl{number}}}:{self._prefix()}"  # never a tag of tag_of_slot ("ck...")
+
+    def key(self, number: int) -> str:
+        """The lease key of stripe ``number``."""
+        return f"cachekit:lock:{self._tag(number)}"
+
+    def fence_key(self, number: int) -> str:
+        """The fencing counter of stripe ``number`` (same hash slot as its lease)."""
+        return f"cachekit:fence:{self._tag(number)}"
+
+    def key_and_token(self, number: int) -> tuple[str, str]:
+        """The lease key of stripe ``number`` and this thread's token ('' if not its holder)."""
+        token = self._tokens.get(number, "") if self.held_by_this_thread(number) else ""
+        return self.key(number), token
+
+    def fence(self, numbers: Collection[int]) -> list[tuple[str, str]]:
+        """(lease key, token) of held stripes, for a commit to check; raises if one is lost."""
+        fenced = []
+        for number in sorted(numbers):
+            key, token = self.key_and_token(number)
+            if not token or number in self._lost:
+                raise LeaseLost(
+                    f"the lease {key} was lost before the commit (another holder took it, or"
+                    " Redis lost it); nothing was written",
+                    name=key,
+                )
+            fenced.append((key, token))
+        return fenced
+
+    # -- the hooks of StripedLocks ----------------------------------------------
+
+    def _acquire_outer(self, number: int, deadline: float | None) -> int | None:
+        key = self.key(number)
+        keys = [key, self.fence_key(number)] if number // STRIPES == LOCKS else [key]
+        token = f"{self._identity.get()}.{secrets.token_hex(8)}"
+        lease_ms = int(self.settings.lease * 1000)
+        backoff = Backoff(MIN_POLL, MAX_POLL, deadline)
+        dead = ""
+        check_at = time.monotonic() + HOLDER_CHECK
+        while True:
+            sent = time.monotonic()
+            with translated(f"taking the lock {key}"):
+                granted, detail = self._scripts.acquire(keys=keys, args=[token, lease_ms, dead])
+            if granted:
+                self._tokens[number] = token
+                self._renewed[number] = sent
+                self._lost.discard(number)
+                self._start_renewer()
+                return int(detail)
+            now = time.monotonic()
+            if now >= check_at:
+                check_at = now + HOLDER_CHECK
+                holder = detail.decode() if isinstance(detail, bytes) else str(detail)
+                if holder_is_dead(holder):
+                    dead = holder
+                    continue
+            if not backoff.sleep():
+                return None
+
+    def _release_outer(self, number: int) -> bool:
+        token = self._tokens.pop(number, None)
+        renewed = self._renewed.pop(number, 0.0)
+        lost = number in self._lost
+        self._lost.discard(number)
+        if not token:
+            return False
+        try:
+            with translated(f"releasing the lock {self.key(number)}"):
+                released = bool(self._scripts.release(keys=[self.key(number)], args=[token]))
+        except StorageError as error:
+            # Unreachable: exclusion held if the lease had not run out since it was renewed.
+            held = time.monotonic() - renewed < self.settings.lease
+            log.warning(
+                "could not release %s (%s); its lease will run out%s",
+                self.key(number),
+                error,
+                "" if held else "; it may have run out while held",
+            )
+            return held and not lost
+        return released and not lost
+
+    def still_held(self, number: int) -> bool:
+        token = self._tokens.get(number)
+        if not token or number in self._lost:
+            return False
+        with translated(f"checking the lock {self.key(number)}"):
+            return bool(self._scripts.held(keys=[self.key(number)], args=[token]))
+
+    # -- renewal -----------------------------------------------------------------
+
+    def _start_renewer(self) -> None:
+        """Make sure this process renews its leases; called after a lease is recorded.
+
+        The renewer stops when it finds no lease held. It decides so, and this
+        method decides to start one, under the same lock, after the lease is in
+        ``_tokens``: a new lease is never left without a renewer.
+        """
+        pid = os.getpid()
+        if self._renewer == pid:
+            return
+        with self._renewer_lock.get():
+            if self._renewer != pid:
+                self._renewer = pid
+                threading.Thread(
+                    target=self._renew_while_held, name="cachekit-leases", daemon=True
+                ).start()
+
+    def _renew_while_held(self) -> None:
+        """Renew every lease this process holds, every third of the lease, until none is held.
+
+        Nothing stops it but that: an error is logged and the next round tries again.
+        """
+        pid = os.getpid()
+        while self._renewer == pid:
+            time.sleep(self.settings.lease / 3)
+            try:
+                if not self._renew_once():
+                    with self._renewer_lock.get():
+                        if not self._tokens:
+                            self._renewer = 0
+                            return
+            except Exception:  # a renewer that dies would let every lease run out
+                log.warning("could not renew cachekit leases; trying again", exc_info=True)
+
+    def _renew_once(self) -> bool:
+        """Renew the held leases once; False if none is held."""
+        held = list(self._tokens.items())
+        if not held:
+            return False
+        lease_ms = int(self.settings.lease * 1000)
+        groups = [[item] for item in held] if self.cluster else [held]
+        for group in groups:
+            sent = time.monotonic()
+            with translated("renewing leases"):
+                renewed = self._scripts.renew(
+                    keys=[self.key(number) for number, _ in group],
+                    args=[lease_ms, *(token for _, token in group)],
+                )
+            for (number, token), ok in zip(group, renewed, strict=True):
+                if self._tokens.get(number) != token:
+                    continue  # released meanwhile
+                if ok:
+                    self._renewed[number] = sent
+                else:
+                    self._lost.add(number)
+        return True
+
+    def _after_fork_in_child(self) -> None:
+        super()._after_fork_in_child()
+        self._tokens = {}
+        self._renewed = {}
+        self._lost = set()
+        self._renewer = 0
+
+
+_slot_tags: list[str] = []
+
+
+def tag_of_slot(slot: int) -> str:
+    """A short hash tag whose keys land in cluster hash slot ``slot`` (a table made once)."""
+    if not _slot_tags:
+        tags: dict[int, str] = {}
+        candidate = 0
+        while len(tags) < 16384:
+            tag = f"ck{candidate}"
+            tags.setdefault(key_slot(tag.encode()), tag)
+            candidate += 1
+        _slot_tags.extend(tags[number] for number in range(16384))
+    return _slot_tags[slot]

@@ -1,0 +1,298 @@
+"""RedisCache (and Sentinel, Cluster): the same contract across hosts, with Redis's own primitives.
+
+How each operation works here:
+
+- ``incr``: a bare ``INCRBY``, one command, so that the value stays the plain
+  ASCII integer cachelib stores and ``cache.get`` reads (with a timeout,
+  ``incr_expire.lua``). It takes no lease.
+- ``update``: optimistic. Read the value, run ``fn`` locally, then
+  ``compare_and_set.lua`` writes the new value only if the stored one is
+  still what was read and no one else leases the key's stripe; otherwise it
+  answers with the value now stored, and ``fn`` runs again on that, without a
+  pause. After :data:`OPTIMISTIC_ATTEMPTS` lost races, or at once if a
+  transaction's lease covers the key, the caller leases the key (waiting for
+  that lease as a transaction would), so that it wins the next try; after
+  :data:`MAX_ATTEMPTS` it raises
+  :class:`~cachekit.errors.ConcurrentUpdateError`. ``fn`` may therefore run
+  more than once: on Redis it must not have side effects.
+- ``transaction``, ``lock``, ``get_or_compute``: leases on stripes (the
+  generic operations of :mod:`cachekit.strategy` over
+  :class:`~cachekit.redis.leases.RedisLeases`). A transaction commits every
+  key in one script (``commit.lua``, arguments from
+  :mod:`cachekit.redis.argv`) that first checks that each lease is still its
+  own and that no key it writes was changed by a writer that takes no lease
+  (``incr``, a plain ``cache.set``): all keys are written or none.
+
+Connections: cachekit talks to the server through a client of its own
+(:func:`cachekit.compat.bounded_redis_client`): every reply is awaited at most
+``CACHEKIT_REDIS_TIMEOUT`` seconds, a connection opened within
+``CACHEKIT_REDIS_CONNECT_TIMEOUT``, and no command is repeated blindly; a
+failure is a :class:`~cachekit.errors.StorageError`. redis-py opens new
+connections in a forked child, so nothing is shared across ``--preload``.
+
+At first use the server's eviction policy and version are checked
+(:mod:`cachekit.redis.server`). Values use the backend's own serializer and
+``CACHE_KEY_PREFIX`` exactly as cachelib applies them; under Sentinel,
+cachekit reads and writes the master. Expiry: ``timeout=None`` keeps a key's
+remaining TTL (``KEEPTTL``), a number sets it relative to the server's clock.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import pickle
+import time
+from collections.abc import Callable, Collection, Mapping
+from contextlib import AbstractContextManager, ExitStack
+from typing import Any, Final, TypeVar
+
+import redis
+from cachelib.serializers import BaseRedisSerializer
+
+from ..compat import bounded_redis_client, redis_parts
+from ..errors import (
+    ConcurrentUpdateError,
+    ConfigurationError,
+    InvalidArgument,
+    LeaseLost,
+    UnsupportedBackend,
+    ValueTypeError,
+)
+from ..settings import DEFAULTS, Settings
+from ..strategy import Entry, Strategy, Timeout, absolute_expiry, check_delta, check_key, seconds
+from ..threadlocks import KEYS
+from .argv import Read, Write, encode_commit
+from .leases import RedisLeases
+from .scripts import Scripts
+from .server import eviction_problem, read_facts, version_problem
+from .translate import translated
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+#: Tries of an update without a lease; after these it leases the key and tries again.
+OPTIMISTIC_ATTEMPTS: Final = 16
+#: Most tries of an update in all before ConcurrentUpdateError (only writers that take
+#: no lease, a native incr or a plain cache.set, can make it fail while it holds the lease).
+MAX_ATTEMPTS: Final = 100
+#: Stored expiry meaning "keep the key's current TTL" (Redis reports no absolute time).
+KEEP: Final = -1
+
+
+def check_server(client: Any) -> None:
+    """Refuse a server that would evict state or is too old; say so if it will not tell."""
+    with translated("checking the Redis server"):
+        facts = read_facts(client)
+    problem = eviction_problem(facts)
+    if problem:
+        raise ConfigurationError(problem, setting="maxmemory-policy")
+    too_old = version_problem(facts)
+    if too_old:
+        raise UnsupportedBackend(too_old, backend="Redis")
+    for refusal in facts.refused:
+        log.warning("cachekit could not check the Redis server: %s", refusal)
+
+
+class RedisStrategy(Strategy):
+    """Atomic operations on a cachelib / Flask-Caching ``RedisCache`` (and Sentinel, Cluster)."""
+
+    name = "RedisCache"
+    _locks: RedisLeases
+
+    def __init__(self, backend: Any, settings: Settings = DEFAULTS) -> None:
+        parts = redis_parts(backend)
+        client = bounded_redis_client(
+            parts.client, settings.redis_timeout, settings.redis_connect_timeout
+        )
+        check_server(client)
+        scripts = Scripts(client)
+        cluster = isinstance(client, redis.RedisCluster)
+        leases = RedisLeases(client, scripts, parts.prefix, settings, cluster=cluster)
+        super().__init__(backend, leases, settings)
+        self._client = client
+        self._scripts = scripts
+        self._prefix = parts.prefix
+        self._serializer = parts.serializer
+        kind = type(parts.serializer)
+        self._default_serializer = (
+            kind.dumps is BaseRedisSerializer.dumps and kind.loads is BaseRedisSerializer.loads
+        )
+
+    def _key(self, key: str) -> str:
+        return f"{self._prefix()}{key}"
+
+    def _hold(
+        self, domain: int, names: Collection[str], timeout: float | None, what: str
+    ) -> AbstractContextManager[int]:
+        if self._locks.cluster and domain == KEYS:
+            if len({self._locks.stripe(KEYS, name) for name in names}) > 1:
+                raise InvalidArgument(
+                    f"on a Redis Cluster the keys of one transaction must share a hash slot:"
+                    f" give {sorted(names)} a common {{hash tag}}, or put one in"
+                    " CACHE_KEY_PREFIX",
+                    key=sorted(names)[0],
+                )
+        return super()._hold(domain, names, timeout, what)
+
+    # -- hooks ---------------------------------------------------------------
+
+    def _loads(self, raw: bytes) -> Any:
+        if not self._default_serializer:
+            return self._serializer.loads(raw)
+        return pickle.loads(raw[1:]) if raw.startswith(b"!") else int(raw)
+
+    def _load(self, key: str) -> Entry | None:
+        with translated(f"reading key {key!r}", key):
+            raw = self._client.get(self._key(key))
+        if raw is None:
+            return None
+        return Entry(self._decode(key, raw), KEEP, raw)
+
+    def _dumps(self, value: Any) -> bytes | None:
+        raw = self._serializer.dumps(value)
+        return raw if raw is None or isinstance(raw, bytes) else str(raw).encode()
+
+    def _commit(
+        self,
+        writes: Mapping[str, tuple[bytes, int]],
+        deletes: Collection[str],
+        read: Mapping[str, Entry | None],
+    ) -> None:
+        changed = [*writes, *deletes]
+        fenced = self._locks.fence({self._locks.stripe(KEYS, key) for key in changed})
+        keys, args = encode_commit(
+            fenced,
+            [self._key(key) for key in changed],
+            {self._key(key): Write(raw, _ttl(expires)) for key, (raw, expires) in writes.items()},
+            {self._key(key) for key in deletes},
+            {
+                self._key(key): (None if old is None else Read(True, old.raw))
+                for key, old in read.items()
+                if key in writes or key in deletes
+            },
+        )
+        with translated(f"writing keys {sorted(changed)!r}"):
+            outcome = self._scripts.commit(keys=keys, args=args)
+        if outcome[0] == 0:
+            raise LeaseLost(
+                "a lease was lost before the commit (another holder took it, or Redis lost"
+                " it); nothing was written",
+                name=keys[0],
+            )
+        if outcome[0] == 2:
+            key = changed[int(outcome[1]) - 1]
+            raise ConcurrentUpdateError(
+                f"key {key!r} was changed while the transaction held it, by an incr or a"
+                " plain cache.set (on Redis these do not wait for transactions); nothing"
+                " was written",
+                key=key,
+                attempts=1,
+            )
+
+    # -- native operations ---------------------------------------------------
+
+    def incr(self, key: str, delta: int, timeout: Timeout) -> int:
+        """Native ``INCRBY``: one command, one round trip (a script when a timeout is given)."""
+        check_delta(delta, check_key(key))
+        self._refuse_nesting(self._local.__dict__.get("busy"), (key,))
+        ttl = _ttl_of(seconds(timeout))
+        full_key = self._key(key)
+        self._started("incr")
+        try:
+            if not ttl:
+                return int(self._client.incrby(full_key, delta))
+            return int(self._scripts.incr_expire(keys=[full_key], args=[delta, ttl]))
+        except redis.exceptions.ResponseError as error:
+            if "not an integer" in str(error) or "out of range" in str(error):
+                raise self._not_an_int(key, delta) from None
+            with translated(f"incrementing key {key!r}", key):
+                raise
+        except redis.exceptions.RedisError:
+            with translated(f"incrementing key {key!r}", key):
+                raise
+        finally:
+            self._finished()
+
+    def _not_an_int(self, key: str, delta: int) -> ValueTypeError:
+        found = self._load(key)
+        what = f"a {type(found.value).__name__}" if found is not None else "nothing"
+        if found is not None and isinstance(found.value, int):
+            what = f"{found.value}, which Redis cannot add {delta} to within 64 bits"
+        return ValueTypeError(
+            f"key {key!r} holds {what}, not an int: incr cannot add to it", key=key
+        )
+
+    def update(self, key: str, fn: Callable[[Any], T], default: Any, timeout: Timeout) -> T:
+        check_key(key)
+        ttl = _ttl_of(seconds(timeout))
+        number = self._locks.stripe(KEYS, key)
+        full_key = self._key(key)
+        wait = self.settings.key_wait
+        attempts = 0
+        self._started("update")
+        try:
+            with self._busy((key,)), ExitStack() as lease:
+                old = self._load(key)
+                while True:
+                    new = fn(copy.deepcopy(default) if old is None else old.value)
+                    raw = self._encode(key, new)
+                    read = ("1", old.raw) if old is not None else ("0", b"")
+                    lock_key, token = self._locks.key_and_token(number)
+                    with translated(f"updating key {key!r}", key):
+                        outcome = self._scripts.compare_and_set(
+                            keys=[full_key, lock_key], args=[*read, raw, ttl, token]
+                        )
+                    if outcome[0] == 1:
+                        return new
+                    if outcome[0] == 0:  # changed since read: try again on the value it holds now
+                        attempts += 1
+                        self.stats.count("retries")
+                        if attempts >= MAX_ATTEMPTS:
+                            raise ConcurrentUpdateError(
+                                f"key {key!r} changed under each of {attempts} attempts to update"
+                                " it; nothing was written",
+                                key=key,
+                                attempts=attempts,
+                            )
+                        current = outcome[1]
+                        old = (
+                            None
+                            if current is None
+                            else Entry(self._decode(key, current), KEEP, current)
+                        )
+                        # No pause: the reply carries the current value, and on this
+                        # oversubscribed kind of machine a pause costs more than a retry.
+                        if attempts == OPTIMISTIC_ATTEMPTS:
+                            # Losing race after race: lease the key, as a transaction does, so
+                            # that other updaters wait and the next attempt wins.
+                            lease.enter_context(self._hold(KEYS, (key,), wait, f"key {key!r}"))
+                            old = self._load(key)
+                        continue
+                    # Another holder's lease covers the key (a transaction at work): wait for
+                    # it as a transaction would (a dead holder's lease is freed on proof).
+                    lease.enter_context(self._hold(KEYS, (key,), wait, f"key {key!r}"))
+                    old = self._load(key)
+        finally:
+            self._finished()
+
+    def client(self) -> Any:
+        """cachekit's own client to the server (bounded timeouts), for checks and tools."""
+        return self._client
+
+
+def _ttl(expires: int) -> str:
+    """A stored expiry as the scripts' ttl argument: '' keep, '0' none, else milliseconds."""
+    if expires == KEEP:
+        return ""
+    if expires == 0:
+        return "0"
+    return str(max(1, int((expires - time.time()) * 1000)))
+
+
+def _ttl_of(timeout: float | None) -> str:
+    if timeout is None:
+        return ""
+    absolute_expiry(timeout)  # the same bounds as every backend
+    return "0" if timeout == 0 else str(max(1, math.ceil(timeout * 1000)))

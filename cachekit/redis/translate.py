@@ -1,0 +1,31 @@
+"""redis-py's exceptions turned into cachekit's, in one place."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import redis
+
+from ..errors import StorageError
+
+
+@contextmanager
+def translated(doing: str, key: str | None = None) -> Iterator[None]:
+    """Raise :class:`~cachekit.errors.StorageError` for any redis-py error in the block.
+
+    A reply that did not come in time leaves a write's outcome unknown: the
+    message says so, and the caller must not assume either way.
+    """
+    try:
+        yield
+    except redis.exceptions.TimeoutError as error:
+        raise StorageError(
+            f"Redis is unreachable while {doing}: no answer in time ({error}); a write"
+            " may or may not have been applied",
+            key=key,
+        ) from error
+    except redis.exceptions.ConnectionError as error:
+        raise StorageError(f"Redis is unreachable while {doing}: {error}", key=key) from error
+    except redis.exceptions.RedisError as error:
+        raise StorageError(f"Redis failed while {doing}: {error}", key=key) from error
