@@ -45,7 +45,7 @@ class PerProcess(Generic[T]):
 
     def __init__(self, factory: Callable[[], T]) -> None:
         self._factory = factory
-        self._lock = PerProcessValue(threading.Lock)
+        self._lock = PerProcessValue(lambda: threading.Lock())
         self._pid = 0
         self._value: T | None = None
         _instances.add(self)

@@ -232,7 +232,7 @@ class Strategy(ABC):
         self.backend = backend
         self.settings = settings
         self._locks = locks
-        self._thread_state = PerProcessValue(threading.local)
+        self._thread_state = PerProcessValue(lambda: threading.local())
         self.stats = Stats()
         _live.add(self)
 

@@ -74,9 +74,11 @@ class PerProcessValue(Generic[T]):
     """``factory()``, made on first use in each process and again after a fork.
 
     The factory runs in the process that uses the value, after gevent (if
-    any) has patched ``threading``: so ``PerProcessValue(threading.local)``
-    is greenlet-local under gevent and thread-local otherwise. The factory
-    must not wait on anything (network I/O, another lock): it runs under a real lock.
+    any) has patched ``threading``: so ``PerProcessValue(lambda:
+    threading.local())`` is greenlet-local under gevent and thread-local
+    otherwise. (Not ``PerProcessValue(threading.local)``: that captures the
+    unpatched class at import.) The factory must not wait on anything
+    (network I/O, another lock): it runs under a real lock.
     """
 
     __slots__ = ("_factory", "_made")
@@ -128,7 +130,9 @@ class StripedLocks:
 
     def __init__(self) -> None:
         self._stripes: dict[int, _Stripe] = {}
-        self._held = PerProcessValue(threading.local)  # .count: stripe entries of this thread
+        self._held = PerProcessValue(
+            lambda: threading.local()
+        )  # .count: stripe entries of this thread
         self._fences: dict[int, int] = {}  # this process's last token per stripe
         _live.add(self)
 

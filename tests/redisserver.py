@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -63,6 +64,7 @@ class RedisServer:
         cluster: bool = False,
         password: str | None = None,
         tls: bool = False,
+        extra: tuple[str, ...] = (),
     ) -> None:
         self.binary = binary or shutil.which("redis-server") or "redis-server"
         self.directory = directory
@@ -72,6 +74,7 @@ class RedisServer:
         self.cluster = cluster
         self.password = password
         self.tls = tls
+        self.extra = extra
         if tls:
             self.certificate = str(directory / "server.pem")
             self.private_key = str(directory / "server.key")
@@ -134,6 +137,7 @@ class RedisServer:
             "--dir",
             str(self.directory),
             *persistence,
+            *self.extra,
         ]
 
     def start(self) -> None:
@@ -186,9 +190,19 @@ class RedisServer:
                 raise RuntimeError(f"the cluster on port {self.port} did not become ready")
             time.sleep(0.1)
 
+    def pause(self) -> None:
+        """SIGSTOP the server: it keeps its connections open and answers nothing."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         if self.process is not None:
             self.process.terminate()
+            self.process.send_signal(signal.SIGCONT)  # a paused server handles SIGTERM once resumed
             try:
                 self.process.wait(10)
             except subprocess.TimeoutExpired:

@@ -5,6 +5,7 @@ Served by gunicorn in ``test_gunicorn.py`` as ``tests.slowapp:app``.
 
 from __future__ import annotations
 
+import os
 import time
 
 from flask.typing import ResponseReturnValue
@@ -29,3 +30,22 @@ def stuck_update() -> ResponseReturnValue:
 @app.get("/n")
 def n() -> ResponseReturnValue:
     return {"n": cachekit.incr(cache, "n")}
+
+
+@app.get("/stuck-lock")
+def stuck_lock() -> ResponseReturnValue:
+    with cachekit.lock(cache, "L") as handle:
+        cachekit.update(cache, "holder", lambda _: {"pid": os.getpid(), "token": handle.token})
+        time.sleep(60)  # killed long before
+    return {"left": True}
+
+
+@app.get("/holder")
+def holder() -> ResponseReturnValue:
+    return cache.get("holder") or {}
+
+
+@app.get("/locked")
+def locked() -> ResponseReturnValue:
+    with cachekit.lock(cache, "L", timeout=5) as handle:
+        return {"token": handle.token}

@@ -259,6 +259,34 @@ def test_lock_is_reentrant_in_one_thread(backend: Any) -> None:
             pass
 
 
+def test_lock_hands_out_growing_fencing_tokens(backend: Any) -> None:
+    tokens = []
+    for _ in range(5):
+        with cachekit.lock(backend, "fenced") as handle:
+            assert handle.is_held()
+            handle.check()
+            with cachekit.lock(backend, "fenced") as inner:  # re-entrant: the same grant
+                assert inner.token == handle.token
+            tokens.append(handle.token)
+        assert not handle.is_held()
+        with pytest.raises(cachekit.LeaseLost):
+            handle.check()
+    assert tokens == sorted(set(tokens)) and all(isinstance(t, int) and t > 0 for t in tokens)
+
+
+def test_fencing_tokens_are_exact_across_threads(backend: Any) -> None:
+    """Every grant's token exceeds the previous holder's: the order they held the lock in."""
+    held: list[int] = []
+
+    def work(_: int) -> None:
+        for _ in range(20):
+            with cachekit.lock(backend, "fenced", timeout=30) as handle:
+                held.append(handle.token)
+
+    run_threads(6, work)
+    assert len(held) == 120 and held == sorted(set(held))
+
+
 # -- get_or_compute -----------------------------------------------------------
 
 
@@ -330,6 +358,53 @@ def test_nested_modification_of_the_same_key_is_refused(backend: Any) -> None:
                 pass
     assert backend.get("k") == 1
     assert cachekit.incr(backend, "k") == 2
+
+
+def test_nesting_against_the_order_ends_in_lock_timeout_not_a_hang(
+    backend: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """update-then-lock in one thread against lock-then-update in another: bounded waits."""
+    from .conftest import use_settings
+
+    use_settings(monkeypatch, key_wait=0.5)
+    if hasattr(backend, "_cachekit_strategy"):
+        del backend._cachekit_strategy
+    both_in = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    first_call = threading.Event()
+
+    def inner_lock(value: int | None) -> int:
+        if not first_call.is_set():  # on Redis fn may run again: meet only once
+            first_call.set()
+            both_in.wait(5)
+        with cachekit.lock(backend, "L", timeout=0.5):
+            return (value or 0) + 1
+
+    def update_then_lock() -> None:
+        try:
+            cachekit.update(backend, "k", inner_lock)
+            outcomes.append("ok")
+        except cachekit.LockTimeout:
+            outcomes.append("timeout")
+
+    def lock_then_update() -> None:
+        try:
+            with cachekit.lock(backend, "L", timeout=0.5):
+                both_in.wait(5)
+                cachekit.update(backend, "k", lambda v: (v or 0) + 1)
+            outcomes.append("ok")
+        except cachekit.LockTimeout:
+            outcomes.append("timeout")
+
+    began = time.monotonic()
+    threads = [threading.Thread(target=update_then_lock), threading.Thread(target=lock_then_update)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert time.monotonic() - began < 10 and len(outcomes) == 2
+    assert (backend.get("k") or 0) == outcomes.count("ok")  # each success once, nothing more
 
 
 # -- expiry -------------------------------------------------------------------

@@ -344,3 +344,56 @@ def test_a_writer_killed_between_any_two_steps_leaves_old_or_new(fs_backend: Any
     else:
         pytest.fail("the update never completed")
     assert cachekit.incr(fs_backend, "n") == fs_backend.get("n")
+
+
+def spelled_worker(directory: str, count: int, out: Any) -> None:
+    cache = FileSystemCache(directory, threshold=0)
+    out.put([cachekit.incr(cache, "n") for _ in range(count)])
+
+
+def test_one_directory_spelled_several_ways_shares_one_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A symlink, a path through '..', the real path: one lock file, every number once."""
+    import multiprocessing as mp
+
+    real = tmp_path / "real" / "cache"
+    real.mkdir(parents=True, mode=0o700)
+    (tmp_path / "link").symlink_to(real)
+    (tmp_path / "sub").mkdir()
+    spellings = [str(real), str(tmp_path / "link"), str(tmp_path / "sub" / ".." / "link"), "rel"]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rel").symlink_to(real)
+    ctx = mp.get_context("fork")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=spelled_worker, args=(s, 150, out)) for s in spellings * 2]
+    for proc in procs:
+        proc.start()
+    got = sorted(n for _ in procs for n in out.get(timeout=60))
+    for proc in procs:
+        proc.join(10)
+    assert got == list(range(1, 150 * len(procs) + 1))
+    assert [p.name for p in real.iterdir() if p.name.endswith("lock.__wz_cache")] == [LOCK_NAME]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real", "rel", "sub"]
+
+
+def test_two_spellings_in_one_process_share_the_thread_stripes(tmp_path: Path) -> None:
+    """Record locks belong to the process: two lock-file objects would let its threads overlap."""
+    import threading
+
+    real = tmp_path / "cache"
+    real.mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to(real)
+    caches = [FileSystemCache(str(real), threshold=0), FileSystemCache(str(tmp_path / "link"), 0)]
+    results: list[int] = []
+
+    def work(cache: Any) -> None:
+        for _ in range(200):
+            results.append(cachekit.incr(cache, "n"))
+
+    threads = [threading.Thread(target=work, args=(c,)) for c in caches * 3]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(results) == list(range(1, 1201))

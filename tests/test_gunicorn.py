@@ -188,3 +188,61 @@ def get_quietly(url: str) -> None:
         get(url)
     except (OSError, ValueError):  # the worker serving it is killed
         pass
+
+
+def worker_timeouts(tmp_path: Path) -> list[str]:
+    return [
+        line
+        for log in tmp_path.glob("gunicorn-*.log")
+        for line in log.read_text().splitlines()
+        if "WORKER TIMEOUT" in line
+    ]
+
+
+@pytest.mark.parametrize("preload", [False, True], ids=["gevent", "gevent-preload"])
+@pytest.mark.parametrize("backend", ["FileSystemCache", "RedisCache"])
+def test_gevent_workers_are_exact(
+    tmp_path: Path, backend: str, preload: bool, request: pytest.FixtureRequest
+) -> None:
+    """Greenlets: nothing cachekit holds across I/O is a lock gevent cannot switch on.
+
+    With --preload the master uses cachekit (the demo counts its boot) before
+    gevent patches the workers.
+    """
+    env = redis_env(request.getfixturevalue("redis_url")) if backend == "RedisCache" else {}
+    env["DEMO_EXPENSIVE_SECONDS"] = "1"
+    args = ["-w", "2", "-k", "gevent", "--worker-connections", "300", "--timeout", "20"]
+    with gunicorn(tmp_path, *args, *(["--preload"] if preload else []), env=env) as base:
+        hammer(base)
+        computed = concurrently(60, [lambda: get_ok(base + "/expensive")] * 60)
+        runs = concurrently(30, [lambda: get_ok(base + "/report")["runs"]] * 100)
+        assert get_ok(base + "/boots") == {"boots": 1 if preload else 2}
+    assert computed == [{"answer": 42, "computation": 1}] * 60
+    assert sorted(runs) == list(range(1, 101))
+    assert worker_timeouts(tmp_path) == []
+
+
+@pytest.mark.parametrize("worker", ["sync", "gevent"])
+@pytest.mark.parametrize("backend", ["FileSystemCache", "RedisCache"])
+def test_a_lock_holder_killed_by_sigkill_frees_the_lock(
+    tmp_path: Path, backend: str, worker: str, request: pytest.FixtureRequest
+) -> None:
+    """kill -9 of the worker inside lock(): the next holder enters at once, with a larger token."""
+    import os
+    import signal
+
+    env = redis_env(request.getfixturevalue("redis_url")) if backend == "RedisCache" else {}
+    env["FLASK_CACHEKIT_LEASE"] = "30"  # far longer than the test waits: only proof frees it
+    with gunicorn(tmp_path, "-w", "2", "-k", worker, app="tests.slowapp:app", env=env) as base:
+        stuck = threading.Thread(target=get_quietly, args=(base + "/stuck-lock",))
+        stuck.start()
+        deadline = time.monotonic() + 20
+        while not (holder := get_ok(base + "/holder")):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        os.kill(holder["pid"], signal.SIGKILL)
+        began = time.monotonic()
+        got = get_ok(base + "/locked")
+        assert time.monotonic() - began < 1.5
+        assert got["token"] > holder["token"]
+        stuck.join(30)

@@ -141,7 +141,7 @@ class RedisLeases(StripedLocks):
         self._renewed: dict[int, float] = {}  # -> monotonic time the last grant or renewal was sent
         self._lost: set[int] = set()  # held stripes a renewal found taken or erased
         self._renewer = 0  # generation (pid) whose renewer runs; 0 for none
-        self._renewer_lock = PerProcessValue(threading.Lock)
+        self._renewer_lock = PerProcessValue(lambda: threading.Lock())
 
     # -- naming ----------------------------------------------------------------
 

@@ -25,6 +25,12 @@ def translated(doing: str, key: str | None = None) -> Iterator[None]:
             " may or may not have been applied",
             key=key,
         ) from error
+    except redis.exceptions.OutOfMemoryError as error:
+        raise StorageError(
+            f"Redis is out of memory while {doing} (its maxmemory is reached and its policy"
+            f" refuses writes): {error}; nothing was written",
+            key=key,
+        ) from error
     except redis.exceptions.ConnectionError as error:
         raise StorageError(f"Redis is unreachable while {doing}: {error}", key=key) from error
     except redis.exceptions.RedisError as error:

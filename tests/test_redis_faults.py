@@ -1,0 +1,426 @@
+"""Redis under the faults production brings: killed connections, paused holders, eviction,
+restarts with and without persistence, a server that refuses or never answers.
+
+Each test starts its own redis-server when it changes the server's configuration, and
+asserts exact outcomes: who held the lock when, which fencing token each grant got.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from cachelib import RedisCache
+from flask import Flask
+from flask_caching import Cache
+
+import cachekit
+from cachekit.doctor import PROBLEM, WARNING, diagnose
+from cachekit.redis.leases import RedisLeases
+from cachekit.resolve import strategy_for
+
+from .conftest import use_settings
+from .redisserver import RedisServer, free_port, redis_binary
+
+FORK = mp.get_context("fork")
+pytestmark = pytest.mark.timeout(120)
+
+
+def open_cache(url: str, prefix: str) -> Any:
+    return RedisCache(host=redis.Redis.from_url(url), key_prefix=prefix)
+
+
+@pytest.fixture
+def own_server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[RedisServer]:
+    """A redis-server of this test's own; ``@pytest.mark.redis_args(...)`` adds arguments."""
+    marker = request.node.get_closest_marker("redis_args")
+    extra = tuple(marker.args) if marker else ()
+    durable = bool(marker and marker.kwargs.get("durable"))
+    server = RedisServer(tmp_path, binary=redis_binary(), extra=extra, durable=durable)
+    server.start()
+    yield server
+    server.stop()
+
+
+def hold(url: str, prefix: str, seconds: float, out: Any) -> None:
+    """Hold lock "L" for ``seconds``; report entry (with the token), then how it ended."""
+    cache = open_cache(url, prefix)
+    try:
+        with cachekit.lock(cache, "L", timeout=30) as handle:
+            out.put(("entered", handle.token, time.time()))
+            time.sleep(seconds)
+            out.put(("held at the end", handle.is_held(), time.time()))
+    except cachekit.LeaseLost:
+        out.put(("lost", None, time.time()))
+        return
+    out.put(("left", None, time.time()))
+
+
+def try_lock(url: str, prefix: str, wait: float, out: Any) -> None:
+    cache = open_cache(url, prefix)
+    try:
+        with cachekit.lock(cache, "L", timeout=wait) as handle:
+            out.put(("entered", handle.token, time.time()))
+        out.put(("left", None, time.time()))
+    except cachekit.LockTimeout:
+        out.put(("timeout", None, time.time()))
+
+
+def start(target: Any, *args: Any) -> tuple[Any, Any]:
+    out = FORK.Queue()
+    proc = FORK.Process(target=target, args=(*args, out))
+    proc.start()
+    return proc, out
+
+
+def test_killed_connections_do_not_let_a_second_holder_in(
+    redis_server: RedisServer, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CLIENT KILL of every client (a proxy idle-kill, a blip, a failover) is no proof of death."""
+    use_settings(monkeypatch, lease=0.6)  # renewed every 0.2 s: through the kills
+    prefix = f"kill-{uuid.uuid4().hex[:6]}:"
+    admin = redis.Redis.from_url(redis_url)
+    holder, held = start(hold, redis_url, prefix, 3.0)
+    assert held.get(timeout=20)[0] == "entered"
+    waiter, waited = start(try_lock, redis_url, prefix, 2.0)
+    for _ in range(10):  # kill every connection, again and again, while both run
+        admin.client_kill_filter(_type="normal", skipme=True)
+        time.sleep(0.2)
+    assert waited.get(timeout=20)[0] == "timeout"
+    assert held.get(timeout=20)[:2] == ("held at the end", True)
+    assert held.get(timeout=20)[0] == "left"
+    for proc in (holder, waiter):
+        proc.join(10)
+
+
+def test_a_paused_holder_is_overtaken_and_told_with_a_lower_token(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_settings(monkeypatch, lease=0.5)
+    prefix = f"pause-{uuid.uuid4().hex[:6]}:"
+    holder, held = start(hold, redis_url, prefix, 1.0)
+    _, first_token, _ = held.get(timeout=20)
+    os.kill(holder.pid, signal.SIGSTOP)  # a GC or VM pause, longer than the lease
+    try:
+        waiter, waited = start(try_lock, redis_url, prefix, 10.0)
+        kind, second_token, entered_at = waited.get(timeout=20)
+        assert kind == "entered"
+        assert second_token > first_token  # fencing: the newer holder's token is larger
+        assert waited.get(timeout=20)[0] == "left"
+        waiter.join(10)
+    finally:
+        os.kill(holder.pid, signal.SIGCONT)
+    assert held.get(timeout=20)[:2] == ("held at the end", False)
+    assert held.get(timeout=20)[0] == "lost"  # LeaseLost on leaving the block
+    holder.join(10)
+
+
+def test_fencing_tokens_increase_across_processes_and_a_lost_counter(redis_url: str) -> None:
+    prefix = f"fence-{uuid.uuid4().hex[:6]}:"
+    cache = open_cache(redis_url, prefix)
+    tokens = []
+    for _ in range(3):
+        proc, out = start(try_lock, redis_url, prefix, 5.0)
+        tokens.append(out.get(timeout=20)[1])
+        proc.join(10)
+    with cachekit.lock(cache, "L") as handle:
+        tokens.append(handle.token)
+    redis.Redis.from_url(redis_url).delete(
+        *redis.Redis.from_url(redis_url).keys("cachekit:fence:*")
+    )
+    with cachekit.lock(cache, "L") as handle:  # the counter was lost: the clock keeps it growing
+        tokens.append(handle.token)
+    assert tokens == sorted(set(tokens)) and len(tokens) == 5
+
+
+@pytest.mark.redis_args("--maxmemory", "20mb", "--maxmemory-policy", "allkeys-lru")
+def test_an_allkeys_policy_is_refused_at_first_use_and_by_doctor(own_server: RedisServer) -> None:
+    cache = open_cache(own_server.url, "evict:")
+    with pytest.raises(cachekit.ConfigurationError, match="maxmemory-policy allkeys-lru"):
+        cachekit.incr(cache, "n")
+    assert cache.get("n") is None
+    app = Flask(__name__)
+    Cache(app, config={"CACHE_TYPE": "RedisCache", "CACHE_REDIS_URL": own_server.url})
+    findings = diagnose(app)
+    assert findings[0].level == PROBLEM and "maxmemory-policy" in findings[0].what
+
+
+@pytest.mark.parametrize(
+    "policy", ["volatile-lru", "volatile-lfu", "volatile-ttl", "volatile-random"]
+)
+def test_volatile_eviction_spares_state_and_leases(
+    tmp_path: Path, policy: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Memory pressure evicts only keys with a TTL: not counters, not a held lease."""
+    server = RedisServer(
+        tmp_path,
+        binary=redis_binary(),
+        extra=("--maxmemory", "8mb", "--maxmemory-policy", policy),
+    )
+    server.start()
+    try:
+        use_settings(monkeypatch, lease=0.6)
+        cache = open_cache(server.url, "v:")
+        for _ in range(100):
+            cachekit.incr(cache, "counter")
+        holder, held = start(hold, server.url, "v:", 3.0)
+        assert held.get(timeout=20)[0] == "entered"
+        admin = redis.Redis.from_url(server.url)
+        junk = b"x" * 20000
+        i = 0
+        while int(admin.info("stats")["evicted_keys"]) < 200:  # well past full, many evictions
+            cache.set(f"junk-{i}", junk, timeout=300)
+            i += 1
+            assert i < 20000, "the server never evicted"
+        waiter, waited = start(try_lock, server.url, "v:", 1.0)
+        assert waited.get(timeout=20)[0] == "timeout"  # the lease survived the evictions
+        assert cachekit.incr(cache, "counter") == 101
+        assert held.get(timeout=20)[:2] == ("held at the end", True)
+        assert held.get(timeout=20)[0] == "left"
+        for proc in (holder, waiter):
+            proc.join(10)
+    finally:
+        server.stop()
+
+
+@pytest.mark.redis_args("--maxmemory", "4mb", "--maxmemory-policy", "noeviction")
+def test_a_full_noeviction_server_fails_writes_clearly_and_keeps_values(
+    own_server: RedisServer,
+) -> None:
+    cache = open_cache(own_server.url, "full:")
+    assert cachekit.incr(cache, "n") == 1
+    client = redis.Redis.from_url(own_server.url)
+    with pytest.raises(redis.exceptions.ResponseError, match="maxmemory"):
+        for i in range(100000):
+            client.set(f"fill-{i}", b"x" * 500)
+    landed = refused = 0
+    for i in range(20):  # refused while memory is over the limit: each outcome is known
+        try:
+            cachekit.incr(cache, "n")
+            landed += 1
+        except cachekit.StorageError as error:
+            assert "out of memory" in str(error) and "nothing was written" in str(error)
+            refused += 1
+        with pytest.raises(cachekit.StorageError, match="out of memory"):
+            cachekit.update(cache, f"doc-{i}", lambda d: {**d, "big": "x" * 100000}, {})
+    assert refused > 0
+    assert cache.get("n") == 1 + landed
+
+
+@pytest.mark.redis_args("--save", "")
+def test_doctor_warns_when_redis_persists_nothing(own_server: RedisServer) -> None:
+    app = Flask(__name__)
+    Cache(
+        app,
+        config={
+            "CACHE_TYPE": "RedisCache",
+            "CACHE_REDIS_URL": own_server.url,
+            "CACHE_DEFAULT_TIMEOUT": 0,
+            "CACHE_OPTIONS": {"socket_timeout": 5},
+        },
+    )
+    findings = diagnose(app)
+    assert [f.level for f in findings] == [WARNING]
+    assert "persists nothing" in findings[0].what
+
+
+def restart_case(durable: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Hold a lock across a restart of the server; return how the holder's block ended."""
+    use_settings(monkeypatch, lease=1.0)
+    server = RedisServer(tmp_path, binary=redis_binary(), durable=durable)
+    server.start()
+    try:
+        cache = open_cache(server.url, "r:")
+        assert cachekit.incr(cache, "n") == 1
+        holder, held = start(hold, server.url, "r:", 3.0)
+        _, token, _ = held.get(timeout=20)
+        server.stop()
+        server.start()
+        waiter, waited = start(try_lock, server.url, "r:", 1.5)
+        kind, second, _ = waited.get(timeout=20)
+        if durable:
+            assert kind == "timeout"  # the lease was kept: exclusion holds across the restart
+            assert cachekit.incr(cache, "n") == 2
+        else:
+            assert kind == "entered" and second > token  # the lease was erased: told below
+            assert cachekit.incr(cache, "n") == 1  # (and doctor warns about such a server)
+        ending = held.get(timeout=20)
+        if ending[0] == "held at the end":
+            ending = held.get(timeout=20)
+        for proc in (holder, waiter):
+            proc.join(10)
+        return str(ending[0])
+    finally:
+        server.stop()
+
+
+def test_a_restart_with_persistence_keeps_the_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert restart_case(True, tmp_path, monkeypatch) == "left"
+
+
+def test_a_restart_without_persistence_tells_the_holder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert restart_case(False, tmp_path, monkeypatch) == "lost"
+
+
+def test_a_refused_connection_fails_within_a_second() -> None:
+    cache = RedisCache(host=redis.Redis(port=free_port()), key_prefix="gone:")
+    for call in (
+        lambda: cachekit.incr(cache, "n"),
+        lambda: cachekit.update(cache, "d", lambda d: d),
+        lambda: cachekit.lock(cache, "x").__enter__(),
+    ):
+        began = time.monotonic()
+        with pytest.raises(cachekit.StorageError, match="unreachable"):
+            call()
+        assert time.monotonic() - began < 1
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A port that accepts connections and never answers (a hung server, a black hole)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield int(listener.getsockname()[1])
+    stop.set()
+    thread.join(5)
+    for conn in accepted:
+        conn.close()
+    listener.close()
+
+
+def test_a_server_that_never_answers_fails_within_the_timeout(
+    silent_server: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_settings(monkeypatch, redis_timeout=0.5)
+    cache = RedisCache(host=redis.Redis(port=silent_server), key_prefix="silent:")
+    began = time.monotonic()
+    with pytest.raises(cachekit.StorageError, match="no answer in time"):
+        cachekit.incr(cache, "n")
+    assert time.monotonic() - began < 1.5
+
+
+def test_the_default_wait_for_a_silent_server_is_bounded(silent_server: int) -> None:
+    app = Flask(__name__)
+    cache = Cache(app, config={"CACHE_TYPE": "RedisCache", "CACHE_REDIS_PORT": silent_server})
+    began = time.monotonic()
+    with app.app_context(), pytest.raises(cachekit.StorageError):
+        cachekit.incr(cache, "n")
+    assert time.monotonic() - began < 5.5  # CACHEKIT_REDIS_TIMEOUT's default, 5 s
+
+
+def test_the_timeout_setting_comes_from_the_app_config(silent_server: int) -> None:
+    app = Flask(__name__)
+    app.config["CACHEKIT_REDIS_TIMEOUT"] = 0.3
+    cache = Cache(app, config={"CACHE_TYPE": "RedisCache", "CACHE_REDIS_PORT": silent_server})
+    began = time.monotonic()
+    with app.app_context(), pytest.raises(cachekit.StorageError):
+        cachekit.incr(cache, "n")
+    assert time.monotonic() - began < 1.2
+
+
+def test_a_paused_server_mid_operation_is_a_clear_error_then_service_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_settings(monkeypatch, redis_timeout=0.5)
+    server = RedisServer(tmp_path, binary=redis_binary())
+    server.start()
+    try:
+        cache = open_cache(server.url, "p:")
+        assert cachekit.incr(cache, "n") == 1
+        server.pause()
+        try:
+            with pytest.raises(cachekit.StorageError, match="may or may not"):
+                cachekit.incr(cache, "n")
+        finally:
+            server.resume()
+        assert cachekit.incr(cache, "n") in (2, 3)  # the write in doubt may have landed
+    finally:
+        server.stop()
+
+
+def test_the_renewer_survives_an_unexpected_error(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_settings(monkeypatch, lease=0.6)
+    original = RedisLeases._renew_once
+    failures = iter([True, True])
+
+    def flaky(self: RedisLeases) -> bool:
+        if next(failures, False):
+            raise RuntimeError("not a Redis error")
+        return original(self)
+
+    monkeypatch.setattr(RedisLeases, "_renew_once", flaky)
+    prefix = f"renew-{uuid.uuid4().hex[:6]}:"
+    cache = open_cache(redis_url, prefix)
+    with cachekit.lock(cache, "L") as handle:
+        time.sleep(0.45)  # two renewals failed: the lease is close to its end
+        waiter, waited = start(try_lock, redis_url, prefix, 1.5)
+        assert waited.get(timeout=20)[0] == "timeout"
+        waiter.join(10)
+        assert handle.is_held()
+
+
+def test_doctor_reads_the_live_backend_however_configured(
+    tmp_path: Path, silent_server: int
+) -> None:
+    """Configuration passed to Cache() or init_app(), not app.config: doctor still sees it."""
+    app = Flask(__name__)
+    Cache(app, config={"CACHE_TYPE": "SimpleCache", "CACHE_DEFAULT_TIMEOUT": 0})
+    assert [f.level for f in diagnose(app)] == [PROBLEM]
+    app = Flask(__name__)
+    Cache().init_app(
+        app,
+        config={
+            "CACHE_TYPE": "FileSystemCache",
+            "CACHE_DIR": str(tmp_path / "c"),
+            "CACHE_THRESHOLD": 0,
+            "CACHE_DEFAULT_TIMEOUT": 0,
+        },
+    )
+    os.chmod(tmp_path / "c", 0o700)
+    assert diagnose(app) == []
+    app = Flask(__name__)
+    Cache(app, config={"CACHE_TYPE": "RedisCache", "CACHE_REDIS_PORT": silent_server})
+    began = time.monotonic()
+    findings = diagnose(app)
+    assert time.monotonic() - began < 4
+    assert findings[0].level == PROBLEM and "does not answer" in findings[0].what
+
+
+def test_statistics_stay_valid_json_after_a_very_long_wait(redis_url: str) -> None:
+    cache = open_cache(redis_url, f"stats-{uuid.uuid4().hex[:6]}:")
+    strategy = strategy_for(cache)
+    strategy.stats.waited(3600.0)
+    figures = cachekit.statistics(cache, merged=False)
+    json.dumps(figures, allow_nan=False)
+    assert figures["lock_waits_over_10s"] == 1 and figures["lock_wait_p99_ms"] is None
