@@ -26,7 +26,7 @@ from .redisserver import RedisServer, redis_binary
 
 # Served by gunicorn in test_gunicorn.py: importing it here (doctest collection) would
 # create an app whose cache is the repository's own instance folder.
-collect_ignore = ["slowapp.py"]
+collect_ignore = ["slowapp.py", "nemesis/webapp.py"]
 
 BackendFactory = Callable[[pytest.FixtureRequest, Path], Any]
 

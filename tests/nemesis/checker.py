@@ -1,0 +1,153 @@
+"""Checks a history exactly, and prints every anomaly with the history around it.
+
+What must hold, whatever the faults:
+
+- **counter**: every value an ``ok`` incr returned is distinct, none exceeds
+  the final value, and the final value is at least the number of ``ok``
+  incrs and at most that plus the unknown ones (``info``).
+- **append**: every ``ok`` item is in the final list exactly once; an
+  unknown item at most once; a ``fail`` item, or an item never appended, not at all.
+- **transfer**: the two balances add up to what they started with.
+- **section** (a ``lock`` held while a plain get/set bumps a counter): no two
+  sections overlap in time unless one of them was told (``LeaseLost``); each
+  section's fencing token is larger than that of every section that entered
+  before it; with nobody told and no unknown section, the plain counter
+  equals the number of sections.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from .history import FAIL, INFO, OK, Op
+
+#: A section that raised LeaseLost on exit: it ran, but knew it may have overlapped.
+TOLD = "told"
+
+
+@dataclass(frozen=True)
+class Anomaly:
+    what: str
+    ops: tuple[Op, ...] = ()
+
+
+def check(history: list[Op], final: dict[str, Any], opening_total: int) -> list[Anomaly]:
+    """Every anomaly in ``history`` given the ``final`` state; empty if it is exact."""
+    anomalies: list[Anomaly] = []
+    anomalies += _counter(history, final.get("counter"))
+    anomalies += _append(history, final.get("log") or [])
+    if any(op.kind == "transfer" for op in history):
+        total = (final.get("acct:a") or 0) + (final.get("acct:b") or 0)
+        if total != opening_total:
+            anomalies.append(Anomaly(f"money: the balances add up to {total}, not {opening_total}"))
+    anomalies += _sections(history, final.get("guarded"))
+    return anomalies
+
+
+def _counter(history: list[Op], final: int | None) -> list[Anomaly]:
+    incrs = [op for op in history if op.kind == "incr"]
+    if not incrs:
+        return []
+    final = final or 0
+    ok = [op for op in incrs if op.outcome == OK]
+    unknown = sum(op.outcome == INFO for op in incrs)
+    found = []
+    for value, count in Counter(op.value for op in ok).items():
+        if count > 1:
+            found.append(
+                Anomaly(
+                    f"counter: {value} was handed out {count} times",
+                    tuple(op for op in ok if op.value == value),
+                )
+            )
+    for op in ok:
+        if not 1 <= op.value <= final:
+            found.append(Anomaly(f"counter: {op.value} is outside 1..{final}", (op,)))
+    if not len(ok) <= final <= len(ok) + unknown:
+        found.append(
+            Anomaly(
+                f"counter: final {final} for {len(ok)} acknowledged and {unknown} unknown incrs"
+            )
+        )
+    return found
+
+
+def _append(history: list[Op], final: list[Any]) -> list[Anomaly]:
+    appends = {op.arg: op for op in history if op.kind == "append"}
+    found = []
+    for item, count in Counter(final).items():
+        op = appends.get(item)
+        if op is None:
+            found.append(Anomaly(f"append: {item!r} is in the list but was never appended"))
+        elif count > 1:
+            found.append(Anomaly(f"append: {item!r} is in the list {count} times", (op,)))
+        elif op.outcome == FAIL:
+            found.append(Anomaly(f"append: {item!r} failed but is in the list", (op,)))
+    present = set(final)
+    for item, op in appends.items():
+        if op.outcome == OK and item not in present:
+            found.append(Anomaly(f"append: acknowledged {item!r} is missing", (op,)))
+    return found
+
+
+def _sections(history: list[Op], guarded: int | None) -> list[Anomaly]:
+    sections = [op for op in history if op.kind == "section" and op.outcome in (OK, TOLD)]
+    if not sections:
+        return []
+    found = []
+    by_entry = sorted(sections, key=lambda op: op.value["entered"])
+    for i, first in enumerate(by_entry):
+        for second in by_entry[i + 1 :]:
+            if second.value["entered"] >= first.value["left"]:
+                break
+            if first.outcome == OK and second.outcome == OK:
+                found.append(Anomaly("lock: two holders overlapped, neither told", (first, second)))
+        later = by_entry[i + 1] if i + 1 < len(by_entry) else None
+        if later is not None and later.value["token"] <= first.value["token"]:
+            found.append(Anomaly("lock: a later holder got a token no larger", (first, later)))
+    everyone = [op for op in history if op.kind == "section"]
+    quiet = all(op.outcome in (OK, FAIL) for op in everyone)
+    if quiet and (guarded or 0) != len(sections):
+        found.append(
+            Anomaly(f"lock: the guarded counter is {guarded}, for {len(sections)} sections")
+        )
+    return found
+
+
+def report(history: list[Op], anomalies: list[Anomaly], window: float = 0.3) -> str:
+    """The anomalies, each with the operations that ran within ``window`` s of it."""
+    lines = []
+    for anomaly in anomalies:
+        lines.append(f"ANOMALY: {anomaly.what}")
+        for op in anomaly.ops:
+            lines.append(f"  {_show(op)}")
+            around = [
+                other
+                for other in history
+                if other is not op
+                and other.began <= op.ended + window
+                and (other.ended or other.began) >= op.began - window
+            ]
+            for other in around[:20]:
+                lines.append(f"    nearby: {_show(other)}")
+    return "\n".join(lines)
+
+
+def _show(op: Op) -> str:
+    return (
+        f"{op.id} {op.kind}({op.arg!r}) -> {op.outcome} {op.value!r}"
+        f" [{op.began:.3f} .. {op.ended:.3f}]"
+    )
+
+
+def summary(history: list[Op]) -> dict[str, dict[str, int]]:
+    """Counts of outcomes per kind of operation, for the run's report."""
+    counts: dict[str, Counter[str]] = {}
+    for op in history:
+        counts.setdefault(op.kind, Counter())[op.outcome] += 1
+    return {kind: dict(sorted(c.items())) for kind, c in sorted(counts.items())}
+
+
+__all__ = ["Anomaly", "FAIL", "INFO", "OK", "TOLD", "check", "report", "summary"]

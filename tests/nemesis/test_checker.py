@@ -1,0 +1,64 @@
+"""The checker finds each kind of anomaly it promises to find (a checker that cannot fail is
+worth nothing), and accepts what the contract allows (unknown outcomes, told holders)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .checker import TOLD, check
+from .history import FAIL, INFO, OK, Op
+
+
+def op(kind: str, outcome: str, value: Any = None, arg: Any = None, at: float = 0.0) -> Op:
+    return Op(f"{kind}-{at}-{value}", kind, arg, outcome, value, began=at, ended=at + 0.1)
+
+
+def section(outcome: str, entered: float, left: float, token: int) -> Op:
+    return op("section", outcome, {"entered": entered, "left": left, "token": token}, at=entered)
+
+
+def whats(history: list[Op], final: dict[str, Any]) -> list[str]:
+    return [anomaly.what for anomaly in check(history, final, 2000)]
+
+
+def test_an_exact_history_passes_including_unknown_outcomes() -> None:
+    history = [
+        op("incr", OK, 1),
+        op("incr", INFO),
+        op("incr", OK, 3),
+        op("append", OK, arg="a"),
+        op("append", INFO, arg="b"),
+        op("append", FAIL, arg="c"),
+        op("transfer", OK),
+        section(OK, 1.0, 2.0, 10),
+        section(TOLD, 2.5, 4.0, 11),
+        section(OK, 3.0, 3.5, 12),  # overlaps a told holder: allowed
+    ]
+    final = {"counter": 3, "log": ["a"], "acct:a": 999, "acct:b": 1001, "guarded": 3}
+    assert whats(history, final) == []
+
+
+def test_every_kind_of_anomaly_is_reported() -> None:
+    history = [
+        op("incr", OK, 1),
+        op("incr", OK, 1),
+        op("append", OK, arg="a"),
+        op("append", FAIL, arg="c"),
+        op("transfer", OK),
+        section(OK, 1.0, 2.0, 10),
+        section(OK, 1.5, 2.5, 9),
+    ]
+    final = {"counter": 1, "log": ["c", "c", "x"], "acct:a": 999, "acct:b": 1000, "guarded": 1}
+    found = whats(history, final)
+    for expected in (
+        "counter: 1 was handed out 2 times",
+        "counter: final 1 for 2 acknowledged",
+        "append: 'c' is in the list 2 times",
+        "append: 'x' is in the list but was never appended",
+        "append: acknowledged 'a' is missing",
+        "money: the balances add up to 1999",
+        "lock: two holders overlapped, neither told",
+        "lock: a later holder got a token no larger",
+        "lock: the guarded counter is 1, for 2 sections",
+    ):
+        assert any(what.startswith(expected) for what in found), (expected, found)

@@ -1,0 +1,82 @@
+"""The operations the nemesis runs, the same in a worker process and behind an HTTP route.
+
+Shared state, whatever the backend: ``counter`` (incr), ``log`` (a list that
+updates and transactions append to), ``acct:a`` / ``acct:b`` (transfers in
+both key orders), and a ``lock`` named ``section`` around a plain
+``cache.get`` / ``cache.set`` of ``guarded`` (only the lock makes that exact).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+import redis
+from cachelib import FileSystemCache, RedisCache
+
+import cachekit
+
+from .checker import TOLD
+from .history import FAIL, INFO, OK
+
+OPENING = 1000
+KINDS = ("incr", "append", "transfer", "section")
+#: Certainly not applied: the operation said so before changing anything.
+NOT_APPLIED = (
+    cachekit.LockTimeout,
+    cachekit.ConcurrentUpdateError,
+    cachekit.InvalidArgument,
+    cachekit.ConfigurationError,
+)
+
+
+def open_cache(spec: str) -> Any:
+    """A backend from a spec: a cache directory, or ``redis://...|prefix``."""
+    if spec.startswith("redis://"):
+        url, prefix = spec.split("|")
+        return RedisCache(host=redis.Redis.from_url(url, socket_timeout=5), key_prefix=prefix)
+    return FileSystemCache(spec, threshold=0)
+
+
+def run_op(cache: Any, kind: str, arg: Any, rng: random.Random) -> tuple[str, Any]:
+    """Run one operation; return its outcome (ok, fail, info, told) and its value."""
+    section: dict[str, Any] = {}
+    try:
+        if kind == "incr":
+            return OK, cachekit.incr(cache, "counter")
+        if kind == "append":
+            if rng.random() < 0.5:
+                cachekit.update(cache, "log", lambda log: [*log, arg], [])
+            else:
+                with cachekit.transaction(cache, "log") as txn:
+                    txn.setdefault("log", []).append(arg)
+            return OK, None
+        if kind == "transfer":
+            keys = ("acct:a", "acct:b") if arg else ("acct:b", "acct:a")
+            with cachekit.transaction(cache, *keys) as txn:
+                txn[keys[0]] = txn.get(keys[0], OPENING) - 1
+                txn[keys[1]] = txn.get(keys[1], OPENING) + 1
+            return OK, None
+        if kind == "section":
+            with cachekit.lock(cache, "section", timeout=30) as handle:
+                section = {"entered": time.monotonic(), "token": handle.token}
+                guarded = cache.get("guarded") or 0
+                time.sleep(rng.uniform(0, 0.01))
+                if not cache.set("guarded", guarded + 1, timeout=0):
+                    return INFO, None
+                section["left"] = time.monotonic()
+            return OK, section
+        raise ValueError(kind)
+    except cachekit.LeaseLost:
+        if kind == "section" and "left" in section:
+            return TOLD, section
+        return (FAIL if kind != "section" else INFO), "LeaseLost"  # a lost commit wrote nothing
+    except NOT_APPLIED as error:
+        return FAIL, _said(error)
+    except Exception as error:  # StorageError, a plain cache call cut off: unknown
+        return INFO, _said(error)
+
+
+def _said(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"[:300]
