@@ -19,15 +19,16 @@ threads = int(os.environ.get("DEMO_THREADS", "1"))
 bind = os.environ.get("DEMO_BIND", "127.0.0.1:8000")
 
 # --preload imports the app once in the master, before forking. cachekit is
-# safe with it: thread locks are reset in each child, lock-file descriptors
-# hold no lock across a fork, and redis-py opens fresh connections per worker.
+# safe with it, also with gevent workers (-k gevent): thread locks are made
+# again in each child after gevent patched it, lock-file descriptors hold no
+# lock across a fork, and redis-py opens fresh connections per worker.
 # Per-process resources (database clients and the like) must still be created
-# after the fork: use cachekit.resources.per_process for them.
+# after the fork: use cachekit.resources.PerProcess for them.
 preload_app = False
 
 # Recycling workers (max_requests) and killing stuck ones (timeout) lose no
-# update: a lock dies with its process on FileSystemCache, and on Redis after
-# its lease (10 s); a write is all or nothing.
+# update: a lock dies with its process (on Redis: at once on the same machine,
+# after its lease, CACHEKIT_LEASE, from another); a write is all or nothing.
 max_requests = 10000
 max_requests_jitter = 1000
 timeout = 30

@@ -16,6 +16,7 @@ from flask import current_app
 from flask.cli import AppGroup
 
 from . import operations
+from .compat import app_backends
 from .doctor import PROBLEM, diagnose
 from .errors import CachekitError
 from .resolve import strategy_for
@@ -24,7 +25,7 @@ cachekit_cli = AppGroup("cachekit", help="Read, change and check the app's share
 
 
 def _backend() -> Any:
-    backends = list(current_app.extensions.get("cache", {}).values())
+    backends = app_backends(current_app)
     if not backends:
         raise click.ClickException("the app has no Flask-Caching cache: call cache.init_app(app)")
     return backends[0]

@@ -42,6 +42,17 @@ def _get(obj: Any, attribute: str, distribution: str) -> Any:
         ) from None
 
 
+# -- Flask-Caching ------------------------------------------------------------------
+
+
+def app_backends(app: Any) -> list[Any]:
+    """The backend of every Flask-Caching ``Cache`` initialised on ``app``, first one first.
+
+    Flask-Caching keeps them in ``app.extensions["cache"]``, keyed by ``Cache``.
+    """
+    return list(dict(app.extensions.get("cache", {})).values())
+
+
 # -- cachelib ------------------------------------------------------------------
 
 

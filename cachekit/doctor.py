@@ -19,7 +19,13 @@ from typing import Any
 import cachelib
 from flask import Flask
 
-from .compat import bounded_redis_client, filesystem_parts, redis_parts, socket_timeout_of
+from .compat import (
+    app_backends,
+    bounded_redis_client,
+    filesystem_parts,
+    redis_parts,
+    socket_timeout_of,
+)
 from .errors import CachekitError, ConfigurationError
 from .filesystem import CACHELIB_SKIPS, check_private_directory
 
@@ -38,7 +44,7 @@ class Finding:
 
 def diagnose(app: Flask) -> list[Finding]:
     """Every finding about the app's caches, problems first (empty: nothing would lose state)."""
-    backends = list(app.extensions.get("cache", {}).values())
+    backends = app_backends(app)
     if not backends:
         return [Finding(PROBLEM, "the app has no Flask-Caching cache", "call cache.init_app(app)")]
     findings: list[Finding] = []

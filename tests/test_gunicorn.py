@@ -124,6 +124,17 @@ def test_simple_cache_in_one_threaded_worker_is_exact(tmp_path: Path) -> None:
         hammer(base)
 
 
+def test_simple_cache_in_one_gevent_worker_is_exact(tmp_path: Path) -> None:
+    """One process, many greenlets: SimpleCache's thread locks are greenlet locks here."""
+    env = {"FLASK_CACHE_TYPE": "SimpleCache", "DEMO_EXPENSIVE_SECONDS": "1"}
+    args = ("-w", "1", "-k", "gevent", "--worker-connections", "300", "--timeout", "20")
+    with gunicorn(tmp_path, *args, env=env) as base:
+        hammer(base)
+        computed = concurrently(60, [lambda: get_ok(base + "/expensive")] * 60)
+    assert computed == [{"answer": 42, "computation": 1}] * 60
+    assert worker_timeouts(tmp_path) == []
+
+
 def redis_env(redis_url: str) -> dict[str, str]:
     return {
         "FLASK_CACHE_TYPE": "RedisCache",

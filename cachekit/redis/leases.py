@@ -196,8 +196,12 @@ class RedisLeases(StripedLocks):
         check_at = time.monotonic() + HOLDER_CHECK
         while True:
             sent = time.monotonic()
-            with translated(f"taking the lock {key}"):
-                granted, detail = self._scripts.acquire(keys=keys, args=[token, lease_ms, dead])
+            try:
+                with translated(f"taking the lock {key}"):
+                    granted, detail = self._scripts.acquire(keys=keys, args=[token, lease_ms, dead])
+            except StorageError:
+                self._forget(key, token)  # the grant may have landed with its reply lost
+                raise
             if granted:
                 self._tokens[number] = token
                 self._renewed[number] = sent
@@ -213,6 +217,13 @@ class RedisLeases(StripedLocks):
                     continue
             if not backoff.sleep():
                 return None
+
+    def _forget(self, key: str, token: str) -> None:
+        """Release ``token``'s lease at ``key`` if it is there, quietly: the best one can do."""
+        try:
+            self._scripts.release(keys=[key], args=[token])
+        except Exception:  # unreachable still: the lease, if granted, runs out
+            log.info("could not release %s after a failed grant; it runs out", key)
 
     def _release_outer(self, number: int) -> bool:
         token = self._tokens.pop(number, None)
