@@ -84,10 +84,15 @@ def gunicorn(
             proc.wait(5)
 
 
+#: One opener for every request without a session: building one per request costs an SSL
+#: context (the CA bundle loaded again) from Python 3.13 on, and starves the server.
+PLAIN = urllib.request.build_opener()
+
+
 def get(url: str, opener: urllib.request.OpenerDirector | None = None) -> tuple[int, Any]:
     """GET ``url``; return the status and the decoded JSON body (errors included)."""
     try:
-        with (opener or urllib.request.build_opener()).open(url, timeout=60) as response:
+        with (opener or PLAIN).open(url, timeout=60) as response:
             return response.status, json.load(response)
     except urllib.error.HTTPError as error:
         return error.code, json.load(error)

@@ -75,6 +75,8 @@ def try_lock(url: str, prefix: str, wait: float, out: Any) -> None:
         out.put(("left", None, time.time()))
     except cachekit.LockTimeout:
         out.put(("timeout", None, time.time()))
+    except cachekit.CachekitError as error:  # reported, never a silent death of the waiter
+        out.put(("error", repr(error), time.time()))
 
 
 def start(target: Any, *args: Any) -> tuple[Any, Any]:

@@ -50,7 +50,7 @@ from ..settings import Settings
 from ..threadlocks import KEYS, LOCKS, STRIPES, PerProcessValue, StripedLocks
 from ..waiting import Backoff
 from .scripts import Scripts
-from .translate import translated
+from .translate import once_more_if_cut_off, translated
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,9 @@ class RedisLeases(StripedLocks):
             sent = time.monotonic()
             try:
                 with translated(f"taking the lock {key}"):
-                    granted, detail = self._scripts.acquire(keys=keys, args=[token, lease_ms, dead])
+                    granted, detail = once_more_if_cut_off(
+                        self._scripts.acquire, keys=keys, args=[token, lease_ms, dead]
+                    )
             except StorageError:
                 self._forget(key, token)  # the grant may have landed with its reply lost
                 raise
@@ -252,7 +254,11 @@ class RedisLeases(StripedLocks):
         if not token or number in self._lost:
             return False
         with translated(f"checking the lock {self.key(number)}"):
-            return bool(self._scripts.held(keys=[self.key(number)], args=[token]))
+            return bool(
+                once_more_if_cut_off(
+                    lambda: self._scripts.held(keys=[self.key(number)], args=[token])
+                )
+            )
 
     # -- renewal -----------------------------------------------------------------
 
@@ -299,11 +305,10 @@ class RedisLeases(StripedLocks):
         groups = [[item] for item in held] if self.cluster else [held]
         for group in groups:
             sent = time.monotonic()
+            keys = [self.key(number) for number, _ in group]
+            args = [lease_ms, *(token for _, token in group)]
             with translated("renewing leases"):
-                renewed = self._scripts.renew(
-                    keys=[self.key(number) for number, _ in group],
-                    args=[lease_ms, *(token for _, token in group)],
-                )
+                renewed = once_more_if_cut_off(self._scripts.renew, keys=keys, args=args)
             for (number, token), ok in zip(group, renewed, strict=True):
                 if self._tokens.get(number) != token:
                     continue  # released meanwhile

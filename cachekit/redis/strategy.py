@@ -44,6 +44,7 @@ import logging
 import math
 import pickle
 import time
+import weakref
 from collections.abc import Callable, Collection, Mapping
 from contextlib import AbstractContextManager, ExitStack
 from typing import Any, Final, TypeVar
@@ -67,7 +68,7 @@ from .argv import Read, Write, encode_commit
 from .leases import RedisLeases
 from .scripts import Scripts
 from .server import eviction_problem, read_facts, version_problem
-from .translate import translated
+from .translate import once_more_if_cut_off, translated
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ KEEP: Final = -1
 def check_server(client: Any) -> None:
     """Refuse a server that would evict state or is too old; say so if it will not tell."""
     with translated("checking the Redis server"):
-        facts = read_facts(client)
+        facts = once_more_if_cut_off(read_facts, client)
     problem = eviction_problem(facts)
     if problem:
         raise ConfigurationError(problem, setting="maxmemory-policy")
@@ -112,6 +113,7 @@ class RedisStrategy(Strategy):
         leases = RedisLeases(client, scripts, parts.prefix, settings, cluster=cluster)
         super().__init__(backend, leases, settings)
         self._client = client
+        weakref.finalize(self, _close_quietly, client)  # cachekit's own connections
         self._scripts = scripts
         self._prefix = parts.prefix
         self._serializer = parts.serializer
@@ -144,8 +146,9 @@ class RedisStrategy(Strategy):
         return pickle.loads(raw[1:]) if raw.startswith(b"!") else int(raw)
 
     def _load(self, key: str) -> Entry | None:
+        full_key = self._key(key)
         with translated(f"reading key {key!r}", key):
-            raw = self._client.get(self._key(key))
+            raw = once_more_if_cut_off(self._client.get, full_key)
         if raw is None:
             return None
         return Entry(self._decode(key, raw), KEEP, raw)
@@ -280,6 +283,13 @@ class RedisStrategy(Strategy):
     def client(self) -> Any:
         """cachekit's own client to the server (bounded timeouts), for checks and tools."""
         return self._client
+
+
+def _close_quietly(client: Any) -> None:
+    try:
+        client.close()
+    except Exception:  # at exit, or in a child whose parent owns the sockets
+        log.debug("could not close cachekit's Redis client", exc_info=True)
 
 
 def _ttl(expires: int) -> str:

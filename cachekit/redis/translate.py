@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any, TypeVar
 
 import redis
 
 from ..errors import StorageError
+
+T = TypeVar("T")
 
 
 @contextmanager
@@ -35,3 +38,18 @@ def translated(doing: str, key: str | None = None) -> Iterator[None]:
         raise StorageError(f"Redis is unreachable while {doing}: {error}", key=key) from error
     except redis.exceptions.RedisError as error:
         raise StorageError(f"Redis failed while {doing}: {error}", key=key) from error
+
+
+def once_more_if_cut_off(call: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """``call(*args, **kwargs)``, repeated once if its connection was cut (a killed client, a blip).
+
+    Only for calls that may safely run twice (reads, a lease grant or renewal
+    with the same token): a write whose reply was lost must not be repeated.
+    A timeout is not repeated either: it already cost the whole wait.
+    """
+    try:
+        return call(*args, **kwargs)
+    except redis.exceptions.TimeoutError:
+        raise
+    except redis.exceptions.ConnectionError:
+        return call(*args, **kwargs)
