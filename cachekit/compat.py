@@ -6,13 +6,14 @@ raises :class:`~cachekit.errors.UnsupportedBackend` naming the installed
 version and the versions cachekit is tested with, instead of an
 ``AttributeError`` deep inside an operation.
 
-Tested with: cachelib 0.13 to 0.17, Flask-Caching 2.3 to 2.5, redis-py 5.3 to
-8.1 (the floors are in ``pyproject.toml``; CI runs the lowest and the newest).
+Tested with: cachelib 0.15.4 to 0.17, Flask-Caching 2.3.1 to 2.5, redis-py 5.3
+to 8.1 (the floors are in ``pyproject.toml``; CI runs the lowest and the newest).
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -20,7 +21,7 @@ from typing import Any, Final
 from .errors import UnsupportedBackend
 
 #: The versions this module was written and tested against, for messages.
-TESTED: Final = "cachelib 0.13-0.17, Flask-Caching 2.3-2.5, redis-py 5.3-8.1"
+TESTED: Final = "cachelib 0.15.4-0.17, Flask-Caching 2.3.1-2.5, redis-py 5.3-8.1"
 
 
 def version(distribution: str) -> str:
@@ -144,30 +145,65 @@ def bounded_redis_client(client: Any, timeout: float, connect_timeout: float) ->
         "retry_on_error": [],
     }
     if isinstance(client, redis.RedisCluster):
-        from redis.cluster import ClusterNode
-
-        manager = _get(client, "nodes_manager", "redis")
-        nodes = [
-            ClusterNode(node.host, node.port)  # type: ignore[no-untyped-call]
-            for node in manager.startup_nodes.values()
-        ]
-        kwargs = {**manager.connection_kwargs, **overrides}
-        for unwanted in ("retry_on_timeout", "retry_on_error", "host", "port"):
-            kwargs.pop(unwanted, None)
-        if int(redis.__version__.split(".")[0]) < 6:  # from redis-py 6 on, `retry` says it
-            kwargs["cluster_error_retry_attempts"] = 0
-        return redis.RedisCluster(startup_nodes=nodes, **kwargs)
+        return _bounded_cluster(client, overrides)
     pool = _get(client, "connection_pool", "redis")
-    sentinel = getattr(pool, "sentinel_manager", None)
-    if sentinel is not None:
-        return sentinel.master_for(_get(pool, "service_name", "redis"), **overrides)
     kwargs = {**_get(pool, "connection_kwargs", "redis"), **overrides}
-    own = redis.ConnectionPool(
+    manager = getattr(pool, "sentinel_manager", None)
+    if manager is not None:
+        return _bounded_sentinel_master(manager, _get(pool, "service_name", "redis"), kwargs)
+    extra = {"timeout": pool.timeout} if isinstance(pool, redis.BlockingConnectionPool) else {}
+    own = type(pool)(
         connection_class=_get(pool, "connection_class", "redis"),
         max_connections=getattr(pool, "max_connections", None),
+        **extra,
         **kwargs,
     )
     return redis.Redis(connection_pool=own)
+
+
+def _bounded_sentinel_master(manager: Any, service: str, kwargs: dict[str, Any]) -> Any:
+    """The master of ``service``, found through sentinels that are asked with bounded waits too.
+
+    A new ``Sentinel`` on the same sentinel addresses: the user's own may wait
+    forever for a sentinel that does not answer (Flask-Caching passes none of
+    the socket options to it).
+    """
+    import redis.sentinel
+
+    accepted = inspect.signature(redis.Redis.__init__).parameters
+    sentinels, sentinel_kwargs = [], {}
+    for sentinel in _get(manager, "sentinels", "redis"):
+        options = dict(sentinel.connection_pool.connection_kwargs)
+        sentinels.append((options.pop("host"), options.pop("port")))
+        # What a pool adds to its connections' options (redis-py 8) is not the client's.
+        sentinel_kwargs = {key: value for key, value in options.items() if key in accepted}
+    bounded = {key: kwargs[key] for key in ("socket_timeout", "socket_connect_timeout", "retry")}
+    own = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        sentinels,
+        min_other_sentinels=getattr(manager, "min_other_sentinels", 0),
+        sentinel_kwargs={**sentinel_kwargs, **bounded},
+        **kwargs,
+    )
+    return own.master_for(service)  # type: ignore[no-untyped-call]
+
+
+def _bounded_cluster(client: Any, overrides: dict[str, Any]) -> Any:
+    import redis
+    from redis.cluster import ClusterNode
+
+    manager = _get(client, "nodes_manager", "redis")
+    nodes = [
+        ClusterNode(node.host, node.port)  # type: ignore[no-untyped-call]
+        for node in manager.startup_nodes.values()
+    ]
+    kwargs = {**manager.connection_kwargs, **overrides}
+    for unwanted in ("retry_on_timeout", "retry_on_error", "host", "port"):
+        kwargs.pop(unwanted, None)
+    if getattr(manager, "address_remap", None) is not None:  # behind NAT, in containers
+        kwargs["address_remap"] = manager.address_remap
+    if int(redis.__version__.split(".")[0]) < 6:  # from redis-py 6 on, `retry` says it
+        kwargs["cluster_error_retry_attempts"] = 0
+    return redis.RedisCluster(startup_nodes=nodes, **kwargs)
 
 
 def socket_timeout_of(client: Any) -> float | None:

@@ -149,9 +149,12 @@ def _redis(backend: Any) -> list[Finding]:
 
     parts = redis_parts(backend)
     findings = []
-    client = bounded_redis_client(parts.client, REDIS_CHECK_TIMEOUT, REDIS_CHECK_TIMEOUT / 2)
+    client = None
     try:
         with translated("checking the server"):
+            client = bounded_redis_client(
+                parts.client, REDIS_CHECK_TIMEOUT, REDIS_CHECK_TIMEOUT / 2
+            )
             facts = read_facts(client)
     except CachekitError as error:
         return [
@@ -162,7 +165,8 @@ def _redis(backend: Any) -> list[Finding]:
             )
         ]
     finally:
-        client.close()
+        if client is not None:
+            client.close()
     problem = eviction_problem(facts)
     if problem:
         findings.append(

@@ -162,16 +162,18 @@ class FileSystemStrategy(Strategy):
         super().__init__(backend, lock_file(directory), settings)
         self.directory = directory
         self._filename = parts.filename
-        self._respell = os.path.abspath(parts.path) != directory
         self._mode = parts.mode or 0o600
         self._pickle = _uses_pickle(backend.serializer)
 
     def _path(self, key: str) -> str:
-        """The key's file, under the directory's real path (resolved once, at start)."""
-        path: str = self._filename(key)
-        if self._respell:
-            return os.path.join(self.directory, os.path.basename(path))
-        return path
+        """The key's file, under the directory's real path (resolved once, at first use).
+
+        The backend's own name for it is relative to the directory however it
+        was spelled; only its last part is kept, so that a symlink changed or
+        a working directory left later cannot move cachekit's writes away
+        from its lock.
+        """
+        return os.path.join(self.directory, os.path.basename(self._filename(key)))
 
     def _load(self, key: str) -> Entry | None:
         path = self._path(key)

@@ -209,8 +209,8 @@ class StripedLocks:
         if lost and domain == LOCKS:
             raise LeaseLost(
                 f"{what} was lost while held: another holder may have run at the same time"
-                " (this holder was paused or cut off from the lock's store for longer than"
-                " its lease, or the store lost the lease)",
+                " (this holder was paused, or cut off from the lock's store, until its lease"
+                " ran out; or the store lost the lease)",
                 name=what,
             )
 
@@ -249,7 +249,8 @@ class StripedLocks:
 
     def _exit(self, number: int, stripe: _Stripe) -> bool:
         """Leave a stripe once; False if its cross-process lock had been lost."""
-        self._held.get().count -= 1
+        held = self._held.get()
+        held.count = getattr(held, "count", 1) - 1  # (a child forked inside a block has none)
         stripe.depth -= 1
         try:
             if stripe.depth == 0:

@@ -26,9 +26,11 @@ from flask import Flask
 from flask_caching import Cache
 
 import cachekit
-from cachekit.doctor import PROBLEM, WARNING, diagnose
+import cachekit.redis.strategy
+from cachekit.doctor import PROBLEM, WARNING, diagnose, diagnose_backend
 from cachekit.redis.leases import RedisLeases
 from cachekit.resolve import strategy_for
+from cachekit.threadlocks import KEYS
 
 from .conftest import use_settings
 from .redisserver import RedisServer, free_port, redis_binary
@@ -427,3 +429,128 @@ def test_statistics_stay_valid_json_after_a_very_long_wait(redis_url: str) -> No
     figures = cachekit.statistics(cache, merged=False)
     json.dumps(figures, allow_nan=False)
     assert figures["lock_waits_over_10s"] == 1 and figures["lock_wait_p99_ms"] is None
+
+
+class BlackholeProxy:
+    """A TCP proxy to Redis that can swallow every byte for a while (packets dropped)."""
+
+    def __init__(self, port: int) -> None:
+        self.upstream = port
+        self.swallowing = threading.Event()
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = int(self.listener.getsockname()[1])
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.upstream))
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        while True:
+            try:
+                data = source.recv(65536)
+                if not data:
+                    break
+                if not self.swallowing.is_set():
+                    sink.sendall(data)
+            except OSError:
+                break
+        for end in (source, sink):
+            end.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_holder_cut_off_for_part_of_its_lease_keeps_it(
+    redis_server: RedisServer, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Packets dropped for 1.6 s of a 3 s lease: the renewal lost is tried again in time."""
+    use_settings(monkeypatch, lease=3.0, redis_timeout=1.5)
+    proxy = BlackholeProxy(redis_server.port)
+    prefix = f"cut-{uuid.uuid4().hex[:6]}:"
+    holder = open_cache(f"redis://127.0.0.1:{proxy.port}/0", prefix)
+    try:
+        with cachekit.lock(holder, "L") as handle:
+            time.sleep(0.9)
+            proxy.swallowing.set()  # the renewal due at 1 s is lost
+            waiter, waited = start(try_lock, redis_url, prefix, 3.5)
+            time.sleep(1.6)
+            proxy.swallowing.clear()
+            assert waited.get(timeout=20)[0] == "timeout"
+            waiter.join(10)
+            assert handle.is_held()
+    finally:
+        proxy.close()
+
+
+def test_an_update_whose_lease_is_taken_over_stops_at_once(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cachekit.redis.strategy, "OPTIMISTIC_ATTEMPTS", 1)
+    cache = open_cache(redis_url, f"spin-{uuid.uuid4().hex[:6]}:")
+    locks: Any = strategy_for(cache)._locks
+    lease_key = locks.key(locks.stripe(KEYS, "k"))
+    client = redis.Redis.from_url(redis_url)
+    calls = []
+
+    def fn(value: int | None) -> int:
+        calls.append(value)
+        if len(calls) == 1:
+            cache.set("k", 100, timeout=0)  # a plain writer: the first try loses, and leases
+        elif len(calls) == 2:  # while leased, another holder takes the lease over
+            client.set(lease_key, f"{int(time.time() * 1000) + 60000} other.1.1.x")
+        return (value or 0) + 1
+
+    began = time.monotonic()
+    with pytest.raises(cachekit.LeaseLost, match="'k'"):
+        cachekit.update(cache, "k", fn)
+    assert len(calls) == 2 and time.monotonic() - began < 1
+    assert cache.get("k") == 100
+
+
+def test_sentinel_keeps_the_database_and_never_hangs(
+    tmp_path: Path, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import redis.sentinel
+
+    use_settings(monkeypatch, redis_timeout=0.5)
+    sentinel_server = RedisServer(tmp_path, binary=redis_binary(), sentinel_of=redis_server.port)
+    sentinel_server.start()
+    try:
+        sentinel: Any = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+            [("127.0.0.1", sentinel_server.port)]
+        )
+        cache = RedisCache(host=sentinel.master_for("mymaster", db=3), key_prefix="s3:")
+        assert cachekit.incr(cache, "n") == 1
+        assert redis.Redis(port=redis_server.port, db=3).get("s3:n") == b"1"
+        sentinel_server.pause()  # the sentinel stops answering
+        fresh = RedisCache(host=sentinel.master_for("mymaster", db=3), key_prefix="s4:")
+        began = time.monotonic()
+        with pytest.raises(cachekit.StorageError):
+            cachekit.incr(fresh, "n")
+        assert time.monotonic() - began < 3
+    finally:
+        sentinel_server.stop()
+
+
+def test_an_unreachable_cluster_is_a_storage_error(tmp_path: Path) -> None:
+    from flask_caching.backends import RedisClusterCache
+
+    server = RedisServer(tmp_path, binary=redis_binary(), cluster=True)
+    server.start()
+    cache = RedisClusterCache(cluster=f"127.0.0.1:{server.port}", key_prefix="{c}:")
+    server.stop()
+    with pytest.raises(cachekit.StorageError, match="unreachable"):
+        cachekit.incr(cache, "n")
+    findings = diagnose_backend(cache)
+    assert findings[0].level == PROBLEM and "does not answer" in findings[0].what
+    cache._write_client.close()

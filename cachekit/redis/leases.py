@@ -78,16 +78,36 @@ def _machine() -> str:
     return hashlib.sha1(f"{boot_id}:{namespace}".encode()).hexdigest()[:16]
 
 
+GONE: Final = "gone"
+
+
 def _started(pid: int) -> str | None:
-    """The start time (clock ticks since boot) of a live process ``pid``; None if it is gone."""
+    """The start time (clock ticks since boot) of process ``pid``, :data:`GONE`, or None.
+
+    :data:`GONE` only on proof: no ``/proc/<pid>`` *and* ``kill(pid, 0)`` finds
+    no such process, or a zombie. None when it cannot be told (``/proc``
+    hides other users' processes under ``hidepid`` or a security module, an
+    unreadable or odd file): the caller must then take the process as alive.
+    """
     try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            data = stat.read()
+    except FileNotFoundError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return GONE
+        except OSError:  # EPERM: it exists, as another user's process
+            return None
+        return None  # it exists, but /proc does not show it
+    except OSError:
         return None
-    if fields[0] in ("Z", "X"):  # a zombie holds no socket and renews nothing
+    fields = data.rsplit(b")", 1)[-1].split()  # the name before ")" may hold anything
+    if len(fields) < 20:
         return None
-    return fields[19]
+    if fields[0] in (b"Z", b"X"):  # a zombie holds no socket and renews nothing
+        return GONE
+    return fields[19].decode("ascii", "replace")
 
 
 MACHINE: Final = _machine()
@@ -96,7 +116,8 @@ MACHINE: Final = _machine()
 def _process_identity() -> str:
     """``<machine>.<pid>.<start time>`` of this process ('' parts where unknown)."""
     pid = os.getpid()
-    return f"{MACHINE}.{pid}.{_started(pid) or ''}"
+    started = _started(pid)
+    return f"{MACHINE}.{pid}.{started if started not in (None, GONE) else ''}"
 
 
 def holder_is_dead(token: str) -> bool:
@@ -112,7 +133,8 @@ def holder_is_dead(token: str) -> bool:
         pid = int(parts[1])
     except ValueError:
         return False
-    return _started(pid) != parts[2]
+    started = _started(pid)
+    return started is not None and started != parts[2]  # gone, or the pid reused
 
 
 # -- the locks ---------------------------------------------------------------------
@@ -128,18 +150,22 @@ class RedisLeases(StripedLocks):
         prefix: Callable[[], str],
         settings: Settings,
         *,
+        renewal_scripts: Scripts | None = None,
         cluster: bool = False,
     ) -> None:
         super().__init__()
         self._client = client
         self._scripts = scripts
+        #: Renewals go through a client whose replies are awaited a fraction of the lease,
+        #: so that a renewal cut off can be tried again before the lease runs out.
+        self._renewal_scripts = renewal_scripts or scripts
         self._prefix = prefix
         self.settings = settings
         self.cluster = cluster
         self._identity = PerProcessValue(_process_identity)
         self._tokens: dict[int, str] = {}  # stripes this process holds -> their tokens
         self._renewed: dict[int, float] = {}  # -> monotonic time the last grant or renewal was sent
-        self._lost: set[int] = set()  # held stripes a renewal found taken or erased
+        self._lost: set[str] = set()  # tokens of held leases a renewal found taken or erased
         self._renewer = 0  # generation (pid) whose renewer runs; 0 for none
         self._renewer_lock = PerProcessValue(lambda: threading.Lock())
 
@@ -175,7 +201,7 @@ class RedisLeases(StripedLocks):
         fenced = []
         for number in sorted(numbers):
             key, token = self.key_and_token(number)
-            if not token or number in self._lost:
+            if not token or token in self._lost:
                 raise LeaseLost(
                     f"the lease {key} was lost before the commit (another holder took it, or"
                     " Redis lost it); nothing was written",
@@ -207,7 +233,6 @@ class RedisLeases(StripedLocks):
             if granted:
                 self._tokens[number] = token
                 self._renewed[number] = sent
-                self._lost.discard(number)
                 self._start_renewer()
                 return int(detail)
             now = time.monotonic()
@@ -230,10 +255,10 @@ class RedisLeases(StripedLocks):
     def _release_outer(self, number: int) -> bool:
         token = self._tokens.pop(number, None)
         renewed = self._renewed.pop(number, 0.0)
-        lost = number in self._lost
-        self._lost.discard(number)
         if not token:
             return False
+        lost = token in self._lost
+        self._lost.discard(token)
         try:
             with translated(f"releasing the lock {self.key(number)}"):
                 released = bool(self._scripts.release(keys=[self.key(number)], args=[token]))
@@ -251,7 +276,7 @@ class RedisLeases(StripedLocks):
 
     def still_held(self, number: int) -> bool:
         token = self._tokens.get(number)
-        if not token or number in self._lost:
+        if not token or token in self._lost:
             return False
         with translated(f"checking the lock {self.key(number)}"):
             return bool(
@@ -282,19 +307,24 @@ class RedisLeases(StripedLocks):
     def _renew_while_held(self) -> None:
         """Renew every lease this process holds, every third of the lease, until none is held.
 
-        Nothing stops it but that: an error is logged and the next round tries again.
+        Nothing stops it but that. A round that fails (Redis cut off, any error)
+        is tried again at once, with a short back-off, rather than a third of a
+        lease later: a holder cut off for less than about half its lease keeps it.
         """
         pid = os.getpid()
+        delay = self.settings.lease / 3
         while self._renewer == pid:
-            time.sleep(self.settings.lease / 3)
+            time.sleep(delay)
+            delay = self.settings.lease / 3
             try:
                 if not self._renew_once():
                     with self._renewer_lock.get():
                         if not self._tokens:
                             self._renewer = 0
                             return
-            except Exception:  # a renewer that dies would let every lease run out
-                log.warning("could not renew cachekit leases; trying again", exc_info=True)
+            except Exception as error:  # a renewer that dies would let every lease run out
+                log.warning("could not renew cachekit leases (%s); trying again", error)
+                delay = min(0.1, self.settings.lease / 20)
 
     def _renew_once(self) -> bool:
         """Renew the held leases once; False if none is held."""
@@ -308,14 +338,14 @@ class RedisLeases(StripedLocks):
             keys = [self.key(number) for number, _ in group]
             args = [lease_ms, *(token for _, token in group)]
             with translated("renewing leases"):
-                renewed = once_more_if_cut_off(self._scripts.renew, keys=keys, args=args)
+                renewed = once_more_if_cut_off(self._renewal_scripts.renew, keys=keys, args=args)
             for (number, token), ok in zip(group, renewed, strict=True):
                 if self._tokens.get(number) != token:
                     continue  # released meanwhile
                 if ok:
                     self._renewed[number] = sent
                 else:
-                    self._lost.add(number)
+                    self._lost.add(token)
         return True
 
     def _after_fork_in_child(self) -> None:

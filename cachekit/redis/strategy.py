@@ -104,16 +104,30 @@ class RedisStrategy(Strategy):
 
     def __init__(self, backend: Any, settings: Settings = DEFAULTS) -> None:
         parts = redis_parts(backend)
-        client = bounded_redis_client(
-            parts.client, settings.redis_timeout, settings.redis_connect_timeout
-        )
+        # Renewals wait a quarter of the lease at most, so that one cut off is tried again
+        # in time; everything else waits CACHEKIT_REDIS_TIMEOUT.
+        renewal_timeout = min(settings.redis_timeout, settings.lease / 4)
+        with translated("connecting to Redis"):
+            client = bounded_redis_client(
+                parts.client, settings.redis_timeout, settings.redis_connect_timeout
+            )
+            renewal_client = bounded_redis_client(
+                parts.client, renewal_timeout, min(settings.redis_connect_timeout, renewal_timeout)
+            )
         check_server(client)
         scripts = Scripts(client)
         cluster = isinstance(client, redis.RedisCluster)
-        leases = RedisLeases(client, scripts, parts.prefix, settings, cluster=cluster)
+        leases = RedisLeases(
+            client,
+            scripts,
+            parts.prefix,
+            settings,
+            renewal_scripts=Scripts(renewal_client),
+            cluster=cluster,
+        )
         super().__init__(backend, leases, settings)
         self._client = client
-        weakref.finalize(self, _close_quietly, client)  # cachekit's own connections
+        weakref.finalize(self, _close_quietly, client, renewal_client)  # cachekit's own
         self._scripts = scripts
         self._prefix = parts.prefix
         self._serializer = parts.serializer
@@ -273,6 +287,12 @@ class RedisStrategy(Strategy):
                             lease.enter_context(self._hold(KEYS, (key,), wait, f"key {key!r}"))
                             old = self._load(key)
                         continue
+                    if token:  # this caller's own lease was taken over meanwhile
+                        raise LeaseLost(
+                            f"the lease on key {key!r} was taken over while this update held"
+                            " it (paused or cut off until it ran out); nothing was written",
+                            name=lock_key,
+                        )
                     # Another holder's lease covers the key (a transaction at work): wait for
                     # it as a transaction would (a dead holder's lease is freed on proof).
                     lease.enter_context(self._hold(KEYS, (key,), wait, f"key {key!r}"))
@@ -285,11 +305,12 @@ class RedisStrategy(Strategy):
         return self._client
 
 
-def _close_quietly(client: Any) -> None:
-    try:
-        client.close()
-    except Exception:  # at exit, or in a child whose parent owns the sockets
-        log.debug("could not close cachekit's Redis client", exc_info=True)
+def _close_quietly(*clients: Any) -> None:
+    for client in clients:
+        try:
+            client.close()
+        except Exception:  # at exit, or in a child whose parent owns the sockets
+            log.debug("could not close cachekit's Redis client", exc_info=True)
 
 
 def _ttl(expires: int) -> str:

@@ -38,6 +38,10 @@ def translated(doing: str, key: str | None = None) -> Iterator[None]:
         raise StorageError(f"Redis is unreachable while {doing}: {error}", key=key) from error
     except redis.exceptions.RedisError as error:
         raise StorageError(f"Redis failed while {doing}: {error}", key=key) from error
+    except redis.exceptions.RedisClusterException as error:  # not a RedisError
+        raise StorageError(
+            f"Redis Cluster is unreachable while {doing}: {error}", key=key
+        ) from error
 
 
 def once_more_if_cut_off(call: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:

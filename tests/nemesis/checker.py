@@ -9,15 +9,19 @@ What must hold, whatever the faults:
   unknown item at most once; a ``fail`` item, or an item never appended, not at all.
 - **transfer**: the two balances add up to what they started with.
 - **section** (a ``lock`` held while a plain get/set bumps a counter): no two
-  sections overlap in time unless one of them was told (``LeaseLost``); each
-  section's fencing token is larger than that of every section that entered
-  before it; with nobody told and no unknown section, the plain counter
-  equals the number of sections.
+  sections overlap in time unless one of them was told (``LeaseLost``), and a
+  holder is told only when it was paused or its lease was lost with a Redis
+  that persists nothing (the runner passes those windows); each section's
+  fencing token is larger than that of the section that entered before it;
+  with nobody told, the plain counter lies between the acknowledged sections
+  and those plus the unknown ones. Sections keep their times whatever their
+  outcome, so an unknown one is checked for overlaps too.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,8 +37,19 @@ class Anomaly:
     ops: tuple[Op, ...] = ()
 
 
-def check(history: list[Op], final: dict[str, Any], opening_total: int) -> list[Anomaly]:
-    """Every anomaly in ``history`` given the ``final`` state; empty if it is exact."""
+def check(
+    history: list[Op],
+    final: dict[str, Any],
+    opening_total: int,
+    excuses: Sequence[tuple[int, float, float]] = (),
+) -> list[Anomaly]:
+    """Every anomaly in ``history`` given the ``final`` state; empty if it is exact.
+
+    ``excuses`` are the windows in which a holder may lose its lock: (pid, or 0
+    for every process; start; end) of each pause and of each restart of a
+    Redis that persists nothing. A holder told ``LeaseLost`` outside them is
+    an anomaly, and so is an overlap that no told holder explains.
+    """
     anomalies: list[Anomaly] = []
     anomalies += _counter(history, final.get("counter"))
     anomalies += _append(history, final.get("log") or [])
@@ -42,7 +57,7 @@ def check(history: list[Op], final: dict[str, Any], opening_total: int) -> list[
         total = (final.get("acct:a") or 0) + (final.get("acct:b") or 0)
         if total != opening_total:
             anomalies.append(Anomaly(f"money: the balances add up to {total}, not {opening_total}"))
-    anomalies += _sections(history, final.get("guarded"))
+    anomalies += _sections(history, final.get("guarded"), list(excuses))
     return anomalies
 
 
@@ -92,26 +107,49 @@ def _append(history: list[Op], final: list[Any]) -> list[Anomaly]:
     return found
 
 
-def _sections(history: list[Op], guarded: int | None) -> list[Anomaly]:
-    sections = [op for op in history if op.kind == "section" and op.outcome in (OK, TOLD)]
-    if not sections:
+def _sections(
+    history: list[Op], guarded: int | None, excuses: list[tuple[int, float, float]]
+) -> list[Anomaly]:
+    everyone = [op for op in history if op.kind == "section"]
+    timed = [
+        op
+        for op in everyone
+        if isinstance(op.value, dict) and "entered" in op.value and "left" in op.value
+    ]
+    if not everyone:
         return []
     found = []
-    by_entry = sorted(sections, key=lambda op: op.value["entered"])
+
+    def excused(op: Op) -> bool:
+        pid, began, ended = op.value.get("pid", -1), op.value["entered"], op.ended or op.began
+        return any(
+            who in (0, pid) and start <= ended and began <= stop for who, start, stop in excuses
+        )
+
+    for op in timed:
+        if op.outcome == TOLD and not excused(op):
+            found.append(
+                Anomaly("lock: a holder was told LeaseLost with no pause or lost lease", (op,))
+            )
+    by_entry = sorted(timed, key=lambda op: op.value["entered"])
     for i, first in enumerate(by_entry):
         for second in by_entry[i + 1 :]:
             if second.value["entered"] >= first.value["left"]:
                 break
-            if first.outcome == OK and second.outcome == OK:
+            if TOLD not in (first.outcome, second.outcome):
                 found.append(Anomaly("lock: two holders overlapped, neither told", (first, second)))
         later = by_entry[i + 1] if i + 1 < len(by_entry) else None
         if later is not None and later.value["token"] <= first.value["token"]:
             found.append(Anomaly("lock: a later holder got a token no larger", (first, later)))
-    everyone = [op for op in history if op.kind == "section"]
-    quiet = all(op.outcome in (OK, FAIL) for op in everyone)
-    if quiet and (guarded or 0) != len(sections):
+    ok = sum(op.outcome == OK for op in everyone)
+    unknown = sum(op.outcome == INFO for op in everyone)
+    erased = any(who == 0 for who, _, _ in excuses)  # a restart that kept nothing, guarded too
+    told = any(op.outcome == TOLD for op in everyone)
+    if not told and not erased and not ok <= (guarded or 0) <= ok + unknown:
         found.append(
-            Anomaly(f"lock: the guarded counter is {guarded}, for {len(sections)} sections")
+            Anomaly(
+                f"lock: the guarded counter is {guarded}, for {ok} sections ({unknown} unknown)"
+            )
         )
     return found
 

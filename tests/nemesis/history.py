@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -45,6 +46,8 @@ class Recorder:
         self._fd = os.open(folder / f"{os.getpid()}.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         self._lock = threading.Lock()
         self._next = 0
+        #: Distinguishes this process from an earlier one that had the same pid.
+        self.nonce = secrets.token_hex(4)
 
     def _write(self, record: dict[str, Any]) -> None:
         os.write(self._fd, (json.dumps(record, default=str) + "\n").encode())
@@ -54,7 +57,7 @@ class Recorder:
         """Record an operation; the block sets ``result["outcome"]`` and ``result["value"]``."""
         with self._lock:
             self._next += 1
-            op_id = f"{os.getpid()}-{threading.get_ident()}-{self._next}"
+            op_id = f"{os.getpid()}-{self.nonce}-{self._next}"
         began = time.monotonic()
         self._write({"id": op_id, "kind": kind, "arg": arg, "began": began})
         result: dict[str, Any] = {"outcome": INFO, "value": None}

@@ -42,6 +42,10 @@ class Target:
     lease: float = 1.0
     rng: random.Random = field(default_factory=random.Random)
     done: list[str] = field(default_factory=list)
+    #: What may excuse a holder told LeaseLost: (pid or 0 for any, began, ended) of each
+    #: pause of a process and each restart of a Redis that persists nothing.
+    excuses: list[tuple[int, float, float]] = field(default_factory=list)
+    timers: list[threading.Timer] = field(default_factory=list)  # pending resumptions
 
     def victims(self) -> list[int]:
         if self.master:
@@ -66,9 +70,19 @@ def pause(target: Target) -> None:
     victims = target.victims()
     if victims:
         victim = target.rng.choice(victims)
+        began = time.monotonic()
         os.kill(victim, signal.SIGSTOP)
-        time.sleep(target.lease * 2.5)
-        os.kill(victim, signal.SIGCONT)
+
+        def resume() -> None:
+            try:
+                os.kill(victim, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+            target.excuses.append((victim, began, time.monotonic()))
+
+        timer = threading.Timer(target.lease * 2.5, resume)  # other faults go on meanwhile
+        timer.start()
+        target.timers.append(timer)
 
 
 def client_kill(target: Target) -> None:
@@ -82,9 +96,12 @@ def client_kill(target: Target) -> None:
 def restart(target: Target) -> None:
     """Stop and start the Redis server (its data kept only if it persists)."""
     assert target.server is not None
+    began = time.monotonic()
     target.server.stop()
     time.sleep(0.2)
     target.server.start()
+    if not target.server.durable:  # its leases are gone: any holder of the time may be told
+        target.excuses.append((0, began, time.monotonic()))
 
 
 def memory_pressure(target: Target) -> None:
@@ -127,6 +144,8 @@ def nemesis(target: Target, faults: list[str], seconds: float, interval: float) 
         name = order[len(target.done) % len(order)]  # each fault in turn: none is left out
         FAULTS[name](target)
         target.done.append(name)
+    for timer in target.timers:  # every paused process resumed before the run ends
+        timer.join()
 
 
 def gunicorn_workers(master: int) -> list[int]:
@@ -150,6 +169,7 @@ def client_process(spec: str, folder: str, until: float, seed: int, kinds: tuple
     """A client process: two threads running random operations until ``until``."""
     cache = open_cache(spec)
     recorder = Recorder(Path(folder))
+    nonce = recorder.nonce
 
     def loop(thread: int) -> None:
         rng = random.Random(seed * 10 + thread)
@@ -157,7 +177,9 @@ def client_process(spec: str, folder: str, until: float, seed: int, kinds: tuple
         while time.monotonic() < until:
             n += 1
             kind = rng.choice(kinds)
-            arg: Any = f"{os.getpid()}.{thread}.{n}" if kind == "append" else rng.random() < 0.5
+            arg: Any = (
+                f"{os.getpid()}.{nonce}.{thread}.{n}" if kind == "append" else rng.random() < 0.5
+            )
             with recorder.op(kind, arg) as result:
                 result["outcome"], result["value"] = run_op(cache, kind, arg, rng)
 
@@ -178,7 +200,7 @@ def run_processes(
     lease: float = 1.0,
     kinds: tuple[str, ...] = KINDS,
     seed: int = 0,
-) -> tuple[list[Op], list[str]]:
+) -> tuple[list[Op], Target]:
     """Client processes (one per spec, spelled as given) under the faults; their history."""
     folder.mkdir(parents=True, exist_ok=True)
     until = time.monotonic() + seconds
@@ -204,7 +226,7 @@ def run_processes(
         if proc.is_alive():
             proc.kill()
             proc.join(5)
-    return load(folder), target.done
+    return load(folder), target
 
 
 # -- clients: HTTP against gunicorn ------------------------------------------------
@@ -221,7 +243,7 @@ def run_http(
     clients: int = 16,
     kinds: tuple[str, ...] = KINDS,
     seed: int = 0,
-) -> tuple[list[Op], list[str]]:
+) -> tuple[list[Op], Target]:
     """HTTP clients against gunicorn workers, under the faults; the history they saw."""
     until = time.monotonic() + seconds
     history: list[Op] = []
@@ -253,4 +275,4 @@ def run_http(
     nemesis(target, faults, seconds - 0.5, interval=max(0.3, seconds / 12))
     for thread in threads:
         thread.join(90)
-    return sorted(history, key=lambda op: op.began), target.done
+    return sorted(history, key=lambda op: op.began), target

@@ -8,6 +8,7 @@ both key orders), and a ``lock`` named ``section`` around a plain
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from typing import Any
@@ -60,22 +61,22 @@ def run_op(cache: Any, kind: str, arg: Any, rng: random.Random) -> tuple[str, An
             return OK, None
         if kind == "section":
             with cachekit.lock(cache, "section", timeout=30) as handle:
-                section = {"entered": time.monotonic(), "token": handle.token}
+                section = {"entered": time.monotonic(), "token": handle.token, "pid": os.getpid()}
                 guarded = cache.get("guarded") or 0
                 time.sleep(rng.uniform(0, 0.01))
                 if not cache.set("guarded", guarded + 1, timeout=0):
-                    return INFO, None
+                    return INFO, section
                 section["left"] = time.monotonic()
             return OK, section
         raise ValueError(kind)
     except cachekit.LeaseLost:
-        if kind == "section" and "left" in section:
+        if kind == "section":
             return TOLD, section
-        return (FAIL if kind != "section" else INFO), "LeaseLost"  # a lost commit wrote nothing
+        return FAIL, "LeaseLost"  # a commit that lost its lease wrote nothing
     except NOT_APPLIED as error:
-        return FAIL, _said(error)
+        return FAIL, section or _said(error)
     except Exception as error:  # StorageError, a plain cache call cut off: unknown
-        return INFO, _said(error)
+        return INFO, section or _said(error)
 
 
 def _said(error: BaseException) -> str:
