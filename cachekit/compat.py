@@ -65,7 +65,6 @@ class FileSystemParts:
     threshold: int
     mode: int | None
     filename: Callable[[str], str]  # the key's file, under ``path`` as the backend spells it
-    default_timeout: float
 
 
 def filesystem_parts(backend: Any) -> FileSystemParts:
@@ -74,7 +73,6 @@ def filesystem_parts(backend: Any) -> FileSystemParts:
         threshold=_get(backend, "_threshold", "cachelib"),
         mode=_get(backend, "_mode", "cachelib"),
         filename=_get(backend, "_get_filename", "cachelib"),
-        default_timeout=float(getattr(backend, "default_timeout", 0) or 0),
     )
 
 
@@ -96,11 +94,6 @@ def wrap_simple_prune(backend: Any, wrapper: Callable[[Callable[[], None]], None
     """Make the backend's ``_prune`` call ``wrapper(original_prune)`` instead."""
     prune = _get(backend, "_prune", "cachelib")
     backend._prune = lambda: wrapper(prune)
-
-
-def threshold_of(backend: Any) -> int | None:
-    """The entry limit of a FileSystemCache or SimpleCache (``None`` for other backends)."""
-    return getattr(backend, "_threshold", None)
 
 
 # -- Redis backends --------------------------------------------------------------

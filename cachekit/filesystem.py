@@ -61,7 +61,7 @@ from cachelib.serializers import BaseSerializer
 
 from .compat import filesystem_parts
 from .errors import ConfigurationError, CorruptValue, StorageError, WriteError
-from .lockfiles import lock_file
+from .lockfiles import lock_file, stat_directory
 from .settings import DEFAULTS, Settings
 from .strategy import Entry, Strategy
 
@@ -118,12 +118,7 @@ def check_private_directory(directory: str) -> None:
     that reads it. So the directory must belong to this process's user and be
     writable by no one else.
     """
-    try:
-        info = os.stat(directory)
-    except OSError as error:
-        raise ConfigurationError(
-            f"cannot use the cache directory {directory!r}: {error.strerror}", path=directory
-        ) from error
+    info = stat_directory(directory)
     problem = None
     if info.st_uid != os.geteuid():
         problem = f"it belongs to uid {info.st_uid}, not to this process's uid {os.geteuid()}"

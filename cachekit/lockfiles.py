@@ -119,12 +119,7 @@ def lock_file(directory: str) -> LockFile:
     Found by the directory's device and inode, so every spelling of one
     directory shares one lock file (and one set of thread stripes).
     """
-    try:
-        info = os.stat(directory)
-    except OSError as error:
-        raise ConfigurationError(
-            f"cannot use the cache directory {directory!r}: {error.strerror}", path=directory
-        ) from error
+    info = stat_directory(directory)
     identity = (info.st_dev, info.st_ino)
     found = _files.get(identity)
     if found is None:
@@ -133,6 +128,16 @@ def lock_file(directory: str) -> LockFile:
             if found is None:
                 found = _files[identity] = LockFile(os.path.join(directory, LOCK_NAME))
     return found
+
+
+def stat_directory(directory: str) -> os.stat_result:
+    """``os.stat`` of a cache directory; :class:`ConfigurationError` if it cannot be used."""
+    try:
+        return os.stat(directory)
+    except OSError as error:
+        raise ConfigurationError(
+            f"cannot use the cache directory {directory!r}: {error.strerror}", path=directory
+        ) from error
 
 
 def _open_private(path: str) -> int:
