@@ -9,10 +9,10 @@ How each operation works here:
   ``compare_and_set.lua`` writes the new value only if the stored one is
   still what was read and no one else leases the key's stripe; otherwise it
   answers with the value now stored, and ``fn`` runs again on that, without a
-  pause. After :data:`OPTIMISTIC_ATTEMPTS` lost races, or at once if a
-  transaction's lease covers the key, the caller leases the key (waiting for
-  that lease as a transaction would), so that it wins the next try; after
-  :data:`MAX_ATTEMPTS` it raises
+  pause. After :data:`OPTIMISTIC_ATTEMPTS` lost races the caller leases the
+  key, so that it wins the next try. While a transaction's lease covers the
+  key it backs off and tries again (or takes the lease at once if that
+  holder's process is proven dead). After :data:`MAX_ATTEMPTS` it raises
   :class:`~cachekit.errors.ConcurrentUpdateError`. ``fn`` may therefore run
   more than once: on Redis it must not have side effects.
 - ``transaction``, ``lock``, ``get_or_compute``: leases on stripes (the
@@ -58,14 +58,16 @@ from ..errors import (
     ConfigurationError,
     InvalidArgument,
     LeaseLost,
+    LockTimeout,
     UnsupportedBackend,
     ValueTypeError,
 )
 from ..settings import DEFAULTS, Settings
 from ..strategy import Entry, Strategy, Timeout, absolute_expiry, check_delta, check_key, seconds
 from ..threadlocks import KEYS
+from ..waiting import Backoff
 from .argv import Read, Write, encode_commit
-from .leases import RedisLeases
+from .leases import MAX_POLL, MIN_POLL, RedisLeases, holder_is_dead
 from .scripts import Scripts
 from .server import eviction_problem, read_facts, version_problem
 from .translate import once_more_if_cut_off, translated
@@ -247,6 +249,7 @@ class RedisStrategy(Strategy):
         number = self._locks.stripe(KEYS, key)
         full_key = self._key(key)
         wait = self.settings.key_wait
+        backoff = Backoff(MIN_POLL, MAX_POLL, time.monotonic() + wait)
         attempts = 0
         self._started("update")
         try:
@@ -293,9 +296,18 @@ class RedisStrategy(Strategy):
                             " it (paused or cut off until it ran out); nothing was written",
                             name=lock_key,
                         )
-                    # Another holder's lease covers the key (a transaction at work): wait for
-                    # it as a transaction would (a dead holder's lease is freed on proof).
-                    lease.enter_context(self._hold(KEYS, (key,), wait, f"key {key!r}"))
+                    # Another holder's lease covers the key (a transaction at work). Its holder
+                    # proven dead: take the lease, which frees it at once. Otherwise wait a
+                    # little and try again, as cheap as an optimistic try.
+                    holder = outcome[1].decode() if isinstance(outcome[1], bytes) else ""
+                    if holder_is_dead(holder):
+                        lease.enter_context(self._hold(KEYS, (key,), wait, f"key {key!r}"))
+                    elif not backoff.sleep():
+                        raise LockTimeout(
+                            f"could not update key {key!r} within {wait} s: a transaction holds it",
+                            name=key,
+                            timeout=wait,
+                        )
                     old = self._load(key)
         finally:
             self._finished()
