@@ -233,6 +233,42 @@ def test_gevent_workers_are_exact(
     assert worker_timeouts(tmp_path) == []
 
 
+@pytest.mark.parametrize("kind", ["RedisSentinelCache", "RedisClusterCache"])
+def test_gevent_preload_workers_on_sentinel_and_cluster(
+    tmp_path: Path, kind: str, request: pytest.FixtureRequest
+) -> None:
+    """The demo's keys share one hash slot through the prefix's {hash tag} (for Cluster)."""
+    env = {
+        "FLASK_CACHE_TYPE": kind,
+        "FLASK_CACHE_KEY_PREFIX": f"{{g{uuid.uuid4().hex[:6]}}}:",
+        "DEMO_EXPENSIVE_SECONDS": "1",
+    }
+    if kind == "RedisSentinelCache":
+        sentinel = request.getfixturevalue("redis_sentinel")
+        env["FLASK_CACHE_REDIS_SENTINELS"] = f'[["127.0.0.1", {sentinel.port}]]'
+        env["FLASK_CACHE_REDIS_SENTINEL_MASTER"] = "mymaster"
+    else:
+        env["FLASK_CACHE_REDIS_CLUSTER"] = (
+            f"127.0.0.1:{request.getfixturevalue('redis_cluster').port}"
+        )
+    args = (
+        "-w",
+        "2",
+        "-k",
+        "gevent",
+        "--preload",
+        "--worker-connections",
+        "300",
+        "--timeout",
+        "20",
+    )
+    with gunicorn(tmp_path, *args, env=env) as base:
+        hammer(base)
+        computed = concurrently(60, [lambda: get_ok(base + "/expensive")] * 60)
+    assert computed == [{"answer": 42, "computation": 1}] * 60
+    assert worker_timeouts(tmp_path) == []
+
+
 @pytest.mark.parametrize("worker", ["sync", "gevent"])
 @pytest.mark.parametrize("backend", ["FileSystemCache", "RedisCache"])
 def test_a_lock_holder_killed_by_sigkill_frees_the_lock(

@@ -554,3 +554,23 @@ def test_an_unreachable_cluster_is_a_storage_error(tmp_path: Path) -> None:
     findings = diagnose_backend(cache)
     assert findings[0].level == PROBLEM and "does not answer" in findings[0].what
     cache._write_client.close()
+
+
+@pytest.mark.redis_args("--rename-command", "INFO", "", "--rename-command", "CONFIG", "")
+def test_a_server_that_refuses_the_checks_is_said_so_and_used(
+    own_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Managed services often refuse INFO or CONFIG: cachekit says it could not check, and works."""
+    cache = open_cache(own_server.url, "refusing:")
+    assert [cachekit.incr(cache, "n") for _ in range(3)] == [1, 2, 3]
+    assert "could not check the Redis server" in caplog.text
+    findings = diagnose_backend(cache)
+    refusals = [f for f in findings if "refused a check" in f.what]
+    assert refusals and all(f.level == WARNING for f in findings)
+
+
+def test_an_old_server_is_refused_by_version() -> None:
+    from cachekit.redis.server import ServerFacts, version_problem
+
+    assert version_problem(ServerFacts(versions=("7.0.15",))) is None
+    assert "6.0.16 is older than 6.2" in str(version_problem(ServerFacts(versions=("6.0.16",))))
