@@ -143,41 +143,51 @@ def bounded_redis_client(client: Any, timeout: float, connect_timeout: float) ->
     kwargs = {**_get(pool, "connection_kwargs", "redis"), **overrides}
     manager = getattr(pool, "sentinel_manager", None)
     if manager is not None:
-        return _bounded_sentinel_master(manager, _get(pool, "service_name", "redis"), kwargs)
-    extra = {"timeout": pool.timeout} if isinstance(pool, redis.BlockingConnectionPool) else {}
+        return _bounded_sentinel_master(manager, pool, kwargs)
+    extra = {}
+    if isinstance(pool, redis.BlockingConnectionPool):  # a full pool waits, boundedly too
+        extra["timeout"] = min(pool.timeout or timeout, timeout / 2)
     own = type(pool)(
         connection_class=_get(pool, "connection_class", "redis"),
         max_connections=getattr(pool, "max_connections", None),
         **extra,
         **kwargs,
     )
-    return redis.Redis(connection_pool=own)
+    return redis.Redis.from_pool(own)  # closing the client closes its pool
 
 
-def _bounded_sentinel_master(manager: Any, service: str, kwargs: dict[str, Any]) -> Any:
-    """The master of ``service``, found through sentinels that are asked with bounded waits too.
+def _bounded_sentinel_master(manager: Any, pool: Any, kwargs: dict[str, Any]) -> Any:
+    """The master the sentinels name, found through sentinels asked with bounded waits too.
 
-    A new ``Sentinel`` on the same sentinel addresses: the user's own may wait
-    forever for a sentinel that does not answer (Flask-Caching passes none of
-    the socket options to it).
+    A new ``Sentinel`` on the same sentinel addresses (the user's own may wait
+    forever for a sentinel that does not answer: Flask-Caching passes none of
+    the socket options to it), with the same TLS, credentials, database and
+    ``force_master_ip`` as the user's, for the sentinels and for the master.
     """
     import redis.sentinel
 
     accepted = inspect.signature(redis.Redis.__init__).parameters
     sentinels, sentinel_kwargs = [], {}
     for sentinel in _get(manager, "sentinels", "redis"):
-        options = dict(sentinel.connection_pool.connection_kwargs)
+        sentinel_pool = sentinel.connection_pool
+        options = dict(sentinel_pool.connection_kwargs)
         sentinels.append((options.pop("host"), options.pop("port")))
         # What a pool adds to its connections' options (redis-py 8) is not the client's.
         sentinel_kwargs = {key: value for key, value in options.items() if key in accepted}
+        if issubclass(sentinel_pool.connection_class, redis.SSLConnection):
+            sentinel_kwargs["ssl"] = True  # a pool keeps TLS as its class, not as an option
     bounded = {key: kwargs[key] for key in ("socket_timeout", "socket_connect_timeout", "retry")}
     own = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
         sentinels,
         min_other_sentinels=getattr(manager, "min_other_sentinels", 0),
         sentinel_kwargs={**sentinel_kwargs, **bounded},
+        force_master_ip=getattr(manager, "_force_master_ip", None),
         **kwargs,
     )
-    return own.master_for(service)  # type: ignore[no-untyped-call]
+    return own.master_for(  # type: ignore[no-untyped-call]
+        _get(pool, "service_name", "redis"),
+        connection_class=_get(pool, "connection_class", "redis"),  # TLS or not, as the user's
+    )
 
 
 def _bounded_cluster(client: Any, overrides: dict[str, Any]) -> Any:

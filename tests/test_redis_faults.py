@@ -574,3 +574,49 @@ def test_an_old_server_is_refused_by_version() -> None:
 
     assert version_problem(ServerFacts(versions=("7.0.15",))) is None
     assert "6.0.16 is older than 6.2" in str(version_problem(ServerFacts(versions=("6.0.16",))))
+
+
+def test_a_lock_on_a_server_that_stops_answering_fails_within_the_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lease grant in doubt is released in the background, not on the caller's time."""
+    use_settings(monkeypatch, redis_timeout=0.5)
+    server = RedisServer(tmp_path, binary=redis_binary())
+    server.start()
+    try:
+        cache = open_cache(server.url, "stop:")
+        cachekit.incr(cache, "n")  # checked and connected
+        server.pause()
+        try:
+            began = time.monotonic()
+            with pytest.raises(cachekit.StorageError, match="no answer in time"):
+                with cachekit.lock(cache, "L"):
+                    pytest.fail("a lock on a server that does not answer")
+            assert time.monotonic() - began < 0.9  # one timeout, not two
+        finally:
+            server.resume()
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_the_sentinel_client_keeps_tls_credentials_database_and_master_ip(tls: bool) -> None:
+    """cachekit's own Sentinel client is the user's, but with bounded waits (no server needed)."""
+    import redis.sentinel
+
+    from cachekit.compat import bounded_redis_client
+
+    sentinel: Any = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        [("127.0.0.1", 1)], sentinel_kwargs={"ssl": tls}, force_master_ip="10.9.9.9", ssl=tls
+    )
+    user = sentinel.master_for("mymaster", password="pw", db=3)
+    own = bounded_redis_client(user, 2.0, 0.5)
+    pool = own.connection_pool
+    assert pool.connection_class is user.connection_pool.connection_class
+    assert issubclass(pool.connection_class, redis.SSLConnection) == tls
+    sentinels = pool.sentinel_manager.sentinels
+    assert issubclass(sentinels[0].connection_pool.connection_class, redis.SSLConnection) == tls
+    assert sentinels[0].connection_pool.connection_kwargs["socket_timeout"] == 2.0
+    assert pool.sentinel_manager._force_master_ip == "10.9.9.9"
+    assert (pool.connection_kwargs["password"], pool.connection_kwargs["db"]) == ("pw", 3)
+    assert pool.connection_kwargs["socket_timeout"] == 2.0

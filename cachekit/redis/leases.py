@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import secrets
 import threading
@@ -105,9 +106,21 @@ def _started(pid: int) -> str | None:
     fields = data.rsplit(b")", 1)[-1].split()  # the name before ")" may hold anything
     if len(fields) < 20:
         return None
-    if fields[0] in (b"Z", b"X"):  # a zombie holds no socket and renews nothing
+    if fields[0] in (b"Z", b"X") and _threads(pid) <= 1:  # a zombie renews nothing
         return GONE
     return fields[19].decode("ascii", "replace")
+
+
+def _threads(pid: int) -> int:
+    """How many threads ``pid`` has (a zombie main thread may leave others running)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Threads:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 2  # unknown: not provably gone
 
 
 MACHINE: Final = _machine()
@@ -228,7 +241,9 @@ class RedisLeases(StripedLocks):
                         self._scripts.acquire, keys=keys, args=[token, lease_ms, dead]
                     )
             except StorageError:
-                self._forget(key, token)  # the grant may have landed with its reply lost
+                # The grant may have landed with its reply lost: release it, but not on the
+                # caller's time (a server that does not answer would cost a second timeout).
+                threading.Thread(target=self._forget, args=(key, token), daemon=True).start()
                 raise
             if granted:
                 self._tokens[number] = token
@@ -248,7 +263,7 @@ class RedisLeases(StripedLocks):
     def _forget(self, key: str, token: str) -> None:
         """Release ``token``'s lease at ``key`` if it is there, quietly: the best one can do."""
         try:
-            self._scripts.release(keys=[key], args=[token])
+            self._renewal_scripts.release(keys=[key], args=[token])
         except Exception:  # unreachable still: the lease, if granted, runs out
             log.info("could not release %s after a failed grant; it runs out", key)
 
@@ -313,6 +328,7 @@ class RedisLeases(StripedLocks):
         """
         pid = os.getpid()
         delay = self.settings.lease / 3
+        warned_at = -math.inf
         while self._renewer == pid:
             time.sleep(delay)
             delay = self.settings.lease / 3
@@ -323,7 +339,9 @@ class RedisLeases(StripedLocks):
                             self._renewer = 0
                             return
             except Exception as error:  # a renewer that dies would let every lease run out
-                log.warning("could not renew cachekit leases (%s); trying again", error)
+                if time.monotonic() - warned_at >= self.settings.lease:  # not 20 times a second
+                    warned_at = time.monotonic()
+                    log.warning("could not renew cachekit leases (%s); trying again", error)
                 delay = min(0.1, self.settings.lease / 20)
 
     def _renew_once(self) -> bool:
@@ -333,20 +351,30 @@ class RedisLeases(StripedLocks):
             return False
         lease_ms = int(self.settings.lease * 1000)
         groups = [[item] for item in held] if self.cluster else [held]
-        for group in groups:
-            sent = time.monotonic()
-            keys = [self.key(number) for number, _ in group]
-            args = [lease_ms, *(token for _, token in group)]
-            with translated("renewing leases"):
-                renewed = once_more_if_cut_off(self._renewal_scripts.renew, keys=keys, args=args)
-            for (number, token), ok in zip(group, renewed, strict=True):
-                if self._tokens.get(number) != token:
-                    continue  # released meanwhile
-                if ok:
-                    self._renewed[number] = sent
-                else:
-                    self._lost.add(token)
+        failure: Exception | None = None
+        for group in groups:  # one node cut off must not stop the others' renewals
+            try:
+                self._renew_group(group, lease_ms)
+            except Exception as error:
+                failure = failure or error
+        if failure is not None:
+            raise failure
         return True
+
+    def _renew_group(self, group: list[tuple[int, str]], lease_ms: int) -> None:
+        """Renew one group of leases (all of them, or one per Cluster node) in one call."""
+        sent = time.monotonic()
+        keys = [self.key(number) for number, _ in group]
+        args = [lease_ms, *(token for _, token in group)]
+        with translated("renewing leases"):
+            renewed = once_more_if_cut_off(self._renewal_scripts.renew, keys=keys, args=args)
+        for (number, token), ok in zip(group, renewed, strict=True):
+            if self._tokens.get(number) != token:
+                continue  # released meanwhile
+            if ok:
+                self._renewed[number] = sent
+            else:
+                self._lost.add(token)
 
     def _after_fork_in_child(self) -> None:
         super()._after_fork_in_child()

@@ -17,6 +17,7 @@ NAMES: Final = (
     "renew",
     "release",
     "held",
+    "holder",
     "incr_expire",
     "compare_and_set",
     "commit",
@@ -41,6 +42,7 @@ class Scripts:
     renew: Any
     release: Any
     held: Any
+    holder: Any
     incr_expire: Any
     compare_and_set: Any
     commit: Any

@@ -296,18 +296,23 @@ class RedisStrategy(Strategy):
                             " it (paused or cut off until it ran out); nothing was written",
                             name=lock_key,
                         )
-                    # Another holder's lease covers the key (a transaction at work). Its holder
-                    # proven dead: take the lease, which frees it at once. Otherwise wait a
-                    # little and try again, as cheap as an optimistic try.
-                    holder = outcome[1].decode() if isinstance(outcome[1], bytes) else ""
-                    if holder_is_dead(holder):
-                        lease.enter_context(self._hold(KEYS, (key,), wait, f"key {key!r}"))
-                    elif not backoff.sleep():
-                        raise LockTimeout(
-                            f"could not update key {key!r} within {wait} s: a transaction holds it",
-                            name=key,
-                            timeout=wait,
-                        )
+                    # Another holder's lease covers the key (a transaction at work): wait,
+                    # asking only who holds it, and run fn again once it is free. A holder
+                    # proven dead: take the lease, which frees it at once.
+                    holder = _text(outcome[1])
+                    while holder:
+                        if holder_is_dead(holder):
+                            lease.enter_context(self._hold(KEYS, (key,), wait, f"key {key!r}"))
+                            break
+                        if not backoff.sleep():
+                            raise LockTimeout(
+                                f"could not update key {key!r} within {wait} s: a transaction"
+                                " holds it",
+                                name=key,
+                                timeout=wait,
+                            )
+                        with translated(f"waiting for key {key!r}", key):
+                            holder = _text(self._scripts.holder(keys=[lock_key], args=[""]))
                     old = self._load(key)
         finally:
             self._finished()
@@ -315,6 +320,10 @@ class RedisStrategy(Strategy):
     def client(self) -> Any:
         """cachekit's own client to the server (bounded timeouts), for checks and tools."""
         return self._client
+
+
+def _text(reply: Any) -> str:
+    return reply.decode() if isinstance(reply, bytes) else ""
 
 
 def _close_quietly(*clients: Any) -> None:

@@ -13,9 +13,11 @@ What must hold, whatever the faults:
   holder is told only when it was paused or its lease was lost with a Redis
   that persists nothing (the runner passes those windows); each section's
   fencing token is larger than that of the section that entered before it;
-  with nobody told, the plain counter lies between the acknowledged sections
-  and those plus the unknown ones. Sections keep their times whatever their
-  outcome, so an unknown one is checked for overlaps too.
+  the plain counter is at most the sections that ran, and with nobody told at
+  least the acknowledged ones (a told holder's stale write may undo any
+  number of increments: the plain store checks no fencing token). Sections
+  keep their times whatever their outcome, so an unknown one is checked for
+  overlaps too.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from .history import FAIL, INFO, OK, Op
 
 #: A section that raised LeaseLost on exit: it ran, but knew it may have overlapped.
 TOLD = "told"
+#: Pids in an excuse window that concern every process: a restart of a Redis that kept
+#: nothing (state erased), and an outage of the server longer than half a lease.
+ERASED, OUTAGE = 0, -1
 
 
 @dataclass(frozen=True)
@@ -120,10 +125,11 @@ def _sections(
         return []
     found = []
 
-    def excused(op: Op) -> bool:
-        pid, began, ended = op.value.get("pid", -1), op.value["entered"], op.ended or op.began
+    def excused(op: Op) -> bool:  # from the op's start: a pause may strike before "entered"
+        pid, began, ended = op.value.get("pid", -2), op.began, op.ended or op.began
         return any(
-            who in (0, pid) and start <= ended and began <= stop for who, start, stop in excuses
+            who in (ERASED, OUTAGE, pid) and start <= ended and began <= stop
+            for who, start, stop in excuses
         )
 
     for op in timed:
@@ -143,12 +149,17 @@ def _sections(
             found.append(Anomaly("lock: a later holder got a token no larger", (first, later)))
     ok = sum(op.outcome == OK for op in everyone)
     unknown = sum(op.outcome == INFO for op in everyone)
-    erased = any(who == 0 for who, _, _ in excuses)  # a restart that kept nothing, guarded too
-    told = any(op.outcome == TOLD for op in everyone)
-    if not told and not erased and not ok <= (guarded or 0) <= ok + unknown:
+    told = sum(op.outcome == TOLD for op in everyone)
+    erased = any(who == ERASED for who, _, _ in excuses)  # guarded was erased with the rest
+    # A told holder's stale write (it read before its pause) undoes every increment made
+    # while it was paused, as a store that checks no fencing token must: then only the
+    # upper bound holds.
+    low = ok if not told else 0
+    if not erased and not low <= (guarded or 0) <= ok + told + unknown:
         found.append(
             Anomaly(
-                f"lock: the guarded counter is {guarded}, for {ok} sections ({unknown} unknown)"
+                f"lock: the guarded counter is {guarded}, for {ok} sections"
+                f" ({told} told, {unknown} unknown)"
             )
         )
     return found

@@ -25,6 +25,7 @@ from typing import Any
 import redis
 
 from ..redisserver import RedisServer
+from .checker import ERASED, OUTAGE
 from .history import INFO, Op, Recorder, load
 from .workloads import KINDS, open_cache, run_op
 
@@ -46,6 +47,7 @@ class Target:
     #: pause of a process and each restart of a Redis that persists nothing.
     excuses: list[tuple[int, float, float]] = field(default_factory=list)
     timers: list[threading.Timer] = field(default_factory=list)  # pending resumptions
+    paused: set[int] = field(default_factory=set)
 
     def victims(self) -> list[int]:
         if self.master:
@@ -67,10 +69,11 @@ def kill9(target: Target) -> None:
 
 def pause(target: Target) -> None:
     """SIGSTOP a client for longer than a lease (a GC or VM pause), then resume it."""
-    victims = target.victims()
+    victims = [pid for pid in target.victims() if pid not in target.paused]
     if victims:
         victim = target.rng.choice(victims)
         began = time.monotonic()
+        target.paused.add(victim)
         os.kill(victim, signal.SIGSTOP)
 
         def resume() -> None:
@@ -79,6 +82,7 @@ def pause(target: Target) -> None:
             except ProcessLookupError:
                 pass
             target.excuses.append((victim, began, time.monotonic()))
+            target.paused.discard(victim)
 
         timer = threading.Timer(target.lease * 2.5, resume)  # other faults go on meanwhile
         timer.start()
@@ -100,8 +104,11 @@ def restart(target: Target) -> None:
     target.server.stop()
     time.sleep(0.2)
     target.server.start()
+    ended = time.monotonic()
     if not target.server.durable:  # its leases are gone: any holder of the time may be told
-        target.excuses.append((0, began, time.monotonic()))
+        target.excuses.append((ERASED, began, ended))
+    elif ended - began > target.lease / 2:  # down long enough for a lease to run out
+        target.excuses.append((OUTAGE, began, ended))
 
 
 def memory_pressure(target: Target) -> None:

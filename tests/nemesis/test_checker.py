@@ -37,7 +37,7 @@ def test_an_exact_history_passes_including_unknown_outcomes() -> None:
         op("append", FAIL, arg="c"),
         op("transfer", OK),
         section(OK, 1.0, 2.0, 10),
-        section(TOLD, 2.5, 4.0, 11),  # paused, overtaken, told
+        section(TOLD, 2.5, 4.0, 11),  # paused, overtaken, told (its get/set counted)
         section(OK, 3.0, 3.5, 12, pid=8),  # overlaps the told holder: allowed
         section(INFO, 4.0, 4.2, 13, pid=8),
     ]
@@ -79,9 +79,20 @@ def test_the_guarded_counter_is_checked_despite_unknown_sections() -> None:
     assert whats(history, {"guarded": 3}) == []
     assert whats(history, {"guarded": 2}) == []
     assert whats(history, {"guarded": 1}) == [
-        "lock: the guarded counter is 1, for 2 sections (1 unknown)"
+        "lock: the guarded counter is 1, for 2 sections (0 told, 1 unknown)"
     ]
     found = whats(
         [section(OK, 1.0, 2.0, 1, pid=1), section(INFO, 1.5, 2.5, 2, pid=2)], {"guarded": 2}
     )
     assert found == ["lock: two holders overlapped, neither told"]
+
+
+def test_a_told_holder_keeps_the_guarded_counter_bounded_above() -> None:
+    history = [
+        section(OK, 1.0, 2.0, 1, pid=8),
+        section(TOLD, 2.5, 4.0, 2),
+        section(OK, 3, 3.5, 3, 9),
+    ]
+    assert whats(history, {"guarded": 3}) == []
+    assert whats(history, {"guarded": 1}) == []  # the told holder's stale write undid one
+    assert whats(history, {"guarded": 4})[0].startswith("lock: the guarded counter is 4")
