@@ -38,6 +38,7 @@ def test_an_exact_history_passes_including_unknown_outcomes() -> None:
         op("transfer", OK),
         section(OK, 1.0, 2.0, 10),
         section(TOLD, 2.5, 4.0, 11),  # paused, overtaken, told (its get/set counted)
+        section(TOLD, 2.8, 2.9, 5),  # paused between its grant and recording its entry
         section(OK, 3.0, 3.5, 12, pid=8),  # overlaps the told holder: allowed
         section(INFO, 4.0, 4.2, 13, pid=8),
     ]
