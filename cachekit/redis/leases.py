@@ -42,7 +42,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Collection
-from typing import Any, Final
+from typing import Final
 
 from redis.crc import key_slot
 
@@ -158,7 +158,6 @@ class RedisLeases(StripedLocks):
 
     def __init__(
         self,
-        client: Any,
         scripts: Scripts,
         prefix: Callable[[], str],
         settings: Settings,
@@ -167,7 +166,6 @@ class RedisLeases(StripedLocks):
         cluster: bool = False,
     ) -> None:
         super().__init__()
-        self._client = client
         self._scripts = scripts
         #: Renewals go through a client whose replies are awaited a fraction of the lease,
         #: so that a renewal cut off can be tried again before the lease runs out.

@@ -120,7 +120,6 @@ class RedisStrategy(Strategy):
         scripts = Scripts(client)
         cluster = isinstance(client, redis.RedisCluster)
         leases = RedisLeases(
-            client,
             scripts,
             parts.prefix,
             settings,
@@ -316,10 +315,6 @@ class RedisStrategy(Strategy):
                     old = self._load(key)
         finally:
             self._finished()
-
-    def client(self) -> Any:
-        """cachekit's own client to the server (bounded timeouts), for checks and tools."""
-        return self._client
 
 
 def _text(reply: Any) -> str:
