@@ -134,7 +134,9 @@ def test_gunicorn_sync_workers_recycled_killed_and_reloaded(tmp_path: Path) -> N
     )
 
 
-def test_gunicorn_gevent_workers_on_redis(tmp_path: Path, nemesis_redis: RedisServer) -> None:
+def test_gunicorn_gevent_preload_workers_on_redis(
+    tmp_path: Path, nemesis_redis: RedisServer
+) -> None:
     env = {
         "FLASK_CACHE_TYPE": "RedisCache",
         "FLASK_CACHE_REDIS_URL": nemesis_redis.url,
@@ -142,7 +144,17 @@ def test_gunicorn_gevent_workers_on_redis(tmp_path: Path, nemesis_redis: RedisSe
         "FLASK_CACHEKIT_LEASE": str(LEASE),
         "FLASK_CACHEKIT_REDIS_TIMEOUT": "2",
     }
-    args = ("-w", "2", "-k", "gevent", "--worker-connections", "100", "--timeout", "30")
+    args = (
+        "-w",
+        "2",
+        "-k",
+        "gevent",
+        "--preload",
+        "--worker-connections",
+        "100",
+        "--timeout",
+        "30",
+    )
     wanted = ["kill9", "reload", "client_kill", "pause"]
     with gunicorn(tmp_path, *args, env=env, app="tests.nemesis.webapp:app") as base:
         master = gunicorn_master(tmp_path)
@@ -152,5 +164,10 @@ def test_gunicorn_gevent_workers_on_redis(tmp_path: Path, nemesis_redis: RedisSe
         )
         assert time.monotonic() - began < SECONDS + 100
     verify(
-        "gunicorn gevent/RedisCache", history, target, f"{nemesis_redis.url}|g:", wanted, tmp_path
+        "gunicorn gevent --preload/RedisCache",
+        history,
+        target,
+        f"{nemesis_redis.url}|g:",
+        wanted,
+        tmp_path,
     )
