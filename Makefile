@@ -47,6 +47,8 @@ nemesis: $(VENV)/.test-stamp
 	NEMESIS_SECONDS=$(NEMESIS_SECONDS) $(BIN)/python -m pytest tests/nemesis -s -q
 
 bench: $(VENV)/.test-stamp
+	$(BIN)/python bench/on_lmdb.py --json bench/results/lmdb.json
 	$(BIN)/python bench/on_filesystem.py --json bench/results/filesystem.json
 	$(BIN)/python bench/on_redis.py --json bench/results/redis.json
-	$(BIN)/python bench/chart.py bench/results/filesystem.json bench/results/redis.json --out docs/benchmark.svg
+	$(BIN)/python bench/chart.py bench/results/lmdb.json bench/results/filesystem.json \
+		bench/results/redis.json --out docs/benchmark.svg

@@ -3,8 +3,8 @@
 Reads the JSON files the benchmark scripts write with ``--json`` and writes a
 plain SVG (no plotting library needed):
 
-    python bench/chart.py bench/results/filesystem.json bench/results/redis.json \\
-        --out docs/benchmark.svg
+    python bench/chart.py bench/results/lmdb.json bench/results/filesystem.json \\
+        bench/results/redis.json --out docs/benchmark.svg
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ def draw(tables: list[dict[str, Any]]) -> str:
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}"'
         f' font-family="sans-serif" font-size="13">',
         f'<rect width="{WIDTH}" height="{height}" fill="white"/>',
-        '<text x="10" y="24" font-size="16" font-weight="bold">Shared state under 4 processes:'
-        " throughput (ops/s) and lost updates</text>",
+        '<text x="10" y="24" font-size="16" font-weight="bold">Shared state under 4 processes'
+        " (reads: one): throughput (ops/s) and lost updates</text>",
         '<text x="10" y="44" fill="#555">green: cachekit; red: loses updates; grey: exact'
         " baselines. Medians of interleaved rounds.</text>",
     ]
@@ -49,6 +49,8 @@ def draw(tables: list[dict[str, Any]]) -> str:
         for row in table["rows"]:
             length = max(2, round(BAR * row["median_ops"] / top))
             lost = f"lost {row['lost']:,} of {row['total']:,}" if row["lost"] else "none lost"
+            if row["lost"] is None:
+                lost = "reads"
             out += [
                 f'<text x="10" y="{y + 17}">{escape(row["contender"])}</text>',
                 f'<rect x="{LABEL}" y="{y + 4}" width="{length}" height="{ROW - 8}"'
@@ -69,8 +71,8 @@ def main() -> None:
     args = options.parse_args()
     tables = []
     for path in args.results:
-        with open(path) as source:
-            tables += json.load(source)
+        with open(path) as source:  # tables of throughput rows (not the growth table)
+            tables += [table for table in json.load(source) if "rows" in table]
     with open(args.out, "w") as out:
         out.write(draw(tables))
 

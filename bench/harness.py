@@ -3,7 +3,8 @@
 A contender is a ``setup(location) -> step`` function, run in each worker
 process (so each opens its own connections and files), and a
 ``final(location) -> int`` that reads the shared value afterwards: with every
-step adding 1, ``processes * ops - final`` is the number of lost updates.
+step adding 1, ``processes * ops - final`` is the number of lost updates
+(``final`` is None for a contender that only reads).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 @dataclass(frozen=True)
 class Contender:
     setup: Callable[[str], Callable[[], Any]]
-    final: Callable[[str], int]
+    final: Callable[[str], int] | None
 
 
 def _worker(
@@ -35,8 +36,10 @@ def _worker(
     done.put(time.perf_counter())
 
 
-def run_once(contender: Contender, location: str, processes: int, ops: int) -> tuple[float, int]:
-    """One round: ops/s over all processes, and lost updates."""
+def run_once(
+    contender: Contender, location: str, processes: int, ops: int
+) -> tuple[float, int | None]:
+    """One round: ops/s over all processes, and lost updates (None for reads)."""
     ctx = mp.get_context("fork")
     start = ctx.Barrier(processes + 1)
     done = ctx.Queue()
@@ -52,6 +55,8 @@ def run_once(contender: Contender, location: str, processes: int, ops: int) -> t
     for proc in procs:
         proc.join()
     rate = processes * (ops - 1) / (max(ends) - began)
+    if contender.final is None:
+        return rate, None
     return rate, processes * ops - contender.final(location)
 
 
@@ -71,7 +76,7 @@ def compare(
     the table's rows, for ``--json`` and the chart (``bench/chart.py``).
     """
     rates: dict[str, list[float]] = {name: [] for name in contenders}
-    lost = dict.fromkeys(contenders, 0)
+    lost: dict[str, int | None] = dict.fromkeys(contenders, 0)
     for round_number in range(rounds):
         order = list(contenders.items())
         if round_number % 2:  # alternate the order, so that no contender always goes first
@@ -79,7 +84,8 @@ def compare(
         for name, contender in order:
             rate, missing = run_once(contender, new_location(name), processes, ops)
             rates[name].append(rate)
-            lost[name] += missing
+            before = lost[name]
+            lost[name] = None if missing is None or before is None else before + missing
     total = rounds * processes * ops
     rows: list[dict[str, Any]] = []
     print(f"{title}: {processes} processes x {ops} operations, {rounds} rounds")
@@ -93,7 +99,7 @@ def compare(
         if base is not None:  # per-round ratios: both ran within seconds of each other
             ratios = [mine / theirs for mine, theirs in zip(rates[name], rates[base], strict=True)]
             ratio = f"{statistics.median(ratios):.2f}x"
-        lost_text = f"{lost[name]} of {total}"
+        lost_text = "-" if lost[name] is None else f"{lost[name]} of {total}"
         print(f"{name:34} {median:12,.0f} {spread:>15} {ratio:>7} {lost_text:>18}  {base or ''}")
         rows.append({"contender": name, "median_ops": median, "ratio": ratio, "baseline": base,
                      "lost": lost[name], "total": total})  # fmt: skip

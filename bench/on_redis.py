@@ -1,14 +1,18 @@
 """Shared state on Redis: cachekit beside hand-written redis-py, in one run.
 
 Starts its own redis-server on a free loopback port (or uses --url), then P
-processes hammer one key, each contender ROUNDS times, interleaved:
+processes hammer one key, each contender ROUNDS times, interleaved. cachekit
+goes through what an app has, a Flask app's ``flask_caching.Cache``
+(``CACHE_TYPE=RedisCache``) inside an app context; redis-py runs without
+hiredis (its pure-Python parser, what ``pip install redis`` gives) unless
+``--hiredis``:
 
 - a counter: ``cachekit.incr`` beside a raw ``INCR`` through redis-py;
 - a dict value ``{"n": ..., "last": ...}`` read, changed and written back:
   ``cachekit.update`` beside a hand-written WATCH/MULTI loop and beside
   redis-py's ``Lock`` around get/set.
 
-Run: ``python bench/redis.py`` (``--help`` for the options).
+Run: ``python bench/on_redis.py`` (``--help`` for the options).
 """
 
 from __future__ import annotations
@@ -24,7 +28,11 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+if "--hiredis" not in sys.argv:  # what `pip install redis` gives: the pure-Python parser
+    sys.modules["hiredis"] = None  # type: ignore[assignment]
+
 import redis  # noqa: E402
+from redis.utils import HIREDIS_AVAILABLE  # noqa: E402
 
 from bench.harness import Contender, compare, parser, save  # noqa: E402
 
@@ -34,10 +42,19 @@ def client(location: str) -> redis.Redis:
 
 
 def cache(location: str) -> Any:
-    from cachelib import RedisCache
+    """The app's ``flask_caching.Cache`` on Redis, as a request sees it (app context pushed)."""
+    from flask import Flask
+    from flask_caching import Cache
 
     url, prefix = location.split("|")
-    return RedisCache(host=redis.Redis.from_url(url), key_prefix=prefix)
+    app = Flask(__name__)
+    shared = Cache()
+    shared.init_app(
+        app,
+        config={"CACHE_TYPE": "RedisCache", "CACHE_REDIS_URL": url, "CACHE_KEY_PREFIX": prefix},
+    )
+    app.app_context().push()
+    return shared
 
 
 def key(location: str, name: str) -> str:
@@ -132,7 +149,11 @@ DOCUMENTS = {
 def main() -> None:
     options = parser(__doc__)
     options.add_argument("--url", help="an existing Redis (default: start redis-server here)")
+    options.add_argument(
+        "--hiredis", action="store_true", help="let redis-py use hiredis (default: pure Python)"
+    )
     args = options.parse_args()
+    print(f"redis-py {redis.__version__}, hiredis: {HIREDIS_AVAILABLE and args.hiredis}")
 
     server = None
     url = args.url

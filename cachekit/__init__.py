@@ -20,6 +20,7 @@ from .errors import (
     ValueTypeError,
     WriteError,
 )
+from .lmdb import LMDBCache
 from .operations import get_or_compute, incr, lock, statistics, transaction, update
 from .strategy import LockHandle, Transaction
 
@@ -29,6 +30,7 @@ __all__ = [
     "ConfigurationError",
     "CorruptValue",
     "InvalidArgument",
+    "LMDBCache",
     "LeaseLost",
     "LockHandle",
     "LockTimeout",

@@ -28,6 +28,7 @@ from .compat import (
 )
 from .errors import CachekitError, ConfigurationError
 from .filesystem import CACHELIB_SKIPS, check_private_directory
+from .lmdb import LMDBCache
 
 PROBLEM = "problem"
 WARNING = "warning"
@@ -65,6 +66,8 @@ def diagnose_backend(backend: Any) -> list[Finding]:
                 " only suits a single process",
             )
         )
+    elif isinstance(backend, LMDBCache):
+        findings += _lmdb(backend)
     elif isinstance(backend, cachelib.FileSystemCache):
         findings += _filesystem(backend)
     elif isinstance(backend, cachelib.RedisCache):
@@ -75,8 +78,9 @@ def diagnose_backend(backend: Any) -> list[Finding]:
             Finding(
                 PROBLEM,
                 f"cachekit has no atomic strategy for {type(backend).__name__}{hint}",
-                "set CACHE_TYPE to FileSystemCache, RedisCache (or RedisSentinelCache,"
-                " RedisClusterCache) or, for one process, SimpleCache",
+                "set CACHE_TYPE to cachekit.LMDBCache or FileSystemCache (one machine),"
+                " RedisCache (or RedisSentinelCache, RedisClusterCache) or, for one process,"
+                " SimpleCache",
             )
         )
     timeout = getattr(backend, "default_timeout", 0)
@@ -134,6 +138,51 @@ def _filesystem(backend: Any) -> list[Finding]:
                 " entries, so clear() and pruning delete them (and clear() fails on folders)",
                 "keep other locks outside CACHE_DIR (cachekit's own lock file ends in"
                 f" {CACHELIB_SKIPS}, which cachelib skips)",
+            )
+        )
+    return findings
+
+
+#: A store fuller than this is reported: past its map_size, writes fail.
+LMDB_FULL_WARNING = 0.8
+
+
+def _lmdb(backend: LMDBCache) -> list[Finding]:
+    from .lmdb.store import NETWORK_FILESYSTEMS, filesystem_type
+
+    findings = []
+    directory = backend.directory
+    kind = filesystem_type(directory)
+    if kind in NETWORK_FILESYSTEMS:
+        findings.append(
+            Finding(
+                PROBLEM,
+                f"the LMDB store {directory} is on a {kind} network file system, where"
+                " LMDB's locks and shared memory do not work",
+                "put CACHE_DIR on a local disk, or use RedisCache to share between machines",
+            )
+        )
+    try:
+        check_private_directory(directory)
+    except ConfigurationError as error:
+        findings.append(
+            Finding(
+                PROBLEM,
+                f"{error}; whoever can write the store can plant pickles for every worker",
+                f"chown it to uid {os.geteuid()} (the app's user) and chmod 700 {directory}",
+            )
+        )
+    try:
+        figures = backend._store.statistics()
+    except CachekitError as error:
+        return [*findings, Finding(PROBLEM, f"the LMDB store cannot be read: {error}", "see above")]
+    if figures["used_bytes"] > LMDB_FULL_WARNING * figures["map_size"]:
+        findings.append(
+            Finding(
+                WARNING,
+                f"the LMDB store {directory} uses {figures['used_bytes']:,} of its"
+                f" {figures['map_size']:,} bytes: past map_size every write fails",
+                "raise CACHE_OPTIONS['map_size'] (and restart every worker), or delete entries",
             )
         )
     return findings

@@ -28,6 +28,13 @@ record locks (``fcntl.lockf``) at the stripe's offset. So:
 - Fencing tokens of the LOCKS stripes are 8-byte counters in the same file,
   at :data:`FENCE_BASE` (far past the lock offsets), read and advanced by the
   holder of the stripe's record lock only.
+- Each stripe also has a *busy byte* at :data:`BUSY_BASE`, in a shared memory
+  map of the file: the holder sets it to 1 right after taking the record lock
+  and back to 0 right before releasing it, so that :meth:`LockFile.taken`
+  costs a memory read, not a system call. A holder that dies leaves its byte
+  at 1; the next holder of the stripe sets and clears it again, so a stale
+  byte only ever makes a reader more careful (see
+  :mod:`cachekit.lmdb.strategy`, the one reader).
 
 It is opened without following symlinks, created ``0600``, and refused if it
 belongs to another user or is open to others.
@@ -41,6 +48,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import mmap
 import os
 import stat
 import struct
@@ -57,6 +65,9 @@ MIN_POLL: Final = 0.00005
 MAX_POLL: Final = 0.002
 #: Offset of the fencing counters in the lock file (the lock bytes end at 3 * STRIPES).
 FENCE_BASE: Final = 1 << 16
+#: Offset of the busy bytes, one per stripe (page-aligned: it is mapped into memory).
+BUSY_BASE: Final = 1 << 17
+_BUSY_SIZE: Final = 3 * STRIPES
 _FENCE: Final = struct.Struct("<Q")
 
 _CONTENDED: Final = frozenset({errno.EAGAIN, errno.EACCES})
@@ -69,6 +80,14 @@ class LockFile(StripedLocks):
         super().__init__()
         self.path = path
         self._fd = _open_private(path)
+        try:
+            if os.fstat(self._fd).st_size < BUSY_BASE + _BUSY_SIZE:
+                os.ftruncate(self._fd, BUSY_BASE + _BUSY_SIZE)  # sparse; never shrinks
+            self._busy = mmap.mmap(self._fd, _BUSY_SIZE, mmap.MAP_SHARED, offset=BUSY_BASE)
+        except OSError as error:
+            raise ConfigurationError(
+                f"cannot map the cachekit lock file {path!r}: {error.strerror}", path=path
+            ) from error
 
     def _acquire_outer(self, number: int, deadline: float | None) -> int | None:
         backoff = Backoff(MIN_POLL, MAX_POLL, deadline)
@@ -81,6 +100,7 @@ class LockFile(StripedLocks):
                     raise
             if not backoff.sleep():
                 return None
+        self._busy[number] = 1
         if number // STRIPES != LOCKS:
             return 0
         try:
@@ -104,7 +124,16 @@ class LockFile(StripedLocks):
             ) from error
         return token
 
+    def taken(self, number: int) -> bool:
+        """Whether stripe ``number`` is (or, after a holder died, may be) held by anyone.
+
+        Reads the stripe's busy byte: 1 from just after its holder took it
+        until just before it lets it go, in any thread of any process.
+        """
+        return self._busy[number] != 0
+
     def _release_outer(self, number: int) -> bool:
+        self._busy[number] = 0
         fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, number, os.SEEK_SET)
         return True
 

@@ -28,6 +28,7 @@ from flask import current_app, has_app_context
 
 from . import settings as configured
 from .errors import ConfigurationError, InvalidArgument, UnsupportedBackend
+from .lmdb.backend import LMDBCache
 from .settings import DEFAULTS, Settings
 from .strategy import Strategy
 
@@ -65,6 +66,10 @@ def strategy_for(cache: Any) -> Strategy:
 
 def create(backend: Any, settings: Settings = DEFAULTS) -> Strategy:
     """A new strategy for ``backend`` (checked as at first use); most callers want strategy_for."""
+    if isinstance(backend, LMDBCache):
+        from .lmdb.strategy import LMDBStrategy
+
+        return LMDBStrategy(backend, settings)
     if isinstance(backend, cachelib.FileSystemCache):
         from .filesystem import FileSystemStrategy
 
@@ -82,7 +87,8 @@ def create(backend: Any, settings: Settings = DEFAULTS) -> Strategy:
         hint = " NullCache stores nothing (it is Flask-Caching's default CACHE_TYPE)."
     raise UnsupportedBackend(
         f"cachekit has no atomic strategy for {type(backend).__name__}.{hint}"
-        " Set CACHE_TYPE to FileSystemCache (one machine), RedisCache (several machines)"
+        " Set CACHE_TYPE to cachekit.LMDBCache or FileSystemCache (one machine), RedisCache"
+        " (several machines)"
         " or SimpleCache (one process).",
         backend=type(backend).__name__,
     )

@@ -21,6 +21,7 @@ from flask_caching import Cache
 from flask_caching.backends import RedisClusterCache, RedisSentinelCache
 
 import cachekit.settings
+from cachekit import LMDBCache
 
 from .redisserver import RedisServer, redis_binary
 
@@ -33,6 +34,10 @@ BackendFactory = Callable[[pytest.FixtureRequest, Path], Any]
 
 def filesystem_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     return FileSystemCache(str(tmp_path / "cache"), threshold=0)
+
+
+def lmdb_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    return LMDBCache(str(tmp_path / "lmdb"))
 
 
 def simple_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
@@ -65,6 +70,7 @@ def redis_cluster_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Any
 
 BACKENDS: dict[str, BackendFactory] = {
     "FileSystemCache": filesystem_backend,
+    "LMDBCache": lmdb_backend,
     "SimpleCache": simple_backend,
     "RedisCache": redis_backend,
     "RedisSentinelCache": redis_sentinel_backend,

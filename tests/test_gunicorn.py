@@ -68,6 +68,17 @@ def hammer(*bases: str) -> None:
     assert balances == {"account:a": 1000 - TRANSFERS, "account:b": 1000 + TRANSFERS}
 
 
+#: The embedded backends, as the demo selects them (FLASK_CACHE_TYPE; FileSystemCache by default).
+EMBEDDED = {"FileSystemCache": {}, "LMDBCache": {"FLASK_CACHE_TYPE": "cachekit.LMDBCache"}}
+
+
+def backend_env(backend: str, request: pytest.FixtureRequest) -> dict[str, str]:
+    if backend == "RedisCache":
+        return redis_env(request.getfixturevalue("redis_url"))
+    return dict(EMBEDDED[backend])
+
+
+@pytest.mark.parametrize("backend", sorted(EMBEDDED))
 @pytest.mark.parametrize(
     "args",
     [
@@ -77,9 +88,12 @@ def hammer(*bases: str) -> None:
     ],
     ids=["sync", "gthread", "preload"],
 )
-def test_filesystem_cache_is_exact_under_gunicorn(tmp_path: Path, args: tuple[str, ...]) -> None:
-    with gunicorn(tmp_path, *args) as base:
+def test_embedded_backends_are_exact_under_gunicorn(
+    tmp_path: Path, args: tuple[str, ...], backend: str
+) -> None:
+    with gunicorn(tmp_path, *args, env=EMBEDDED[backend]) as base:
         hammer(base)
+        assert (tmp_path / "cache" / "data.mdb").exists() == (backend == "LMDBCache")
         boots = get_ok(base + "/boots")["boots"]
         # --preload: only the master imports the app (and used cachekit before forking).
         assert boots == (1 if "--preload" in args else 4)
@@ -165,10 +179,18 @@ def test_redis_under_preload_is_exact(tmp_path: Path, redis_url: str) -> None:
         assert get_ok(base + "/boots") == {"boots": 1}
 
 
-def test_workers_recycled_under_load_lose_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", sorted(EMBEDDED))
+def test_workers_recycled_under_load_lose_nothing(tmp_path: Path, backend: str) -> None:
     """--max-requests replaces each worker every ~50 requests, in the middle of the load."""
     with gunicorn(
-        tmp_path, "-w", "4", "--max-requests", "50", "--max-requests-jitter", "20"
+        tmp_path,
+        "-w",
+        "4",
+        "--max-requests",
+        "50",
+        "--max-requests-jitter",
+        "20",
+        env=EMBEDDED[backend],
     ) as base:
         hammer(base)
 
@@ -181,9 +203,14 @@ def test_a_server_restart_continues_where_it_stopped(tmp_path: Path) -> None:
     assert sorted(first + second) == list(range(1, 401))
 
 
-def test_a_worker_killed_for_timeout_inside_an_update_blocks_no_one(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", sorted(EMBEDDED))
+def test_a_worker_killed_for_timeout_inside_an_update_blocks_no_one(
+    tmp_path: Path, backend: str
+) -> None:
     """gunicorn kills a worker stuck in an update; the value stays the old one."""
-    with gunicorn(tmp_path, "-w", "2", "--timeout", "2", app="tests.slowapp:app") as base:
+    with gunicorn(
+        tmp_path, "-w", "2", "--timeout", "2", app="tests.slowapp:app", env=EMBEDDED[backend]
+    ) as base:
         assert get_ok(base + "/n") == {"n": 1}
         stuck = threading.Thread(target=get_quietly, args=(base + "/stuck-update",))
         stuck.start()
@@ -211,7 +238,7 @@ def worker_timeouts(tmp_path: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("preload", [False, True], ids=["gevent", "gevent-preload"])
-@pytest.mark.parametrize("backend", ["FileSystemCache", "RedisCache"])
+@pytest.mark.parametrize("backend", ["FileSystemCache", "LMDBCache", "RedisCache"])
 def test_gevent_workers_are_exact(
     tmp_path: Path, backend: str, preload: bool, request: pytest.FixtureRequest
 ) -> None:
@@ -220,7 +247,7 @@ def test_gevent_workers_are_exact(
     With --preload the master uses cachekit (the demo counts its boot) before
     gevent patches the workers.
     """
-    env = redis_env(request.getfixturevalue("redis_url")) if backend == "RedisCache" else {}
+    env = backend_env(backend, request)
     env["DEMO_EXPENSIVE_SECONDS"] = "1"
     args = ["-w", "2", "-k", "gevent", "--worker-connections", "300", "--timeout", "20"]
     with gunicorn(tmp_path, *args, *(["--preload"] if preload else []), env=env) as base:
@@ -270,7 +297,7 @@ def test_gevent_preload_workers_on_sentinel_and_cluster(
 
 
 @pytest.mark.parametrize("worker", ["sync", "gevent"])
-@pytest.mark.parametrize("backend", ["FileSystemCache", "RedisCache"])
+@pytest.mark.parametrize("backend", ["FileSystemCache", "LMDBCache", "RedisCache"])
 def test_a_lock_holder_killed_by_sigkill_frees_the_lock(
     tmp_path: Path, backend: str, worker: str, request: pytest.FixtureRequest
 ) -> None:
@@ -278,7 +305,7 @@ def test_a_lock_holder_killed_by_sigkill_frees_the_lock(
     import os
     import signal
 
-    env = redis_env(request.getfixturevalue("redis_url")) if backend == "RedisCache" else {}
+    env = backend_env(backend, request)
     env["FLASK_CACHEKIT_LEASE"] = "30"  # far longer than the test waits: only proof frees it
     with gunicorn(tmp_path, "-w", "2", "-k", worker, app="tests.slowapp:app", env=env) as base:
         stuck = threading.Thread(target=get_quietly, args=(base + "/stuck-lock",))

@@ -1,6 +1,6 @@
 """Exact results across real processes (and their threads) on every shared backend.
 
-Each test runs on FileSystemCache and on RedisCache (a real redis-server).
+Each test runs on FileSystemCache, LMDBCache and RedisCache (a real redis-server).
 Workers are started with ``fork`` (as gunicorn starts its workers) after the
 parent has used cachekit, and with ``spawn`` (fresh interpreters). Every test
 asserts exact results: every number once, every item once, money conserved.
@@ -25,6 +25,7 @@ import redis
 from cachelib import FileSystemCache, RedisCache
 
 import cachekit
+from cachekit import LMDBCache
 
 from .conftest import use_settings
 
@@ -36,14 +37,18 @@ def open_cache(spec: str) -> Any:
     if spec.startswith("redis://"):
         url, prefix = spec.split("|")
         return RedisCache(host=redis.Redis.from_url(url), key_prefix=prefix)
+    if spec.startswith("lmdb:"):
+        return LMDBCache(spec.removeprefix("lmdb:"))
     return FileSystemCache(spec, threshold=0)
 
 
-@pytest.fixture(params=["FileSystemCache", "RedisCache"])
+@pytest.fixture(params=["FileSystemCache", "LMDBCache", "RedisCache"])
 def shared(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The spec of a backend shared by processes: a directory, or Redis URL|prefix."""
     if request.param == "RedisCache":
         return f"{request.getfixturevalue('redis_url')}|procs-{uuid.uuid4().hex[:8]}:"
+    if request.param == "LMDBCache":
+        return f"lmdb:{tmp_path / 'lmdb'}"
     return str(tmp_path / "cache")
 
 
@@ -208,9 +213,9 @@ def test_a_dead_holder_frees_its_lock(
     proof of the holder's death can free the lock in time.
     """
     redis_lease = 30.0
+    if victim is die_inside_update and shared.startswith(("redis://", "lmdb:")):
+        pytest.skip("update on Redis and LMDBCache is optimistic: it holds no lock to die with")
     if shared.startswith("redis://"):
-        if victim is die_inside_update:
-            pytest.skip("update on Redis is optimistic: it holds no lock to die with")
         use_settings(monkeypatch, lease=redis_lease)
     use_settings(monkeypatch, key_wait=0.2)
     directory = shared

@@ -98,12 +98,14 @@ def soak_worker(spec: str, start: Any, out: Any) -> None:
     out.put(records)
 
 
-@pytest.mark.parametrize("kind", ["FileSystemCache", "RedisCache"])
+@pytest.mark.parametrize("kind", ["FileSystemCache", "LMDBCache", "RedisCache"])
 def test_soak_matches_an_exact_model(
     kind: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     if kind == "RedisCache":
         spec = f"{request.getfixturevalue('redis_url')}|soak-{os.getpid()}-{time.time_ns()}:"
+    elif kind == "LMDBCache":
+        spec = f"lmdb:{tmp_path / 'lmdb'}"
     else:
         spec = str(tmp_path / "cache")
     records = [

@@ -81,6 +81,17 @@ def test_processes_on_a_directory_spelled_four_ways(
     verify("processes/FileSystemCache", history, target, str(real), ["kill9", "pause"], tmp_path)
 
 
+def test_processes_on_lmdb_spelled_four_ways(tmp_path: Path) -> None:
+    """kill -9 at any point (inside a write transaction too) and SIGSTOP, on LMDBCache."""
+    real = tmp_path / "real" / "lmdb"
+    real.mkdir(parents=True, mode=0o700)
+    (tmp_path / "link").symlink_to(real)
+    spellings = [real, tmp_path / "link", tmp_path / "real" / ".." / "link", real]
+    specs = [f"lmdb:{path}" for path in spellings]
+    history, target = run_processes(specs, tmp_path / "history", SECONDS, ["kill9", "pause"])
+    verify("processes/LMDBCache", history, target, f"lmdb:{real}", ["kill9", "pause"], tmp_path)
+
+
 def test_processes_on_redis(
     tmp_path: Path, nemesis_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -132,6 +143,21 @@ def test_gunicorn_sync_workers_recycled_killed_and_reloaded(tmp_path: Path) -> N
     verify(
         "gunicorn sync/FileSystemCache", history, target, str(real), ["kill9", "reload"], tmp_path
     )
+
+
+def test_gunicorn_gevent_preload_workers_on_lmdb(tmp_path: Path) -> None:
+    """The master opens the store before forking; workers are killed, reloaded and paused."""
+    env = {"FLASK_CACHE_TYPE": "cachekit.LMDBCache"}
+    args = ("-w", "2", "-k", "gevent", "--preload", "--worker-connections", "100")
+    wanted = ["kill9", "reload", "pause"]
+    with gunicorn(
+        tmp_path, *args, "--timeout", "30", env=env, app="tests.nemesis.webapp:app"
+    ) as base:
+        master = gunicorn_master(tmp_path)
+        history, target = run_http(base, master, SECONDS, wanted, lease=LEASE, kinds=KINDS)
+        get_ok(base + "/")
+    spec = f"lmdb:{tmp_path / 'cache'}"
+    verify("gunicorn gevent --preload/LMDBCache", history, target, spec, wanted, tmp_path)
 
 
 def test_gunicorn_gevent_preload_workers_on_redis(

@@ -17,6 +17,7 @@ import redis
 from cachelib import FileSystemCache, RedisCache
 
 import cachekit
+from cachekit import LMDBCache
 
 from .checker import TOLD
 from .history import FAIL, INFO, OK
@@ -33,10 +34,12 @@ NOT_APPLIED = (
 
 
 def open_cache(spec: str) -> Any:
-    """A backend from a spec: a cache directory, or ``redis://...|prefix``."""
+    """A backend from a spec: a cache directory, ``lmdb:<directory>`` or ``redis://...|prefix``."""
     if spec.startswith("redis://"):
         url, prefix = spec.split("|")
         return RedisCache(host=redis.Redis.from_url(url, socket_timeout=5), key_prefix=prefix)
+    if spec.startswith("lmdb:"):
+        return LMDBCache(spec.removeprefix("lmdb:"))
     return FileSystemCache(spec, threshold=0)
 
 

@@ -1,0 +1,652 @@
+"""The LMDB engine under LMDBCache: one environment per directory per process.
+
+Everything that touches py-lmdb lives here: opening, the stored format, keys,
+the write transaction, expiry sweeps and the translation of LMDB's errors.
+
+Invariants:
+
+- **One environment per directory per process.** LMDB forbids opening one
+  environment twice in a process (closing either would drop the other's
+  POSIX locks on ``lock.mdb``), so environments are found by the directory's
+  device and inode.
+- **Never across a fork.** A forked child never uses its parent's
+  environment (LMDB forbids it): on first use it closes the inherited one,
+  *before* opening its own (closing drops the process's locks on
+  ``lock.mdb``, which the child does not inherit, so it holds none yet), and
+  py-lmdb refuses a second environment of a path while the first is open.
+  Closing is safe only if nothing of the parent's is released by it: no
+  read transaction is kept spare (``max_spare_txns=0``; aborting a spare
+  one in the child would free the *parent's* reader slot), and no thread of
+  the parent was inside a transaction at the fork (tracked in
+  :data:`_in_flight`). A child forked while one was refuses to use the
+  store with a clear error rather than risk the parent's reads.
+- **A write transaction holds no user code and no waits.** Values are
+  encoded before it begins; inside it cachekit only reads, compares and puts
+  bytes. LMDB's writer mutex (in ``lock.mdb``, recovered by Linux when its
+  holder dies) is therefore held for microseconds, and waiting on it blocks
+  a thread, or a gevent worker, for no longer. Long waits (a ``lock`` block,
+  an ``update``'s ``fn``) happen on the record locks of
+  :mod:`cachekit.lockfiles`, which time out.
+- **Nothing expires by eviction.** An entry is removed only when it expired
+  (lazily invisible on read, deleted by a bounded sweep), when deleted, or
+  by ``clear()``. A store that is full fails the write with
+  :class:`~cachekit.errors.WriteError`, nothing written.
+
+Stored form of an entry: a little-endian unsigned 32-bit absolute expiry in
+Unix seconds (0: never), a kind byte, then the payload: a signed 64-bit
+little-endian integer for an ``int`` that fits, else a pickle.
+
+Keys: the UTF-8 bytes of the key; a key longer than LMDB's limit (511 bytes)
+is stored as its first bytes, the byte ``0xff`` (never found in UTF-8) and
+the SHA-256 of the whole key, so it can never collide with a short key.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import pickle
+import stat
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from threading import get_ident
+from typing import Any, Final, Literal
+
+import lmdb
+
+from ..errors import (
+    CachekitError,
+    ConfigurationError,
+    CorruptValue,
+    StorageError,
+    ValueTypeError,
+    WriteError,
+)
+
+#: The expiry header of every entry (0: never).
+HEADER: Final = struct.Struct("<I")
+PICKLED: Final = 0
+INTEGER: Final = 1
+_INT: Final = struct.Struct("<q")
+_INT_HEADER: Final = struct.Struct("<IBq")
+_INT_MIN: Final = -(2**63)
+_INT_MAX: Final = 2**63 - 1
+
+#: The default most the store can hold. LMDB maps the file into every process's address
+#: space; the file itself grows only as it fills.
+DEFAULT_MAP_SIZE: Final = 8 << 30
+#: Reader slots in lock.mdb: one per thread in a read transaction, in every process.
+MAX_READERS: Final = 4096
+#: A sweep of expired entries runs every SWEEP_EVERY writes of a process and
+#: examines at most SWEEP_BATCH entries, continuing where the last sweep of any
+#: process stopped.
+SWEEP_EVERY: Final = 256
+SWEEP_BATCH: Final = 256
+_SWEEP_POSITION: Final = b"sweep"
+#: Disk blocks kept allocated past the store's last page, checked every RESERVE_EVERY
+#: writes of a process and before any write of a value over LARGE bytes.
+RESERVE: Final = 64 << 20
+#: What is kept ahead when the disk has less room than RESERVE (checked 16 times as often).
+MIN_RESERVE: Final = 1 << 20
+RESERVE_EVERY: Final = 256
+LARGE: Final = 64 << 10
+
+Durability = Literal["process", "machine"]
+DURABILITIES: Final = ("process", "machine")
+
+#: File systems on which LMDB is unsafe: its locks and shared memory map do not
+#: work across machines (and often not within one).
+NETWORK_FILESYSTEMS: Final = frozenset(
+    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs", "lustre", "gpfs",
+     "afs", "fuse.sshfs", "fuse.glusterfs", "fuse.cephfs", "fuse.s3fs", "fuse.gcsfuse",
+     "beegfs", "ocfs2", "gfs2", "virtiofs", "davfs", "fuse.rclone"}
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Options:
+    """How a directory's environment is opened; every user of a directory must agree."""
+
+    map_size: int
+    durability: Durability
+
+
+class Environment:
+    """This process's open LMDB environment of one directory, and its two databases."""
+
+    def __init__(self, directory: str, options: Options) -> None:
+        self.directory = directory
+        self.options = options
+        durable = options.durability == "machine"
+        try:
+            self.env = lmdb.open(
+                directory,
+                map_size=options.map_size,
+                subdir=True,
+                sync=durable,
+                metasync=durable,
+                mode=0o600,
+                create=False,
+                readahead=False,
+                writemap=True,  # see the module's note on space
+                meminit=False,
+                max_readers=MAX_READERS,
+                max_dbs=2,
+                max_spare_txns=0,  # see the module's note on forks
+                lock=True,
+            )
+            self.env.reader_check()  # free the reader slots of dead processes
+            self.entries = self.env.open_db(b"entries")
+            self.meta = self.env.open_db(b"meta")
+        except lmdb.Error as error:
+            raise StorageError(
+                f"cannot open the LMDB store in {directory!r}: {error}", path=directory
+            ) from error
+        self.max_key = self.env.max_key_size()
+        self.page = self.env.stat()["psize"]
+        self.writes = 0  # this process's write transactions, for the sweep's cadence
+        self.reserved = 0  # bytes of data.mdb known to have disk blocks
+        self.next_reserve = 0  # the value of `writes` at which to check the reserve again
+        path = os.path.join(directory, "data.mdb")
+        try:  # LMDB locks only lock.mdb, so this descriptor may be closed freely
+            self.data = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError as error:
+            raise StorageError(f"cannot open {path!r}: {error.strerror}", path=path) from error
+
+    def reserve(self, extra: int = 0) -> None:
+        """Give data.mdb disk blocks past its last page: :data:`RESERVE` plus twice ``extra``.
+
+        With a writable memory map, a page written where the disk has no room
+        would kill the process with SIGBUS; blocks allocated beforehand turn
+        a full disk into a :class:`~cachekit.errors.WriteError` before the
+        transaction begins, with nothing written.
+        """
+        used = (self.env.info()["last_pgno"] + 1) * self.page
+        self.next_reserve = self.writes + RESERVE_EVERY
+        if min(used + MIN_RESERVE + 2 * extra, self.options.map_size) <= self.reserved:
+            return
+        for ahead, every in ((RESERVE, RESERVE_EVERY), (MIN_RESERVE, RESERVE_EVERY // 16)):
+            wanted = min(used + ahead + 2 * extra, self.options.map_size)
+            try:
+                os.posix_fallocate(self.data, 0, wanted)
+            except OSError as error:
+                if error.errno == errno.ENOSPC and ahead != MIN_RESERVE:
+                    continue  # a disk with less room to spare: check more often instead
+                raise WriteError(
+                    f"cannot reserve disk space for the LMDB store in {self.directory!r}:"
+                    f" {error.strerror}; nothing was written",
+                    path=self.directory,
+                ) from error
+            self.reserved = wanted
+            self.next_reserve = self.writes + every
+            return
+
+    def close(self) -> None:
+        """Close the environment (for a child's copy of its parent's; see the module)."""
+        self.env.close()
+        os.close(self.data)
+
+
+_generation = 0
+_environments: dict[tuple[int, int], tuple[int, Environment]] = {}
+_opening = threading.Lock()  # held only to open an environment (local I/O, no network)
+#: Threads of this process inside a transaction right now (set.add/discard are atomic).
+_in_flight: set[int] = set()
+#: Environments inherited from the parent, by identity: (environment, safe to close).
+_inherited: dict[tuple[int, int], tuple[Environment, bool]] = {}
+
+
+def _after_fork_in_child() -> None:
+    global _generation, _opening
+    _generation += 1
+    _opening = threading.Lock()
+    safe = not _in_flight  # the forking thread itself is never inside one
+    for identity, (_, environment) in _environments.items():
+        _inherited[identity] = (environment, safe)
+    _environments.clear()
+    _in_flight.clear()
+
+
+def _release_inherited(identity: tuple[int, int], directory: str) -> None:
+    """Close the parent's environment of ``identity`` in this child, or refuse if unsafe."""
+    inherited, safe = _inherited.get(identity, (None, True))
+    if inherited is None:
+        return
+    if not safe:
+        raise StorageError(
+            f"this process was forked while another thread was inside a transaction of the"
+            f" LMDB store in {directory!r}, so it cannot open the store safely (closing the"
+            " parent's copy here could release the parent's reader slot). Fork from a"
+            " process whose other threads are not using the cache, or use spawn.",
+            path=directory,
+        )
+    del _inherited[identity]
+    inherited.close()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def filesystem_type(path: str) -> str | None:
+    """The type of the file system holding ``path`` (``/proc/self/mountinfo``), if known."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as mounts:
+            text = mounts.read()
+    except OSError:
+        return None
+    return mount_type(text, os.path.realpath(path))
+
+
+def mount_type(mountinfo: str, path: str) -> str | None:
+    """The type of the mount in ``mountinfo`` text that holds the real path ``path``."""
+    best, found = -1, None
+    for line in mountinfo.splitlines():
+        fields = line.split(" ")
+        if "-" not in fields[6:]:
+            continue
+        point = fields[4].replace("\\040", " ")
+        within = path == point or path.startswith(point.rstrip("/") + "/")
+        if within and len(point) >= best:  # later mounts on the same point hide earlier ones
+            best, found = len(point), fields[fields.index("-", 6) + 1]
+    return found
+
+
+class Store:
+    """The LMDB store of one cache directory, as this process reaches it.
+
+    Thread-safe: transactions are made per call (py-lmdb releases the GIL
+    while it waits for the writer mutex), and the environment is shared.
+    """
+
+    def __init__(self, directory: str, options: Options) -> None:
+        self.directory = _prepare_directory(directory)
+        self.options = options
+        self._made: tuple[int, Environment] | None = None
+        self._environment()  # fail at start-up, not at the first request
+
+    # -- the environment ---------------------------------------------------------
+
+    def _environment(self) -> Environment:
+        made = self._made
+        if made is not None and made[0] == _generation:
+            return made[1]
+        info = os.stat(self.directory)
+        identity = (info.st_dev, info.st_ino)
+        with _opening:
+            found = _environments.get(identity)
+            if found is None or found[0] != _generation:
+                kind = filesystem_type(self.directory)
+                if kind in NETWORK_FILESYSTEMS:
+                    raise ConfigurationError(
+                        f"refusing the LMDB store in {self.directory!r}: it is on a {kind}"
+                        " network file system, where LMDB's locks and shared memory do not"
+                        " work. Use a local disk, or RedisCache to share state between"
+                        " machines.",
+                        path=self.directory,
+                    )
+                _check_files(self.directory)
+                _release_inherited(identity, self.directory)
+                found = _environments[identity] = (
+                    _generation,
+                    Environment(self.directory, self.options),
+                )
+            if found[1].options != self.options:
+                raise ConfigurationError(
+                    f"the LMDB store in {self.directory!r} is already open in this process"
+                    f" with {found[1].options}, not {self.options}: give every LMDBCache of"
+                    " one directory the same CACHE_OPTIONS",
+                    path=self.directory,
+                )
+        self._made = found
+        return found[1]
+
+    @property
+    def max_key(self) -> int:
+        return self._environment().max_key
+
+    def key(self, key: str) -> bytes:
+        """The stored form of ``key`` (a checked ``str``)."""
+        data = key.encode("utf-8")
+        if len(data) > self._environment().max_key:
+            digest = hashlib.sha256(data).digest()
+            data = data[: self._environment().max_key - len(digest) - 1] + b"\xff" + digest
+        return data
+
+    # -- transactions --------------------------------------------------------------
+
+    def get(self, key: bytes) -> bytes | None:
+        """The stored bytes of ``key`` (expired or not), in a read transaction."""
+        opened = self._environment()
+        thread = get_ident()
+        _in_flight.add(thread)
+        try:
+            with opened.env.begin(db=opened.entries) as txn:
+                return txn.get(key)
+        except lmdb.Error as error:
+            raise self._failure("read from", error) from error
+        finally:
+            _in_flight.discard(thread)
+
+    def get_many(self, keys: list[bytes]) -> list[bytes | None]:
+        """The stored bytes of each key, from one snapshot."""
+        opened = self._environment()
+        thread = get_ident()
+        _in_flight.add(thread)
+        try:
+            with opened.env.begin(db=opened.entries) as txn:
+                return [txn.get(key) for key in keys]
+        except lmdb.Error as error:
+            raise self._failure("read from", error) from error
+        finally:
+            _in_flight.discard(thread)
+
+    @contextmanager
+    def writing(self, size: int = 0) -> Iterator[Any]:
+        """A write transaction on the entries, committed if the block ends normally.
+
+        ``size`` is the most bytes the block will put. The block must not
+        wait on anything or run user code (see the module's invariants).
+        Every ``SWEEP_EVERY`` writes a bounded sweep of expired entries runs
+        in the same transaction.
+        """
+        opened = self._environment()
+        if opened.writes >= opened.next_reserve or size > LARGE:
+            opened.reserve(size)
+        thread = get_ident()
+        _in_flight.add(thread)
+        try:
+            try:
+                txn = opened.env.begin(write=True, db=opened.entries)
+            except lmdb.Error as error:
+                raise self._failure("write to", error) from error
+            try:
+                yield txn
+                opened.writes += 1
+                if opened.writes % SWEEP_EVERY == 0:
+                    self._sweep(opened, txn)
+                txn.commit()
+            except lmdb.Error as error:
+                txn.abort()
+                raise self._failure("write to", error) from error
+            except BaseException:
+                txn.abort()
+                raise
+        finally:
+            _in_flight.discard(thread)
+
+    def add(
+        self, key: str, name: bytes, delta: int, expires: int | None, busy: Callable[[], bool]
+    ) -> int | None:
+        """Add ``delta`` to the int at ``name`` in one write transaction: the new value.
+
+        ``expires`` replaces the entry's expiry unless None (a new entry then
+        gets none). Returns None, with nothing written, if ``busy()`` says so
+        once the writer mutex is held. Raises
+        :class:`~cachekit.errors.ValueTypeError` for a value that is not an int.
+        The hot path of ``incr``: written out, with no context manager.
+        """
+        opened = self._environment()
+        if opened.writes >= opened.next_reserve:
+            opened.reserve()
+        thread = get_ident()
+        _in_flight.add(thread)
+        try:
+            txn = opened.env.begin(write=True, db=opened.entries)
+        except lmdb.Error as error:
+            _in_flight.discard(thread)
+            raise self._failure("write to", error) from error
+        try:
+            if busy():
+                txn.abort()
+                return None
+            stored = txn.get(name)
+            if stored is None:
+                current, old_expires = 0, 0
+            elif len(stored) == _INT_HEADER.size and stored[HEADER.size] == INTEGER:
+                old_expires, _, current = _INT_HEADER.unpack(stored)
+                if old_expires and old_expires < time.time():
+                    current, old_expires = 0, 0
+            else:
+                found = unpack(key, stored, time.time())
+                if found is None:
+                    current, old_expires = 0, 0
+                else:
+                    current, old_expires, _ = found
+                    if type(current) is not int:
+                        raise ValueTypeError(
+                            f"key {key!r} holds a {type(current).__name__}, not an int: incr"
+                            " cannot add to it",
+                            key=key,
+                        )
+            new: int = current + delta
+            txn.put(name, pack(old_expires if expires is None else expires, new))
+            opened.writes += 1
+            if opened.writes % SWEEP_EVERY == 0:
+                self._sweep(opened, txn)
+            txn.commit()
+            return new
+        except lmdb.Error as error:
+            txn.abort()
+            raise self._failure("write to", error) from error
+        except BaseException:
+            txn.abort()
+            raise
+        finally:
+            _in_flight.discard(thread)
+
+    def replace(
+        self, name: bytes, expected: bytes | None, stored: bytes, busy: Callable[[], bool]
+    ) -> bool:
+        """Put ``stored`` at ``name`` if it still holds ``expected`` and ``busy()`` is false.
+
+        Both are judged under the writer mutex; False, with nothing written, if not.
+        """
+        with self.writing(len(stored)) as txn:
+            if busy() or txn.get(name) != expected:
+                return False
+            txn.put(name, stored)
+        return True
+
+    def barrier(self) -> None:
+        """Wait until every write transaction begun before this call has ended."""
+        opened = self._environment()
+        thread = get_ident()
+        _in_flight.add(thread)
+        try:
+            opened.env.begin(write=True).abort()
+        except lmdb.Error as error:
+            raise self._failure("write to", error) from error
+        finally:
+            _in_flight.discard(thread)
+
+    def clear(self) -> None:
+        """Delete every entry, in one transaction."""
+        with self.writing() as txn:
+            txn.drop(self._environment().entries, delete=False)
+
+    def sweep(self, batch: int = SWEEP_BATCH) -> int:
+        """Delete expired entries among the next ``batch``; how many were deleted."""
+        opened = self._environment()
+        with self.writing() as txn:
+            return self._sweep(opened, txn, batch)
+
+    @staticmethod
+    def _sweep(opened: Environment, txn: Any, batch: int = SWEEP_BATCH) -> int:
+        now = time.time()
+        position = txn.get(_SWEEP_POSITION, db=opened.meta) or b""
+        cursor = txn.cursor(db=opened.entries)
+        removed = 0
+        found = cursor.set_range(position) if position else cursor.first()
+        for _ in range(batch):
+            if not found:
+                break
+            value = cursor.value()
+            (expires,) = HEADER.unpack_from(value) if len(value) >= HEADER.size else (0,)
+            if expires and expires < now:
+                found = cursor.delete()  # moves to the next entry
+                removed += 1
+            else:
+                found = cursor.next()
+        txn.put(_SWEEP_POSITION, cursor.key() if found else b"", db=opened.meta)
+        return removed
+
+    def statistics(self) -> dict[str, int]:
+        """Entries, pages in use and the map's size, for doctor."""
+        opened = self._environment()
+        info = opened.env.info()
+        thread = get_ident()
+        _in_flight.add(thread)
+        try:
+            with opened.env.begin(db=opened.entries) as txn:
+                entries = txn.stat(opened.entries)["entries"]
+        finally:
+            _in_flight.discard(thread)
+        page = opened.env.stat()["psize"]
+        return {
+            "entries": entries,
+            "used_bytes": (info["last_pgno"] + 1) * page,
+            "map_size": info["map_size"],
+            "readers": info["num_readers"],
+            "max_readers": info["max_readers"],
+        }
+
+    def _failure(self, doing: str, error: lmdb.Error) -> CachekitError:
+        where = self.directory
+        if isinstance(error, lmdb.MapFullError):
+            return WriteError(
+                f"the LMDB store in {where!r} is full (map_size {self.options.map_size:,}"
+                " bytes); nothing was written. Delete what you no longer need, or raise"
+                " CACHE_OPTIONS['map_size'] and restart every worker.",
+                path=where,
+            )
+        if isinstance(error, lmdb.MapResizedError):
+            return StorageError(
+                f"another process grew the LMDB store in {where!r} beyond this process's"
+                f" map_size ({self.options.map_size:,} bytes); restart this worker with the"
+                " same CACHE_OPTIONS['map_size'] as the others",
+                path=where,
+            )
+        if isinstance(error, lmdb.ReadersFullError):
+            try:
+                self._environment().env.reader_check()
+            except lmdb.Error:
+                pass
+            return StorageError(
+                f"every one of the {MAX_READERS} reader slots of the LMDB store in {where!r}"
+                " is in use; stale slots of dead processes were cleared, try again",
+                path=where,
+            )
+        if isinstance(error, (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError)):
+            return CorruptValue(
+                f"the LMDB store in {where!r} is corrupt ({error}); it was left as it is."
+                " It is a cache: stop the workers and delete the directory's data.mdb and"
+                " lock.mdb",
+                path=where,
+            )
+        cls = WriteError if doing == "write to" else StorageError
+        return cls(f"cannot {doing} the LMDB store in {where!r}: {error}", path=where)
+
+
+# -- the stored form ---------------------------------------------------------------
+
+
+def encode(value: Any) -> bytes:
+    """The kind byte and payload of ``value`` (without the expiry header)."""
+    if type(value) is int and _INT_MIN <= value <= _INT_MAX:
+        return b"\x01" + _INT.pack(value)
+    return b"\x00" + pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+
+
+def pack(expires: int, value: Any) -> bytes:
+    """The stored form of ``value`` expiring at ``expires`` (0: never)."""
+    if type(value) is int and _INT_MIN <= value <= _INT_MAX:
+        return _INT_HEADER.pack(expires, INTEGER, value)
+    return HEADER.pack(expires) + b"\x00" + pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+
+
+def expiry(stored: bytes) -> int:
+    """The absolute expiry of a stored entry (0: never)."""
+    return HEADER.unpack_from(stored)[0] if len(stored) >= HEADER.size else 0
+
+
+def decode(body: bytes | memoryview) -> Any:
+    """The value of a kind byte and payload; raises if it cannot be decoded."""
+    kind = body[0]
+    if kind == INTEGER:
+        return _INT.unpack_from(body, 1)[0]
+    if kind == PICKLED:
+        return pickle.loads(memoryview(body)[1:])
+    raise ValueError(f"unknown kind {kind}")
+
+
+def unpack(key: str, stored: bytes, now: float) -> tuple[Any, int, bytes] | None:
+    """``(value, expires, body)`` of a stored entry, or None if it expired.
+
+    Raises :class:`~cachekit.errors.CorruptValue` for bytes that cannot be decoded.
+    """
+    if len(stored) < HEADER.size + 1:
+        raise CorruptValue(
+            f"key {key!r} holds {stored!r}, too short to be an entry; it was left as it is",
+            key=key,
+        )
+    (expires,) = HEADER.unpack_from(stored)
+    if expires and expires < now:
+        return None
+    body = stored[HEADER.size :]
+    try:
+        return decode(body), expires, body
+    except Exception as error:
+        raise CorruptValue(
+            f"key {key!r} holds {body[:40]!r}, which cannot be decoded"
+            f" ({type(error).__name__}: {error}); it was left as it is",
+            key=key,
+        ) from error
+
+
+# -- the directory -------------------------------------------------------------------
+
+
+def _prepare_directory(directory: str) -> str:
+    """Create ``directory`` (0700) if missing; its real path, refused if others can write it."""
+    from ..filesystem import check_private_directory
+
+    if not isinstance(directory, (str, os.PathLike)) or not os.fspath(directory):
+        raise ConfigurationError("LMDBCache needs a directory: set CACHE_DIR", setting="CACHE_DIR")
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    except OSError as error:
+        raise ConfigurationError(
+            f"cannot create the cache directory {directory!r}: {error.strerror}",
+            path=directory,
+        ) from error
+    real = os.path.realpath(directory)
+    check_private_directory(real)
+    return real
+
+
+def _check_files(directory: str) -> None:
+    """Refuse LMDB's files if they are symlinks, not ours, or open to others."""
+    for name in ("data.mdb", "lock.mdb"):
+        path = os.path.join(directory, name)
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        except OSError as error:
+            raise ConfigurationError(f"cannot use {path!r}: {error.strerror}", path=path) from error
+        problem = None
+        if stat.S_ISLNK(info.st_mode):
+            problem = "it is a symlink, which cachekit never follows: remove it"
+        elif not stat.S_ISREG(info.st_mode):
+            problem = "it is not a regular file"
+        elif info.st_uid != os.geteuid():
+            problem = f"it belongs to uid {info.st_uid}, not to this process's uid {os.geteuid()}"
+        elif info.st_mode & 0o077:
+            problem = f"its mode is {stat.S_IMODE(info.st_mode):o}; run chmod 600 on it"
+        if problem:
+            raise ConfigurationError(f"refusing {path!r}: {problem}", path=path)

@@ -1,0 +1,187 @@
+"""LMDBCache: cachekit's helpers in LMDB write transactions.
+
+How ``incr`` works here, start to end: begin a write transaction (LMDB's
+writer mutex), check that no ``update`` or ``transaction`` holds the key's
+stripe, read, add, put, commit. One transaction, no lock of cachekit's own.
+
+How ``update`` works: take the key's stripe in the directory's lock file
+(:mod:`cachekit.lockfiles`, a record lock the kernel drops when its holder
+dies; waits are bounded by ``CACHEKIT_KEY_WAIT``), pass a *barrier* (begin
+and abort a write transaction), read, run ``fn`` outside any transaction,
+then write the result in one short write transaction. ``fn`` runs once.
+
+Why the two meet correctly: a fast ``incr`` commits only if the key's stripe
+is free *while it holds the writer mutex*. An ``update`` marks the stripe
+taken before its barrier, and the barrier waits for every write transaction
+already under way. So an ``incr`` either committed before the barrier (and the
+update reads its result) or begins after it (and sees the stripe taken, and
+waits for the stripe like any other modifier). Nothing changes a key between
+an update's read and its write except a plain ``cache.set``, which cachekit
+never serializes on any backend.
+
+``transaction`` is ``update`` over several keys, and its write is one LMDB
+transaction: all keys or none, also when the process dies in the middle.
+``lock`` and the single flight of ``get_or_compute`` are stripes of the lock
+file too (freed at once when their holder dies; fencing tokens are counters in
+that file). Nothing here runs user code or waits inside a write transaction.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Collection, Iterator, Mapping
+from contextlib import contextmanager
+from functools import partial
+from typing import Any, TypeVar
+
+from ..lockfiles import lock_file
+from ..settings import DEFAULTS, Settings
+from ..strategy import Entry, Strategy, absolute_expiry, check_delta, check_key, seconds
+from ..threadlocks import KEYS
+from .backend import LMDBCache
+from .store import HEADER, decode, encode, unpack
+
+T = TypeVar("T")
+
+#: Optimistic attempts of an update before it takes the key's stripe.
+OPTIMISTIC_ATTEMPTS = 8
+
+
+class LMDBStrategy(Strategy):
+    """Atomic operations on an :class:`~cachekit.lmdb.backend.LMDBCache`."""
+
+    name = "LMDBCache"
+
+    def __init__(self, backend: LMDBCache, settings: Settings = DEFAULTS) -> None:
+        self._store = backend._store
+        super().__init__(backend, lock_file(self._store.directory), settings)
+        self.directory = self._store.directory
+
+    # -- hooks ---------------------------------------------------------------------------
+
+    def _load(self, key: str) -> Entry | None:
+        stored = self._store.get(self._store.key(key))
+        if stored is None:
+            return None
+        found = unpack(key, stored, time.time())
+        if found is None:
+            return None
+        value, expires, body = found
+        return Entry(value, expires, body)
+
+    def _dumps(self, value: Any) -> bytes:
+        return encode(value)
+
+    def _loads(self, raw: bytes) -> Any:
+        return decode(raw)
+
+    def _commit(
+        self,
+        writes: Mapping[str, tuple[bytes, int]],
+        deletes: Collection[str],
+        read: Mapping[str, Entry | None],
+    ) -> None:
+        staged = [
+            (self._store.key(key), HEADER.pack(expires) + raw)
+            for key, (raw, expires) in writes.items()
+        ]
+        gone = [self._store.key(key) for key in deletes]
+        with self._store.writing(sum(len(stored) for _, stored in staged)) as txn:
+            for name, stored in staged:
+                txn.put(name, stored)
+            for name in gone:
+                txn.delete(name)
+
+    @contextmanager
+    def _modifying(self, keys: Collection[str]) -> Iterator[None]:
+        """Hold the keys' stripes, then wait out any ``incr`` that began before (the barrier)."""
+        with super()._modifying(keys):
+            self._store.barrier()
+            yield
+
+    # -- incr, natively ------------------------------------------------------------------
+
+    def incr(self, key: str, delta: int, timeout: Any) -> int:
+        check_delta(delta, check_key(key))
+        wanted = seconds(timeout)
+        self._started("incr")
+        try:
+            busy = self._local.__dict__.get("busy")
+            if busy:
+                self._refuse_nesting(busy, (key,))
+            name = self._store.key(key)
+            expires = None if wanted is None else absolute_expiry(wanted)
+            stripe = self._locks.stripe(KEYS, key)
+            new = self._store.add(key, name, delta, expires, partial(self._locks.taken, stripe))
+            if new is None:  # an update or transaction holds the key: wait for it, then add
+                with self._modifying((key,)):
+                    new = self._store.add(key, name, delta, expires, _free)
+                    assert new is not None
+            return new
+        finally:
+            self._finished()
+
+    def update(self, key: str, fn: Callable[[Any], T], default: Any, timeout: Any) -> T:
+        """Optimistic first, then under the key's stripe; ``fn`` may run more than once.
+
+        An attempt reads the entry, runs ``fn`` and encodes its result outside
+        any transaction, then commits only if, under the writer mutex, the
+        stored bytes are still the ones it read and no holder has the key's
+        stripe. After :data:`OPTIMISTIC_ATTEMPTS` lost races, or as soon as a
+        holder has the stripe, the caller takes the stripe itself, and then
+        nothing but a plain ``cache.set`` can change the key before it writes.
+        """
+        check_key(key)
+        wanted = seconds(timeout)
+        self._started("update")
+        try:
+            busy: set[str] = self._local.__dict__.setdefault("busy", set())
+            self._refuse_nesting(busy, (key,))
+            name = self._store.key(key)
+            taken = partial(self._locks.taken, self._locks.stripe(KEYS, key))
+            busy.add(key)
+            try:
+                for _ in range(OPTIMISTIC_ATTEMPTS):
+                    if taken():
+                        break
+                    stored = self._store.get(name)
+                    new, replacement = self._apply(key, stored, fn, default, wanted)
+                    if self._store.replace(name, stored, replacement, taken):
+                        return new
+                    self.stats.count("retries")
+                with self._hold(KEYS, (key,), self.settings.key_wait, f"key {key!r}"):
+                    self._store.barrier()
+                    stored = self._store.get(name)
+                    new, replacement = self._apply(key, stored, fn, default, wanted)
+                    with self._store.writing(len(replacement)) as txn:
+                        txn.put(name, replacement)
+                    return new
+            finally:
+                busy.discard(key)
+        finally:
+            self._finished()
+
+    def _apply(
+        self,
+        key: str,
+        stored: bytes | None,
+        fn: Callable[[Any], T],
+        default: Any,
+        wanted: float | None,
+    ) -> tuple[T, bytes]:
+        """``fn`` of the value in ``stored`` (``default`` if none), and the result's stored form."""
+        found = None if stored is None else unpack(key, stored, time.time())
+        if found is None:
+            new = fn(copy.deepcopy(default))
+            expires = 0
+        else:
+            new = fn(found[0])
+            expires = found[1]
+        if wanted is not None:
+            expires = absolute_expiry(wanted)
+        return new, HEADER.pack(expires) + self._encode(key, new)
+
+
+def _free() -> bool:
+    return False
