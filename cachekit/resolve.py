@@ -27,6 +27,7 @@ import flask_caching
 from flask import current_app, has_app_context
 
 from . import settings as configured
+from .compat import current_flask_app
 from .errors import ConfigurationError, InvalidArgument, UnsupportedBackend
 from .lmdb.backend import LMDBCache
 from .settings import DEFAULTS, Settings
@@ -53,7 +54,13 @@ def backend_of(cache: Any) -> Any:
 
 def strategy_for(cache: Any) -> Strategy:
     """The strategy of ``cache``'s backend, created on first use, checked on every use."""
-    backend = backend_of(cache)
+    backend = None
+    if type(cache) is flask_caching.Cache:  # the hot path: the app's Cache in a request
+        app = current_flask_app()
+        if app is not None:
+            backend = app.extensions.get("cache", {}).get(cache)
+    if backend is None:
+        backend = backend_of(cache)
     strategy: Strategy | None = getattr(backend, "_cachekit_strategy", None)
     if strategy is None:
         settings = configured.DEFAULTS

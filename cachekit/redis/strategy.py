@@ -214,10 +214,13 @@ class RedisStrategy(Strategy):
     def incr(self, key: str, delta: int, timeout: Timeout) -> int:
         """Native ``INCRBY``: one command, one round trip (a script when a timeout is given)."""
         check_delta(delta, check_key(key))
-        self._refuse_nesting(self._local.__dict__.get("busy"), (key,))
-        ttl = _ttl_of(seconds(timeout))
+        local = self._local.__dict__
+        if local.get("busy"):
+            self._refuse_nesting(local["busy"], (key,))
+        ttl = 0 if timeout is None else _ttl_of(seconds(timeout))
         full_key = self._key(key)
-        self._started("incr")
+        if not local.get("flushing"):
+            self.stats.count("operations:incr")
         try:
             if not ttl:
                 return int(self._client.incrby(full_key, delta))
