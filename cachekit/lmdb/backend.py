@@ -35,7 +35,7 @@ from flask_caching.backends.base import BaseCache
 
 from ..errors import ConfigurationError, InvalidArgument
 from ..strategy import MAX_EXPIRES, check_key
-from .store import DEFAULT_MAP_SIZE, DURABILITIES, Options, Store, pack, unpack
+from .store import DEFAULT_MAP_SIZE, DURABILITIES, EXPIRED, Options, Store, pack, unpack, value
 
 
 class LMDBCache(BaseCache):
@@ -105,11 +105,18 @@ class LMDBCache(BaseCache):
     # -- reading -----------------------------------------------------------------------
 
     def get(self, key: str) -> Any:
-        stored = self._store.get(self._store.key(check_key(key)))
+        store = self._store
+        try:  # the hot path: a short str key (anything else is checked, and maybe refused)
+            name = key.encode("utf-8")
+        except (AttributeError, UnicodeEncodeError):
+            name = b""
+        if not name or len(name) > store.max_key:
+            name = store.key(check_key(key))
+        stored = store.get(name)
         if stored is None:
             return None
-        found = unpack(key, stored, time.time())
-        return None if found is None else found[0]
+        found = value(key, stored, time.time())
+        return None if found is EXPIRED else found
 
     def get_many(self, *keys: str) -> list[Any]:
         store = self._store
@@ -118,8 +125,8 @@ class LMDBCache(BaseCache):
         for key, stored in zip(
             keys, store.get_many([store.key(check_key(key)) for key in keys]), strict=True
         ):
-            found = None if stored is None else unpack(key, stored, now)
-            values.append(None if found is None else found[0])
+            found = EXPIRED if stored is None else value(key, stored, now)
+            values.append(None if found is EXPIRED else found)
         return values
 
     def has(self, key: str) -> bool:

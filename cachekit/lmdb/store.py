@@ -267,7 +267,8 @@ class Store:
         self.directory = _prepare_directory(directory)
         self.options = options
         self._made: tuple[int, Environment] | None = None
-        self._environment()  # fail at start-up, not at the first request
+        #: LMDB's longest key (511 bytes unless built otherwise); the same in every process.
+        self.max_key = self._environment().max_key  # and fail at start-up, not at first use
 
     # -- the environment ---------------------------------------------------------
 
@@ -305,28 +306,28 @@ class Store:
         self._made = found
         return found[1]
 
-    @property
-    def max_key(self) -> int:
-        return self._environment().max_key
-
     def key(self, key: str) -> bytes:
         """The stored form of ``key`` (a checked ``str``)."""
         data = key.encode("utf-8")
-        if len(data) > self._environment().max_key:
+        if len(data) > self.max_key:
             digest = hashlib.sha256(data).digest()
-            data = data[: self._environment().max_key - len(digest) - 1] + b"\xff" + digest
+            data = data[: self.max_key - len(digest) - 1] + b"\xff" + digest
         return data
 
     # -- transactions --------------------------------------------------------------
 
     def get(self, key: bytes) -> bytes | None:
         """The stored bytes of ``key`` (expired or not), in a read transaction."""
-        opened = self._environment()
+        made = self._made
+        opened = made[1] if made is not None and made[0] == _generation else self._environment()
         thread = get_ident()
         _in_flight.add(thread)
         try:
-            with opened.env.begin(db=opened.entries) as txn:
+            txn = opened.env.begin(db=opened.entries)
+            try:
                 return txn.get(key)
+            finally:
+                txn.abort()
         except lmdb.Error as error:
             raise self._failure("read from", error) from error
         finally:
@@ -580,11 +581,33 @@ def decode(body: bytes | memoryview) -> Any:
     if kind == INTEGER:
         return _INT.unpack_from(body, 1)[0]
     if kind == PICKLED:
-        return pickle.loads(memoryview(body)[1:])
+        return pickle.loads(body[1:] if isinstance(body, memoryview) else memoryview(body)[1:])
     raise ValueError(f"unknown kind {kind}")
 
 
-def unpack(key: str, stored: bytes, now: float) -> tuple[Any, int, bytes] | None:
+#: What :func:`value` returns for an expired entry.
+EXPIRED: Final = object()
+
+
+def value(key: str, stored: bytes, now: float) -> Any:
+    """The value of a stored entry, or :data:`EXPIRED`: :func:`unpack` for the hot read path."""
+    if len(stored) > HEADER.size:
+        (expires,) = HEADER.unpack_from(stored)
+        if expires and expires < now:
+            return EXPIRED
+        kind = stored[HEADER.size]
+        try:
+            if kind == PICKLED:
+                return pickle.loads(stored[HEADER.size + 1 :])
+            if kind == INTEGER and len(stored) == _INT_HEADER.size:
+                return _INT.unpack_from(stored, HEADER.size + 1)[0]
+        except Exception:  # noqa: S110 (unpack below says what is wrong, as CorruptValue)
+            pass
+    found = unpack(key, stored, now)
+    return EXPIRED if found is None else found[0]
+
+
+def unpack(key: str, stored: bytes, now: float) -> tuple[Any, int, memoryview] | None:
     """``(value, expires, body)`` of a stored entry, or None if it expired.
 
     Raises :class:`~cachekit.errors.CorruptValue` for bytes that cannot be decoded.
@@ -597,12 +620,12 @@ def unpack(key: str, stored: bytes, now: float) -> tuple[Any, int, bytes] | None
     (expires,) = HEADER.unpack_from(stored)
     if expires and expires < now:
         return None
-    body = stored[HEADER.size :]
+    body = memoryview(stored)[HEADER.size :]
     try:
         return decode(body), expires, body
     except Exception as error:
         raise CorruptValue(
-            f"key {key!r} holds {body[:40]!r}, which cannot be decoded"
+            f"key {key!r} holds {bytes(body[:40])!r}, which cannot be decoded"
             f" ({type(error).__name__}: {error}); it was left as it is",
             key=key,
         ) from error

@@ -68,7 +68,7 @@ class LMDBStrategy(Strategy):
         if found is None:
             return None
         value, expires, body = found
-        return Entry(value, expires, body)
+        return Entry(value, expires, bytes(body))
 
     def _dumps(self, value: Any) -> bytes:
         return encode(value)

@@ -1,0 +1,123 @@
+"""The demo under gunicorn: a route that increments shared state beside one that touches none.
+
+For each backend, gunicorn serves the demo app with 4 sync workers and wrk
+loads ``/`` (no state) and ``/hits`` (``cachekit.incr`` through the app's
+``Cache``), alternately, ROUNDS times each; the table gives the median
+requests per second and the median per-round ratio of ``/hits`` to ``/``.
+Afterwards the counter must have moved by the number of ``/hits`` responses
+wrk counted, plus at most the requests in flight when each wrk run stopped.
+Needs ``wrk`` on the PATH (``apt-get install wrk``).
+
+Run: ``python bench/on_gunicorn.py`` (``--help`` for the options), or ``make bench``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.harness import save  # noqa: E402
+from tests.server import get_ok, gunicorn  # noqa: E402
+
+
+def wrk(url: str, seconds: int, connections: int) -> tuple[float, int]:
+    """Requests per second and the number of 2xx responses of one wrk run."""
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{round(seconds)}s", url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if bad:
+        raise RuntimeError(f"{url}: {bad.group(1)} failed responses\n{out}")
+    return rate, total
+
+
+def measure(
+    name: str, env: dict[str, str], rounds: int, seconds: int, connections: int
+) -> dict[str, Any]:
+    folder = Path(tempfile.mkdtemp(prefix="cachekit-bench-gunicorn-"))
+    try:
+        with gunicorn(folder, "-w", "4", env=env) as base:
+            wrk(base + "/", 1, connections)  # warm up every worker
+            start = get_ok(base + "/hits")["hits"]
+            plain, counted, served = [], [], 0
+            for _ in range(rounds):
+                plain.append(wrk(base + "/", seconds, connections)[0])
+                rate, total = wrk(base + "/hits", seconds, connections)
+                counted.append(rate)
+                served += total
+            final = get_ok(base + "/hits")["hits"]
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    ratios = [hits / empty for hits, empty in zip(counted, plain, strict=True)]
+    row = {
+        "backend": name,
+        "no_state_rps": statistics.median(plain),
+        "hits_rps": statistics.median(counted),
+        "ratio": statistics.median(ratios),
+        # wrk counts the responses it read before it stopped; the requests in flight then
+        # (at most one per connection and round) were served too.
+        "uncounted": (final - start - 1) - served,
+    }
+    if not 0 <= row["uncounted"] <= rounds * connections:
+        moved = final - start - 1
+        raise RuntimeError(f"{name}: /hits served {served} but the counter moved {moved}")
+    print(f"{name:18} {row['no_state_rps']:>10,.0f} {row['hits_rps']:>10,.0f}"
+          f" {row['ratio']:>7.2f}x {row['uncounted']:>10}")  # fmt: skip
+    return row
+
+
+def main() -> None:
+    options = argparse.ArgumentParser(description=__doc__)
+    options.add_argument("--rounds", type=int, default=3)
+    options.add_argument("--seconds", type=int, default=4)
+    options.add_argument("--connections", type=int, default=32)
+    options.add_argument("--json")
+    args = options.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not on the PATH (apt-get install wrk)")
+    backends: dict[str, dict[str, str]] = {
+        "LMDBCache": {"FLASK_CACHE_TYPE": "cachekit.LMDBCache"},
+        "FileSystemCache": {},
+    }
+    server = None
+    if shutil.which("redis-server"):
+        from tests.redisserver import RedisServer
+
+        server = RedisServer(Path(tempfile.mkdtemp(prefix="cachekit-bench-redis-")))
+        server.start()
+        backends["RedisCache"] = {"FLASK_CACHE_TYPE": "RedisCache",
+                                  "FLASK_CACHE_REDIS_URL": server.url}  # fmt: skip
+    print(f"gunicorn -w 4 (sync), wrk -t2 -c{args.connections}, {args.seconds} s x {args.rounds}")
+    print(f"{'backend':18} {'/ req/s':>10} {'/hits':>10} {'ratio':>8} {'in flight':>10}")
+    try:
+        rows = [
+            measure(name, env, args.rounds, args.seconds, args.connections)
+            for name, env in backends.items()
+        ]
+    finally:
+        if server is not None:
+            server.stop()
+    print()
+    save(args.json, [{"title": "gunicorn -w 4: /hits beside / (no state)", "gunicorn": rows}])
+    if args.json is None:
+        print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()
