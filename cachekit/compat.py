@@ -172,8 +172,7 @@ def bounded_redis_client(client: Any, timeout: float, connect_timeout: float) ->
         extra["timeout"] = min(pool.timeout or timeout, timeout / 2)
     connection_class = _get(pool, "connection_class", "redis")
     if connection_class in (redis.Connection, redis.UnixDomainSocketConnection):
-        connection_class = kernel_timeouts(connection_class, timeout)
-        kwargs["socket_timeout"] = None  # the kernel bounds the waits instead
+        connection_class = quick_check(connection_class)
     own = type(pool)(
         connection_class=connection_class,
         max_connections=getattr(pool, "max_connections", None),
@@ -183,96 +182,34 @@ def bounded_redis_client(client: Any, timeout: float, connect_timeout: float) ->
     return redis.Redis.from_pool(own)  # closing the client closes its pool
 
 
-def kernel_timeouts(connection_class: Any, timeout: float) -> Any:
-    """A subclass of redis-py's plain ``connection_class`` whose waits the kernel bounds.
+def quick_check(connection_class: Any) -> Any:
+    """A subclass of redis-py's plain ``connection_class`` that checks an idle connection cheaply.
 
-    A Python socket with a timeout polls before every ``recv`` and ``send``
-    (two extra system calls per command); a blocking socket with the kernel's
-    ``SO_RCVTIMEO`` and ``SO_SNDTIMEO`` set waits just as boundedly for free.
-    A wait that runs out makes the system call fail with ``EAGAIN``, which
-    redis-py reports as a ``ConnectionError``; it is raised here as the
-    ``TimeoutError`` it is (a write whose reply did not come may or may not
-    have been applied, and must not be sent again). Plain TCP and Unix
-    sockets only: TLS keeps Python's timeouts.
+    Before every command the pool asks the connection whether a reply is
+    pending or the server closed it (a restart, an idle kill), so that it is
+    reopened instead of failing the command. redis-py answers with three
+    system calls (making the socket non-blocking, reading, making it blocking
+    again). Here a ``poll`` that does not wait answers for an idle connection
+    in one, and only a readable one (data, or the server's close) is handed
+    to redis-py's own check. Timeouts stay Python's socket timeouts, so the
+    waits stay bounded under gevent and whatever signals the process gets.
     """
-    import socket
-    import struct
+    import select
 
-    import redis
+    poll = getattr(select, "poll", None)  # (gevent's aggressive patching removes it)
 
-    whole = int(timeout)
-    interval = struct.pack("@ll", whole, int((timeout - whole) * 1_000_000))
-
-    class KernelTimeouts(connection_class):  # type: ignore[misc]
-        def _connect(self) -> Any:
-            sock = super()._connect()
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, interval)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, interval)
-            sock.settimeout(None)
-            return sock
-
+    class QuickCheck(connection_class):  # type: ignore[misc]
         def can_read(self, timeout: float | None = 0) -> bool:
-            """Whether the socket has a reply pending or was closed, without waiting.
-
-            The pool asks before every command, so that a connection the server
-            closed (a restart, an idle kill) is reopened instead of failing
-            the command. redis-py answers with three system calls (making the
-            socket non-blocking, reading, making it blocking again); a peek
-            that does not wait is one. (Stale bytes in the parser's own buffer
-            are not looked for: redis-py disconnects a connection whose read
-            was cut off, so none returns to the pool with any.)
-            """
             sock = self._sock
-            if timeout != 0 or sock is None:
-                return bool(super().can_read(timeout))
-            try:
-                pending = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                return False  # alive, and nothing pending
-            except OSError as error:  # as redis-py's own check raises: the pool reconnects
-                self.disconnect()
-                raise redis.exceptions.ConnectionError(
-                    f"Error while reading from {self._host_error()}: {error.args}"
-                ) from error
-            if not pending:
-                self.disconnect()
-                raise redis.exceptions.ConnectionError("Connection closed by server.")
-            return True  # a stale reply
+            if timeout == 0 and sock is not None and poll is not None:
+                waiter = poll()
+                waiter.register(sock.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
+                if not waiter.poll(0):
+                    return False  # alive, and nothing pending
+            return bool(super().can_read(timeout))
 
-        def read_response(self, *args: Any, **kwargs: Any) -> Any:
-            try:
-                return super().read_response(*args, **kwargs)
-            except redis.exceptions.ConnectionError as error:
-                if _ran_out(error):
-                    raise redis.exceptions.TimeoutError(
-                        f"Timeout reading from socket (no reply within {timeout} s)"
-                    ) from error
-                raise
-
-        def send_packed_command(self, *args: Any, **kwargs: Any) -> Any:
-            try:
-                return super().send_packed_command(*args, **kwargs)
-            except redis.exceptions.ConnectionError as error:
-                if _ran_out(error):
-                    raise redis.exceptions.TimeoutError(
-                        f"Timeout writing to socket (not sent within {timeout} s)"
-                    ) from error
-                raise
-
-    KernelTimeouts.__name__ = KernelTimeouts.__qualname__ = f"Bounded{connection_class.__name__}"
-    return KernelTimeouts
-
-
-def _ran_out(error: BaseException) -> bool:
-    """Whether ``error`` comes from a kernel timeout (``EAGAIN`` on a blocking socket)."""
-    import errno
-
-    seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return "Error 11 while writing" in str(error)
+    QuickCheck.__name__ = QuickCheck.__qualname__ = f"Checked{connection_class.__name__}"
+    return QuickCheck
 
 
 def _bounded_sentinel_master(manager: Any, pool: Any, kwargs: dict[str, Any]) -> Any:

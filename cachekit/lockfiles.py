@@ -65,9 +65,12 @@ MIN_POLL: Final = 0.00005
 MAX_POLL: Final = 0.002
 #: Offset of the fencing counters in the lock file (the lock bytes end at 3 * STRIPES).
 FENCE_BASE: Final = 1 << 16
-#: Offset of the busy bytes, one per stripe (page-aligned: it is mapped into memory).
+#: Offset of the busy bytes, one per stripe (page-aligned: it is mapped into memory),
+#: followed by a few shared 8-byte words (:meth:`LockFile.shared_word`).
 BUSY_BASE: Final = 1 << 17
 _BUSY_SIZE: Final = 3 * STRIPES
+_WORDS: Final = 16
+_MAPPED: Final = _BUSY_SIZE + 8 * _WORDS
 _FENCE: Final = struct.Struct("<Q")
 
 _CONTENDED: Final = frozenset({errno.EAGAIN, errno.EACCES})
@@ -81,9 +84,9 @@ class LockFile(StripedLocks):
         self.path = path
         self._fd = _open_private(path)
         try:
-            if os.fstat(self._fd).st_size < BUSY_BASE + _BUSY_SIZE:
-                os.ftruncate(self._fd, BUSY_BASE + _BUSY_SIZE)  # sparse; never shrinks
-            self._busy = mmap.mmap(self._fd, _BUSY_SIZE, mmap.MAP_SHARED, offset=BUSY_BASE)
+            if os.fstat(self._fd).st_size < BUSY_BASE + _MAPPED:
+                os.ftruncate(self._fd, BUSY_BASE + _MAPPED)  # sparse; never shrinks
+            self._busy = mmap.mmap(self._fd, _MAPPED, mmap.MAP_SHARED, offset=BUSY_BASE)
         except OSError as error:
             raise ConfigurationError(
                 f"cannot map the cachekit lock file {path!r}: {error.strerror}", path=path
@@ -132,10 +135,37 @@ class LockFile(StripedLocks):
         """
         return self._busy[number] != 0
 
+    def shared_word(self, index: int) -> SharedWord:
+        """A signed 8-byte word in the lock file's shared memory, the same in every process.
+
+        Reads and writes are not atomic with one another: the caller orders
+        them with a lock of its own (the LMDB store's writer mutex, for word 0).
+        """
+        if not 0 <= index < _WORDS:
+            raise ValueError(f"there are {_WORDS} shared words, not {index + 1}")
+        return SharedWord(self._busy, _BUSY_SIZE + 8 * index)
+
     def _release_outer(self, number: int) -> bool:
         self._busy[number] = 0
         fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, number, os.SEEK_SET)
         return True
+
+
+class SharedWord:
+    """One 8-byte word of a shared memory map (see :meth:`LockFile.shared_word`)."""
+
+    __slots__ = ("_map", "_offset")
+    _FORMAT: Final = struct.Struct("<q")
+
+    def __init__(self, shared: mmap.mmap, offset: int) -> None:
+        self._map = shared
+        self._offset = offset
+
+    def get(self) -> int:
+        return int(self._FORMAT.unpack_from(self._map, self._offset)[0])
+
+    def set(self, value: int) -> None:
+        self._FORMAT.pack_into(self._map, self._offset, value)
 
 
 _files: dict[tuple[int, int], LockFile] = {}

@@ -225,6 +225,32 @@ def test_a_full_disk_is_a_write_error_not_a_crash(small_disk: Path) -> None:
     assert cachekit.incr(backend, "n") == 2
 
 
+def _fill(directory: str, tag: int, size: int, out: Any) -> None:
+    backend = LMDBCache(directory, map_size=64 << 20)
+    value = os.urandom(size)
+    try:
+        for i in range(100_000):
+            backend.set(f"{tag}-{i}", value)
+        out.put("never full")
+    except cachekit.WriteError as error:
+        out.put(str(error))
+
+
+@pytest.mark.parametrize("size", [500, (64 << 10) - 13, 200_000])
+def test_processes_filling_a_disk_get_write_errors_not_sigbus(small_disk: Path, size: int) -> None:
+    """The disk budget is shared: no process writes past what was reserved for all of them."""
+    directory = str(small_disk / "c")
+    LMDBCache(directory, map_size=64 << 20)
+    out = FORK.Queue()
+    workers = [FORK.Process(target=_fill, args=(directory, n, size, out)) for n in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert [worker.exitcode for worker in workers] == [0, 0, 0, 0]  # SIGBUS would be -7
+    assert all("cannot reserve disk space" in out.get(timeout=5) for _ in workers)
+
+
 # -- processes ---------------------------------------------------------------------------
 
 
@@ -401,3 +427,105 @@ def test_doctor_on_lmdb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
         (PROBLEM, f"refusing the cache directory {backend.directory!r}"),
         (WARNING, f"the LMDB store {backend.directory} uses {used:,} of its 1,048,576 bytes"),
     }  # fmt: skip
+
+
+# -- what runs inside a write transaction ------------------------------------------------
+
+
+class WritesWhenUnpickled:
+    """A value whose unpickling writes to the cache: it must never run inside a transaction."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        LMDBCache(self.directory).set("side effect", True)
+
+
+def test_incr_and_add_never_unpickle_inside_a_transaction(tmp_path: Path) -> None:
+    backend = LMDBCache(str(tmp_path / "c"))
+    backend.set("thing", WritesWhenUnpickled(str(tmp_path / "c")))
+    with pytest.raises(cachekit.ValueTypeError, match="holds a WritesWhenUnpickled, not an int"):
+        cachekit.incr(backend, "thing")
+    assert not backend.add("thing", 1)
+    assert backend.has("thing") and backend.delete("thing")
+    assert backend.get("side effect") is True  # written once, by the error message's decoding
+
+
+def test_ints_past_64_bits(tmp_path: Path) -> None:
+    backend = LMDBCache(str(tmp_path / "c"))
+    backend.set("big", 2**70)
+    assert cachekit.incr(backend, "big") == 2**70 + 1 and backend.get("big") == 2**70 + 1
+    backend.set("edge", 2**63 - 1)
+    assert (
+        cachekit.incr(backend, "edge") == 2**63 and cachekit.incr(backend, "edge", -1) == 2**63 - 1
+    )
+    assert cachekit.incr(backend, "neg", -(2**80)) == -(2**80)
+    assert backend.get_many("big", "edge", "neg") == [2**70 + 1, 2**63 - 1, -(2**80)]
+
+
+def test_a_value_pickle_refuses_is_a_serialization_error(tmp_path: Path) -> None:
+    backend = LMDBCache(str(tmp_path / "c"))
+    backend.set("k", "old")
+    for write in (
+        lambda: backend.set("k", threading.Lock()),
+        lambda: backend.add("new", threading.Lock()),
+        lambda: backend.set_many({"k": threading.Lock()}),
+    ):
+        with pytest.raises(cachekit.SerializationError, match="cannot be pickled"):
+            write()
+    assert backend.get("k") == "old" and backend.get("new") is None
+
+
+def test_a_corrupt_entry_can_be_deleted(tmp_path: Path) -> None:
+    backend = LMDBCache(str(tmp_path / "c"))
+    store = backend._store
+    with store.writing() as txn:
+        txn.put(store.key("bad"), lmdb_store.HEADER.pack(0) + b"\x00not a pickle")
+    with pytest.raises(cachekit.CorruptValue, match="left as it is"):
+        backend.get("bad")
+    assert backend.delete("bad") and backend.get("bad") is None
+
+
+def _incr_and_report(directory: str, out: Any) -> None:
+    try:
+        out.put(cachekit.incr(LMDBCache(directory), "forks"))
+    except cachekit.StorageError as error:
+        out.put(str(error))
+
+
+def test_forks_while_another_thread_asks_for_figures(tmp_path: Path) -> None:
+    """py-lmdb counts env.info() as an operation in flight: a child forked then must not hang.
+
+    It either uses the store or, when the fork caught the other thread inside a
+    call, refuses to with a clear error; it never waits forever.
+    """
+    directory = str(tmp_path / "c")
+    backend = LMDBCache(directory)
+    stop = threading.Event()
+
+    def ask() -> None:
+        while not stop.is_set():
+            backend._store.statistics()
+
+    asker = threading.Thread(target=ask)
+    asker.start()
+    got = []
+    try:
+        for _ in range(10):
+            out = FORK.Queue()
+            child = FORK.Process(target=_incr_and_report, args=(directory, out))
+            child.start()
+            try:
+                got.append(out.get(timeout=20))
+            except Exception:
+                got.append(f"the child hung or failed (exit code {child.exitcode})")
+            child.kill()
+            child.join(5)
+    finally:
+        stop.set()
+        asker.join(10)
+    assert all(
+        isinstance(value, int) or "forked while another thread" in str(value) for value in got
+    )

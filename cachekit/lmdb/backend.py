@@ -33,9 +33,9 @@ from typing import Any
 
 from flask_caching.backends.base import BaseCache
 
-from ..errors import ConfigurationError, InvalidArgument
+from ..errors import ConfigurationError, InvalidArgument, SerializationError
 from ..strategy import MAX_EXPIRES, check_key
-from .store import DEFAULT_MAP_SIZE, DURABILITIES, EXPIRED, Options, Store, pack, unpack, value
+from .store import DEFAULT_MAP_SIZE, DURABILITIES, EXPIRED, Options, Store, expiry, pack, value
 
 
 class LMDBCache(BaseCache):
@@ -131,23 +131,23 @@ class LMDBCache(BaseCache):
 
     def has(self, key: str) -> bool:
         stored = self._store.get(self._store.key(check_key(key)))
-        return stored is not None and unpack(key, stored, time.time()) is not None
+        return stored is not None and not _expired(expiry(stored), time.time())
 
     # -- writing -----------------------------------------------------------------------
 
     def set(self, key: str, value: Any, timeout: int | dt.timedelta | None = None) -> bool:
-        stored = pack(self._expires(timeout), value)
+        stored = _packed(key, self._expires(timeout), value)
         name = self._store.key(check_key(key))
         with self._store.writing(len(stored)) as txn:
             txn.put(name, stored)
         return True
 
     def add(self, key: str, value: Any, timeout: int | dt.timedelta | None = None) -> bool:
-        stored = pack(self._expires(timeout), value)
+        stored = _packed(key, self._expires(timeout), value)
         name = self._store.key(check_key(key))
         with self._store.writing(len(stored)) as txn:
-            old = txn.get(name)
-            if old is not None and unpack(key, old, time.time()) is not None:
+            old = txn.get(name)  # judged by its expiry alone: nothing is unpickled in here
+            if old is not None and not _expired(expiry(old), time.time()):
                 return False
             txn.put(name, stored)
         return True
@@ -156,7 +156,9 @@ class LMDBCache(BaseCache):
         self, mapping: dict[str, Any], timeout: int | dt.timedelta | None = None
     ) -> list[Any]:
         expires = self._expires(timeout)
-        items = [(self._store.key(check_key(key)), pack(expires, v)) for key, v in mapping.items()]
+        items = [
+            (self._store.key(check_key(k)), _packed(k, expires, v)) for k, v in mapping.items()
+        ]
         with self._store.writing(sum(len(stored) for _, stored in items)) as txn:
             for name, stored in items:
                 txn.put(name, stored)
@@ -166,7 +168,7 @@ class LMDBCache(BaseCache):
         name = self._store.key(check_key(key))
         with self._store.writing() as txn:
             old = txn.pop(name)
-        return old is not None and unpack(key, old, time.time()) is not None
+        return old is not None and not _expired(expiry(old), time.time())
 
     def delete_many(self, *keys: str) -> list[Any]:
         names = [self._store.key(check_key(key)) for key in keys]
@@ -191,6 +193,22 @@ class LMDBCache(BaseCache):
 
     def __repr__(self) -> str:
         return f"LMDBCache({self.directory!r}, {self.options})"
+
+
+def _expired(expires: int, now: float) -> bool:
+    return bool(expires) and expires < now
+
+
+def _packed(key: str, expires: int, value: Any) -> bytes:
+    """The stored form of ``value``; :class:`~cachekit.errors.SerializationError` if impossible."""
+    try:
+        return pack(expires, value)
+    except Exception as error:
+        raise SerializationError(
+            f"cannot store key {key!r}: a {type(value).__name__} value cannot be pickled"
+            f" ({type(error).__name__}: {error}); the old value is kept",
+            key=key,
+        ) from error
 
 
 def _seconds(timeout: Any, what: str) -> int | float:

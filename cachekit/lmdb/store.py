@@ -27,6 +27,17 @@ Invariants:
   a thread, or a gevent worker, for no longer. Long waits (a ``lock`` block,
   an ``update``'s ``fn``) happen on the record locks of
   :mod:`cachekit.lockfiles`, which time out.
+- **Space: full is an error, never a crash.** The map is opened writable
+  (``writemap``: a commit costs no system call), and a page written where
+  the disk has no room would kill the process with SIGBUS. So disk blocks are
+  allocated ahead of the store's last page, and every write transaction of
+  every process spends an upper bound of its growth from a budget shared in
+  the lock file, under the writer mutex (:meth:`Environment.spend`): no
+  writer can outrun the reservation, and a disk that cannot give more blocks
+  fails the write with :class:`~cachekit.errors.WriteError` before anything is
+  written. On file systems that copy on write (btrfs, ZFS), where rewriting
+  an allocated page needs new blocks, the map is not writable: LMDB writes
+  with ``pwrite``, whose errors are plain errors.
 - **Nothing expires by eviction.** An entry is removed only when it expired
   (lazily invisible on read, deleted by a bounded sweep), when deleted, or
   by ``clear()``. A store that is full fails the write with
@@ -67,11 +78,13 @@ from ..errors import (
     ValueTypeError,
     WriteError,
 )
+from ..lockfiles import lock_file
 
 #: The expiry header of every entry (0: never).
 HEADER: Final = struct.Struct("<I")
 PICKLED: Final = 0
 INTEGER: Final = 1
+BIG_INTEGER: Final = 2  # an int past 64 bits: its two's complement bytes, little-endian
 _INT: Final = struct.Struct("<q")
 _INT_HEADER: Final = struct.Struct("<IBq")
 _INT_MIN: Final = -(2**63)
@@ -88,13 +101,16 @@ MAX_READERS: Final = 4096
 SWEEP_EVERY: Final = 256
 SWEEP_BATCH: Final = 256
 _SWEEP_POSITION: Final = b"sweep"
-#: Disk blocks kept allocated past the store's last page, checked every RESERVE_EVERY
-#: writes of a process and before any write of a value over LARGE bytes.
+#: Disk blocks kept allocated past the store's last page (see :meth:`Environment.spend`),
+#: or MIN_RESERVE on a disk with less room to spare.
 RESERVE: Final = 64 << 20
-#: What is kept ahead when the disk has less room than RESERVE (checked 16 times as often).
 MIN_RESERVE: Final = 1 << 20
-RESERVE_EVERY: Final = 256
-LARGE: Final = 64 << 10
+#: What one put may add past the last page besides its value: the pages of its path in
+#: the tree and of the free list, copied on write (generously).
+PUT_PAGES: Final = 16
+#: File systems that copy on write: a page of a writable map rewritten in place needs new
+#: blocks there, which no reservation guarantees, so the map is not opened writable on them.
+COPY_ON_WRITE: Final = frozenset({"btrfs", "zfs", "bcachefs"})
 
 Durability = Literal["process", "machine"]
 DURABILITIES: Final = ("process", "machine")
@@ -119,9 +135,10 @@ class Options:
 class Environment:
     """This process's open LMDB environment of one directory, and its two databases."""
 
-    def __init__(self, directory: str, options: Options) -> None:
+    def __init__(self, directory: str, options: Options, writemap: bool) -> None:
         self.directory = directory
         self.options = options
+        self.writemap = writemap
         durable = options.durability == "machine"
         try:
             self.env = lmdb.open(
@@ -133,7 +150,7 @@ class Environment:
                 mode=0o600,
                 create=False,
                 readahead=False,
-                writemap=True,  # see the module's note on space
+                writemap=writemap,  # see the module's note on space
                 meminit=False,
                 max_readers=MAX_READERS,
                 max_dbs=2,
@@ -150,41 +167,51 @@ class Environment:
         self.max_key = self.env.max_key_size()
         self.page = self.env.stat()["psize"]
         self.writes = 0  # this process's write transactions, for the sweep's cadence
-        self.reserved = 0  # bytes of data.mdb known to have disk blocks
-        self.next_reserve = 0  # the value of `writes` at which to check the reserve again
+        self.budget = lock_file(directory).shared_word(0)  # see spend()
         path = os.path.join(directory, "data.mdb")
         try:  # LMDB locks only lock.mdb, so this descriptor may be closed freely
             self.data = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
         except OSError as error:
             raise StorageError(f"cannot open {path!r}: {error.strerror}", path=path) from error
 
-    def reserve(self, extra: int = 0) -> None:
-        """Give data.mdb disk blocks past its last page: :data:`RESERVE` plus twice ``extra``.
+    def spend(self, size: int) -> None:
+        """Account for a write transaction putting ``size`` bytes; called holding the writer mutex.
 
         With a writable memory map, a page written where the disk has no room
-        would kill the process with SIGBUS; blocks allocated beforehand turn
-        a full disk into a :class:`~cachekit.errors.WriteError` before the
-        transaction begins, with nothing written.
+        would kill the process with SIGBUS. So disk blocks are allocated ahead
+        of the store's last page, and every write transaction, of every
+        process, spends an upper bound of what it may add past that page from
+        a budget shared in the lock file. Both happen under LMDB's writer
+        mutex, so no writer of any process can outrun the reservation. When
+        the budget runs out, blocks are allocated again; if the disk cannot
+        give them, :class:`~cachekit.errors.WriteError`, with nothing written.
         """
+        if not self.writemap:
+            return  # plain writes: a full disk is an error of the write itself
+        cost = size + PUT_PAGES * self.page
+        left = self.budget.get() - cost
+        if left < 0:
+            left = self._reserve(cost) - cost
+        self.budget.set(left)
+
+    def _reserve(self, extra: int) -> int:
+        """Allocate blocks past the last page for ``extra`` bytes and more; how many bytes."""
         used = (self.env.info()["last_pgno"] + 1) * self.page
-        self.next_reserve = self.writes + RESERVE_EVERY
-        if min(used + MIN_RESERVE + 2 * extra, self.options.map_size) <= self.reserved:
-            return
-        for ahead, every in ((RESERVE, RESERVE_EVERY), (MIN_RESERVE, RESERVE_EVERY // 16)):
-            wanted = min(used + ahead + 2 * extra, self.options.map_size)
+        for ahead in (RESERVE, MIN_RESERVE):
+            wanted = min(used + ahead + extra, self.options.map_size)
             try:
                 os.posix_fallocate(self.data, 0, wanted)
             except OSError as error:
                 if error.errno == errno.ENOSPC and ahead != MIN_RESERVE:
-                    continue  # a disk with less room to spare: check more often instead
+                    continue  # a disk with less room to spare: reserve less, more often
+                self.budget.set(0)
                 raise WriteError(
                     f"cannot reserve disk space for the LMDB store in {self.directory!r}:"
                     f" {error.strerror}; nothing was written",
                     path=self.directory,
                 ) from error
-            self.reserved = wanted
-            self.next_reserve = self.writes + every
-            return
+            return wanted - used
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         """Close the environment (for a child's copy of its parent's; see the module)."""
@@ -294,7 +321,7 @@ class Store:
                 _release_inherited(identity, self.directory)
                 found = _environments[identity] = (
                     _generation,
-                    Environment(self.directory, self.options),
+                    Environment(self.directory, self.options, kind not in COPY_ON_WRITE),
                 )
             if found[1].options != self.options:
                 raise ConfigurationError(
@@ -356,8 +383,6 @@ class Store:
         in the same transaction.
         """
         opened = self._environment()
-        if opened.writes >= opened.next_reserve or size > LARGE:
-            opened.reserve(size)
         thread = get_ident()
         _in_flight.add(thread)
         try:
@@ -366,6 +391,7 @@ class Store:
             except lmdb.Error as error:
                 raise self._failure("write to", error) from error
             try:
+                opened.spend(size)
                 yield txn
                 opened.writes += 1
                 if opened.writes % SWEEP_EVERY == 0:
@@ -392,8 +418,6 @@ class Store:
         The hot path of ``incr``: written out, with no context manager.
         """
         opened = self._environment()
-        if opened.writes >= opened.next_reserve:
-            opened.reserve()
         thread = get_ident()
         _in_flight.add(thread)
         try:
@@ -405,6 +429,7 @@ class Store:
             if busy():
                 txn.abort()
                 return None
+            opened.spend(_INT_HEADER.size)
             stored = txn.get(name)
             if stored is None:
                 current, old_expires = 0, 0
@@ -413,17 +438,15 @@ class Store:
                 if old_expires and old_expires < time.time():
                     current, old_expires = 0, 0
             else:
-                found = unpack(key, stored, time.time())
+                old_expires = expiry(stored)
+                found = None
+                if len(stored) > HEADER.size and not (old_expires and old_expires < time.time()):
+                    found = integer(memoryview(stored)[HEADER.size :])
+                    if found is None:  # named below, once the transaction has ended
+                        raise _NotAnInt(stored)
+                current = 0 if found is None else found
                 if found is None:
-                    current, old_expires = 0, 0
-                else:
-                    current, old_expires, _ = found
-                    if type(current) is not int:
-                        raise ValueTypeError(
-                            f"key {key!r} holds a {type(current).__name__}, not an int: incr"
-                            " cannot add to it",
-                            key=key,
-                        )
+                    old_expires = 0
             new: int = current + delta
             txn.put(name, pack(old_expires if expires is None else expires, new))
             opened.writes += 1
@@ -434,6 +457,13 @@ class Store:
         except lmdb.Error as error:
             txn.abort()
             raise self._failure("write to", error) from error
+        except _NotAnInt as error:
+            txn.abort()
+            held = unpack(key, error.stored, 0)  # outside the transaction: it may unpickle
+            what = "nothing" if held is None else f"a {type(held[0]).__name__}"
+            raise ValueTypeError(
+                f"key {key!r} holds {what}, not an int: incr cannot add to it", key=key
+            ) from None
         except BaseException:
             txn.abort()
             raise
@@ -467,7 +497,7 @@ class Store:
 
     def clear(self) -> None:
         """Delete every entry, in one transaction."""
-        with self.writing() as txn:
+        with self.writing(self.statistics()["used_bytes"] // 64) as txn:  # the free list grows
             txn.drop(self._environment().entries, delete=False)
 
     def sweep(self, batch: int = SWEEP_BATCH) -> int:
@@ -478,6 +508,14 @@ class Store:
 
     @staticmethod
     def _sweep(opened: Environment, txn: Any, batch: int = SWEEP_BATCH) -> int:
+        """Delete expired entries among the next ``batch``, and free dead readers' slots.
+
+        A reader slot left by a process killed inside a read transaction pins
+        the pages of its snapshot, so the file would grow; processes that open
+        the store free such slots too.
+        """
+        opened.env.reader_check()
+        opened.spend(batch * opened.page)  # deleting copies the leaves it touches
         now = time.time()
         position = txn.get(_SWEEP_POSITION, db=opened.meta) or b""
         cursor = txn.cursor(db=opened.entries)
@@ -499,15 +537,15 @@ class Store:
     def statistics(self) -> dict[str, int]:
         """Entries, pages in use and the map's size, for doctor."""
         opened = self._environment()
-        info = opened.env.info()
         thread = get_ident()
-        _in_flight.add(thread)
+        _in_flight.add(thread)  # every call into py-lmdb is one: see the module's note on forks
         try:
+            info = opened.env.info()
             with opened.env.begin(db=opened.entries) as txn:
                 entries = txn.stat(opened.entries)["entries"]
         finally:
             _in_flight.discard(thread)
-        page = opened.env.stat()["psize"]
+        page = opened.page
         return {
             "entries": entries,
             "used_bytes": (info["last_pgno"] + 1) * page,
@@ -557,9 +595,16 @@ class Store:
 
 
 def encode(value: Any) -> bytes:
-    """The kind byte and payload of ``value`` (without the expiry header)."""
-    if type(value) is int and _INT_MIN <= value <= _INT_MAX:
-        return b"\x01" + _INT.pack(value)
+    """The kind byte and payload of ``value`` (without the expiry header).
+
+    Ints are never pickled, so that a write transaction can add to one
+    without unpickling anything (which could run code).
+    """
+    if type(value) is int:
+        if _INT_MIN <= value <= _INT_MAX:
+            return b"\x01" + _INT.pack(value)
+        size = (value.bit_length() + 8) // 8
+        return b"\x02" + value.to_bytes(size, "little", signed=True)
     return b"\x00" + pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
 
 
@@ -567,7 +612,17 @@ def pack(expires: int, value: Any) -> bytes:
     """The stored form of ``value`` expiring at ``expires`` (0: never)."""
     if type(value) is int and _INT_MIN <= value <= _INT_MAX:
         return _INT_HEADER.pack(expires, INTEGER, value)
-    return HEADER.pack(expires) + b"\x00" + pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+    return HEADER.pack(expires) + encode(value)
+
+
+def integer(body: bytes | memoryview) -> int | None:
+    """The int in a kind byte and payload, or None if it holds something else (never unpickled)."""
+    kind = body[0]
+    if kind == INTEGER:
+        return int(_INT.unpack_from(body, 1)[0])
+    if kind == BIG_INTEGER:
+        return int.from_bytes(body[1:], "little", signed=True)
+    return None
 
 
 def expiry(stored: bytes) -> int:
@@ -580,9 +635,18 @@ def decode(body: bytes | memoryview) -> Any:
     kind = body[0]
     if kind == INTEGER:
         return _INT.unpack_from(body, 1)[0]
+    if kind == BIG_INTEGER:
+        return int.from_bytes(body[1:], "little", signed=True)
     if kind == PICKLED:
         return pickle.loads(body[1:] if isinstance(body, memoryview) else memoryview(body)[1:])
     raise ValueError(f"unknown kind {kind}")
+
+
+class _NotAnInt(Exception):
+    """Inside :meth:`Store.add`: the entry holds something other than an int."""
+
+    def __init__(self, stored: bytes) -> None:
+        self.stored = stored
 
 
 #: What :func:`value` returns for an expired entry.
@@ -601,6 +665,8 @@ def value(key: str, stored: bytes, now: float) -> Any:
                 return pickle.loads(stored[HEADER.size + 1 :])
             if kind == INTEGER and len(stored) == _INT_HEADER.size:
                 return _INT.unpack_from(stored, HEADER.size + 1)[0]
+            if kind == BIG_INTEGER:
+                return int.from_bytes(stored[HEADER.size + 1 :], "little", signed=True)
         except Exception:  # noqa: S110 (unpack below says what is wrong, as CorruptValue)
             pass
     found = unpack(key, stored, now)

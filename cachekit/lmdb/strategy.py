@@ -4,22 +4,25 @@ How ``incr`` works here, start to end: begin a write transaction (LMDB's
 writer mutex), check that no ``update`` or ``transaction`` holds the key's
 stripe, read, add, put, commit. One transaction, no lock of cachekit's own.
 
-How ``update`` works: take the key's stripe in the directory's lock file
-(:mod:`cachekit.lockfiles`, a record lock the kernel drops when its holder
-dies; waits are bounded by ``CACHEKIT_KEY_WAIT``), pass a *barrier* (begin
-and abort a write transaction), read, run ``fn`` outside any transaction,
-then write the result in one short write transaction. ``fn`` runs once.
+How ``update`` works: read, run ``fn`` outside any transaction, then commit
+in one short write transaction only if the stored bytes are still the ones
+read and the key's stripe is free; otherwise run ``fn`` again on the new value
+(so ``fn`` may run more than once, as on Redis). After a few lost races, or at
+once if a holder has the stripe, take the key's stripe in the directory's lock
+file (:mod:`cachekit.lockfiles`, a record lock the kernel drops when its holder
+dies; waits are bounded by ``CACHEKIT_KEY_WAIT``), pass a *barrier* (begin and
+abort a write transaction), read, run ``fn`` and write.
 
-Why the two meet correctly: a fast ``incr`` commits only if the key's stripe
-is free *while it holds the writer mutex*. An ``update`` marks the stripe
-taken before its barrier, and the barrier waits for every write transaction
-already under way. So an ``incr`` either committed before the barrier (and the
-update reads its result) or begins after it (and sees the stripe taken, and
-waits for the stripe like any other modifier). Nothing changes a key between
-an update's read and its write except a plain ``cache.set``, which cachekit
-never serializes on any backend.
+Why they meet correctly: a fast ``incr`` or optimistic ``update`` commits
+only if the key's stripe is free *while it holds the writer mutex*. A holder
+of the stripe marks it taken (its busy byte) before its barrier, and the
+barrier waits for every write transaction already under way. So a fast writer
+either committed before the barrier (and the holder reads its result) or
+commits after it (and sees the stripe taken, and waits for the stripe like any
+other modifier). Nothing changes a key between a holder's read and its write
+except a plain ``cache.set``, which cachekit never serializes on any backend.
 
-``transaction`` is ``update`` over several keys, and its write is one LMDB
+``transaction`` holds its keys' stripes the same way, and its write is one LMDB
 transaction: all keys or none, also when the process dies in the middle.
 ``lock`` and the single flight of ``get_or_compute`` are stripes of the lock
 file too (freed at once when their holder dies; fencing tokens are counters in
