@@ -196,7 +196,7 @@ def quick_check(connection_class: Any) -> Any:
     """
     import select
 
-    poll = getattr(select, "poll", None)  # (gevent's aggressive patching removes it)
+    poll = getattr(select, "poll", None)  # (absent on some platforms; gevent's never waits at 0)
 
     class QuickCheck(connection_class):  # type: ignore[misc]
         def can_read(self, timeout: float | None = 0) -> bool:

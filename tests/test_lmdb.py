@@ -230,13 +230,18 @@ def _fill(directory: str, tag: int, size: int, out: Any) -> None:
     value = os.urandom(size)
     try:
         for i in range(100_000):
-            backend.set(f"{tag}-{i}", value)
+            if size < 1000:  # many small keys at once, spread over the tree
+                backend.set_many(
+                    {f"{tag}-{i}-{j}-{os.urandom(4).hex()}": value for j in range(300)}
+                )
+            else:
+                backend.set(f"{tag}-{i}", value)
         out.put("never full")
     except cachekit.WriteError as error:
         out.put(str(error))
 
 
-@pytest.mark.parametrize("size", [500, (64 << 10) - 13, 200_000])
+@pytest.mark.parametrize("size", [100, 500, (64 << 10) - 13, 200_000])
 def test_processes_filling_a_disk_get_write_errors_not_sigbus(small_disk: Path, size: int) -> None:
     """The disk budget is shared: no process writes past what was reserved for all of them."""
     directory = str(small_disk / "c")
@@ -529,3 +534,43 @@ def test_forks_while_another_thread_asks_for_figures(tmp_path: Path) -> None:
     assert all(
         isinstance(value, int) or "forked while another thread" in str(value) for value in got
     )
+
+
+def _open_and_write(directory: str, out: Any) -> None:
+    backend = LMDBCache(directory)
+    backend.set("k", os.urandom(1000))
+    opened = backend._store._environment()
+    out.put((opened.owner.get(), opened.inode, opened.budget.get()))
+
+
+def test_a_store_made_again_starts_with_no_budget(tmp_path: Path) -> None:
+    """The budget is kept in the lock file, which outlives data.mdb if only that is deleted."""
+    directory = str(tmp_path / "c")
+    for _ in range(2):
+        out = FORK.Queue()
+        child = FORK.Process(target=_open_and_write, args=(directory, out))
+        child.start()
+        owner, inode, budget = out.get(timeout=30)
+        child.join(10)
+        assert owner == inode and 0 < budget <= lmdb_store.RESERVE
+        for name in ("data.mdb", "lock.mdb"):  # as CorruptValue's message advises
+            os.unlink(os.path.join(directory, name))
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [b"\x05", b"\0\0\0\0\x01\x05", b"\0\0\0\0\x01" + bytes(9), b"\0\0\0\0\x02", b"\0\0\0\0\x07x"],
+    ids=["truncated", "short int", "long int", "empty big int", "unknown kind"],
+)
+def test_corrupt_entries_are_reported_never_read_or_counted_over(
+    tmp_path: Path, stored: bytes
+) -> None:
+    backend = LMDBCache(str(tmp_path / "c"))
+    store = backend._store
+    with store.writing() as txn:
+        txn.put(store.key("bad"), stored)
+    for read in (lambda: backend.get("bad"), lambda: cachekit.incr(backend, "bad")):
+        with pytest.raises(cachekit.CorruptValue):
+            read()
+    with store.writing() as txn:
+        assert txn.get(store.key("bad")) == stored  # left as it is

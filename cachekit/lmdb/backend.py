@@ -159,7 +159,7 @@ class LMDBCache(BaseCache):
         items = [
             (self._store.key(check_key(k)), _packed(k, expires, v)) for k, v in mapping.items()
         ]
-        with self._store.writing(sum(len(stored) for _, stored in items)) as txn:
+        with self._store.writing(sum(len(stored) for _, stored in items), len(items)) as txn:
             for name, stored in items:
                 txn.put(name, stored)
         return list(mapping)
@@ -172,7 +172,7 @@ class LMDBCache(BaseCache):
 
     def delete_many(self, *keys: str) -> list[Any]:
         names = [self._store.key(check_key(key)) for key in keys]
-        with self._store.writing() as txn:
+        with self._store.writing(0, len(names)) as txn:
             for name in names:
                 txn.delete(name)
         return list(keys)

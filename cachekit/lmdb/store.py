@@ -105,9 +105,11 @@ _SWEEP_POSITION: Final = b"sweep"
 #: or MIN_RESERVE on a disk with less room to spare.
 RESERVE: Final = 64 << 20
 MIN_RESERVE: Final = 1 << 20
-#: What one put may add past the last page besides its value: the pages of its path in
-#: the tree and of the free list, copied on write (generously).
+#: What a write transaction may add past the last page besides its values: the pages of
+#: the paths in the tree and of the free list it copies on write (generously), and per key
+#: put or deleted, its leaf (keys far apart each copy their own) and a page of slack.
 PUT_PAGES: Final = 16
+KEY_PAGES: Final = 2
 #: File systems that copy on write: a page of a writable map rewritten in place needs new
 #: blocks there, which no reservation guarantees, so the map is not opened writable on them.
 COPY_ON_WRITE: Final = frozenset({"btrfs", "zfs", "bcachefs"})
@@ -157,6 +159,22 @@ class Environment:
                 max_spare_txns=0,  # see the module's note on forks
                 lock=True,
             )
+        except lmdb.Error as error:
+            raise StorageError(
+                f"cannot open the LMDB store in {directory!r}: {error}", path=directory
+            ) from error
+        path = os.path.join(directory, "data.mdb")
+        try:  # LMDB locks only lock.mdb, so this descriptor may be closed freely
+            self.data = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+            if writemap:  # blocks for the first pages, which creating the databases writes
+                os.posix_fallocate(self.data, 0, min(MIN_RESERVE, options.map_size))
+        except OSError as error:
+            self.env.close()  # opened in this process only: closing it is safe
+            raise StorageError(
+                f"cannot open the LMDB store in {directory!r}: {path}: {error.strerror}",
+                path=path,
+            ) from error
+        try:
             self.env.reader_check()  # free the reader slots of dead processes
             self.entries = self.env.open_db(b"entries")
             self.meta = self.env.open_db(b"meta")
@@ -167,15 +185,14 @@ class Environment:
         self.max_key = self.env.max_key_size()
         self.page = self.env.stat()["psize"]
         self.writes = 0  # this process's write transactions, for the sweep's cadence
-        self.budget = lock_file(directory).shared_word(0)  # see spend()
-        path = os.path.join(directory, "data.mdb")
-        try:  # LMDB locks only lock.mdb, so this descriptor may be closed freely
-            self.data = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except OSError as error:
-            raise StorageError(f"cannot open {path!r}: {error.strerror}", path=path) from error
+        shared = lock_file(directory)
+        self.budget, self.owner = shared.shared_word(0), shared.shared_word(1)  # see spend()
+        self.inode = os.fstat(self.data).st_ino
 
-    def spend(self, size: int) -> None:
-        """Account for a write transaction putting ``size`` bytes; called holding the writer mutex.
+    def spend(self, size: int, puts: int = 1) -> None:
+        """Account for a write transaction of ``puts`` puts or deletes of ``size`` bytes in all.
+
+        Called holding the writer mutex, before the transaction writes.
 
         With a writable memory map, a page written where the disk has no room
         would kill the process with SIGBUS. So disk blocks are allocated ahead
@@ -185,13 +202,20 @@ class Environment:
         mutex, so no writer of any process can outrun the reservation. When
         the budget runs out, blocks are allocated again; if the disk cannot
         give them, :class:`~cachekit.errors.WriteError`, with nothing written.
+
+        Each put or delete may copy a leaf of its own (when the keys are far
+        apart), so the bound is ``size``, :data:`PUT_PAGES` pages, and
+        :data:`KEY_PAGES` pages per key. The budget belongs to one
+        ``data.mdb``, named by its inode beside it: a store deleted and made
+        again starts with none.
         """
         if not self.writemap:
             return  # plain writes: a full disk is an error of the write itself
-        cost = size + PUT_PAGES * self.page
-        left = self.budget.get() - cost
+        cost = size + (PUT_PAGES + KEY_PAGES * puts) * self.page
+        left = self.budget.get() - cost if self.owner.get() == self.inode else -1
         if left < 0:
             left = self._reserve(cost) - cost
+            self.owner.set(self.inode)
         self.budget.set(left)
 
     def _reserve(self, extra: int) -> int:
@@ -374,7 +398,7 @@ class Store:
             _in_flight.discard(thread)
 
     @contextmanager
-    def writing(self, size: int = 0) -> Iterator[Any]:
+    def writing(self, size: int = 0, puts: int = 1) -> Iterator[Any]:
         """A write transaction on the entries, committed if the block ends normally.
 
         ``size`` is the most bytes the block will put. The block must not
@@ -391,10 +415,11 @@ class Store:
             except lmdb.Error as error:
                 raise self._failure("write to", error) from error
             try:
-                opened.spend(size)
+                sweeping = (opened.writes + 1) % SWEEP_EVERY == 0
+                opened.spend(size, puts + (SWEEP_BATCH if sweeping else 0))
                 yield txn
                 opened.writes += 1
-                if opened.writes % SWEEP_EVERY == 0:
+                if sweeping:
                     self._sweep(opened, txn)
                 txn.commit()
             except lmdb.Error as error:
@@ -429,7 +454,8 @@ class Store:
             if busy():
                 txn.abort()
                 return None
-            opened.spend(_INT_HEADER.size)
+            sweeping = (opened.writes + 1) % SWEEP_EVERY == 0
+            opened.spend(_INT_HEADER.size, 1 + (SWEEP_BATCH if sweeping else 0))
             stored = txn.get(name)
             if stored is None:
                 current, old_expires = 0, 0
@@ -440,7 +466,9 @@ class Store:
             else:
                 old_expires = expiry(stored)
                 found = None
-                if len(stored) > HEADER.size and not (old_expires and old_expires < time.time()):
+                if len(stored) <= HEADER.size:
+                    raise _NotAnInt(stored)  # truncated: reported as corrupt below
+                if not (old_expires and old_expires < time.time()):
                     found = integer(memoryview(stored)[HEADER.size :])
                     if found is None:  # named below, once the transaction has ended
                         raise _NotAnInt(stored)
@@ -448,9 +476,12 @@ class Store:
                 if found is None:
                     old_expires = 0
             new: int = current + delta
-            txn.put(name, pack(old_expires if expires is None else expires, new))
+            replacement = pack(old_expires if expires is None else expires, new)
+            if len(replacement) > _INT_HEADER.size:  # an int past 64 bits: spend its size too
+                opened.spend(len(replacement), 0)
+            txn.put(name, replacement)
             opened.writes += 1
-            if opened.writes % SWEEP_EVERY == 0:
+            if sweeping:
                 self._sweep(opened, txn)
             txn.commit()
             return new
@@ -475,13 +506,37 @@ class Store:
     ) -> bool:
         """Put ``stored`` at ``name`` if it still holds ``expected`` and ``busy()`` is false.
 
-        Both are judged under the writer mutex; False, with nothing written, if not.
+        Both are judged under the writer mutex; False, with nothing written, if
+        not. The hot path of ``update``: written out, with no context manager.
         """
-        with self.writing(len(stored)) as txn:
+        opened = self._environment()
+        thread = get_ident()
+        _in_flight.add(thread)
+        try:
+            txn = opened.env.begin(write=True, db=opened.entries)
+        except lmdb.Error as error:
+            _in_flight.discard(thread)
+            raise self._failure("write to", error) from error
+        try:
             if busy() or txn.get(name) != expected:
+                txn.abort()
                 return False
+            sweeping = (opened.writes + 1) % SWEEP_EVERY == 0
+            opened.spend(len(stored), 1 + (SWEEP_BATCH if sweeping else 0))
             txn.put(name, stored)
-        return True
+            opened.writes += 1
+            if sweeping:
+                self._sweep(opened, txn)
+            txn.commit()
+            return True
+        except lmdb.Error as error:
+            txn.abort()
+            raise self._failure("write to", error) from error
+        except BaseException:
+            txn.abort()
+            raise
+        finally:
+            _in_flight.discard(thread)
 
     def barrier(self) -> None:
         """Wait until every write transaction begun before this call has ended."""
@@ -503,7 +558,7 @@ class Store:
     def sweep(self, batch: int = SWEEP_BATCH) -> int:
         """Delete expired entries among the next ``batch``; how many were deleted."""
         opened = self._environment()
-        with self.writing() as txn:
+        with self.writing(0, batch) as txn:
             return self._sweep(opened, txn, batch)
 
     @staticmethod
@@ -515,7 +570,6 @@ class Store:
         the store free such slots too.
         """
         opened.env.reader_check()
-        opened.spend(batch * opened.page)  # deleting copies the leaves it touches
         now = time.time()
         position = txn.get(_SWEEP_POSITION, db=opened.meta) or b""
         cursor = txn.cursor(db=opened.entries)
@@ -616,11 +670,14 @@ def pack(expires: int, value: Any) -> bytes:
 
 
 def integer(body: bytes | memoryview) -> int | None:
-    """The int in a kind byte and payload, or None if it holds something else (never unpickled)."""
+    """The int in a kind byte and payload, or None if it holds anything else (never unpickled).
+
+    None too for an int of the wrong length: :func:`decode` then says it is corrupt.
+    """
     kind = body[0]
-    if kind == INTEGER:
+    if kind == INTEGER and len(body) == 1 + _INT.size:
         return int(_INT.unpack_from(body, 1)[0])
-    if kind == BIG_INTEGER:
+    if kind == BIG_INTEGER and len(body) > 1:
         return int.from_bytes(body[1:], "little", signed=True)
     return None
 
@@ -633,10 +690,11 @@ def expiry(stored: bytes) -> int:
 def decode(body: bytes | memoryview) -> Any:
     """The value of a kind byte and payload; raises if it cannot be decoded."""
     kind = body[0]
-    if kind == INTEGER:
-        return _INT.unpack_from(body, 1)[0]
-    if kind == BIG_INTEGER:
-        return int.from_bytes(body[1:], "little", signed=True)
+    if kind in (INTEGER, BIG_INTEGER):
+        found = integer(body)
+        if found is None:
+            raise ValueError(f"an int of kind {kind} cannot be {len(body) - 1} bytes long")
+        return found
     if kind == PICKLED:
         return pickle.loads(body[1:] if isinstance(body, memoryview) else memoryview(body)[1:])
     raise ValueError(f"unknown kind {kind}")
@@ -665,7 +723,7 @@ def value(key: str, stored: bytes, now: float) -> Any:
                 return pickle.loads(stored[HEADER.size + 1 :])
             if kind == INTEGER and len(stored) == _INT_HEADER.size:
                 return _INT.unpack_from(stored, HEADER.size + 1)[0]
-            if kind == BIG_INTEGER:
+            if kind == BIG_INTEGER and len(stored) > HEADER.size + 1:
                 return int.from_bytes(stored[HEADER.size + 1 :], "little", signed=True)
         except Exception:  # noqa: S110 (unpack below says what is wrong, as CorruptValue)
             pass

@@ -90,7 +90,8 @@ class LMDBStrategy(Strategy):
             for key, (raw, expires) in writes.items()
         ]
         gone = [self._store.key(key) for key in deletes]
-        with self._store.writing(sum(len(stored) for _, stored in staged)) as txn:
+        size = sum(len(stored) for _, stored in staged)
+        with self._store.writing(size, len(staged) + len(gone)) as txn:
             for name, stored in staged:
                 txn.put(name, stored)
             for name in gone:
