@@ -199,6 +199,19 @@ def stat_directory(directory: str) -> os.stat_result:
         ) from error
 
 
+def private_file_problem(info: os.stat_result) -> str | None:
+    """Why a file with this ``stat`` is not a private file of this user's, or None if it is."""
+    if stat.S_ISLNK(info.st_mode):
+        return "it is a symlink, which cachekit never follows: remove it"
+    if not stat.S_ISREG(info.st_mode):
+        return "it is not a regular file"
+    if info.st_uid != os.geteuid():
+        return f"it belongs to uid {info.st_uid}, not to this process's uid {os.geteuid()}"
+    if info.st_mode & 0o077:
+        return f"its mode is {stat.S_IMODE(info.st_mode):o}; run chmod 600 on it"
+    return None
+
+
 def _open_private(path: str) -> int:
     flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
@@ -209,14 +222,7 @@ def _open_private(path: str) -> int:
             f"cannot open the cachekit lock file {path!r}{hint}: {error.strerror}",
             path=path,
         ) from error
-    info = os.fstat(fd)
-    problem = None
-    if not stat.S_ISREG(info.st_mode):
-        problem = "it is not a regular file"
-    elif info.st_uid != os.geteuid():
-        problem = f"it belongs to uid {info.st_uid}, not to this process's uid {os.geteuid()}"
-    elif info.st_mode & 0o077:
-        problem = f"its mode is {stat.S_IMODE(info.st_mode):o}; run chmod 600 on it"
+    problem = private_file_problem(os.fstat(fd))
     if problem:
         os.close(fd)
         raise ConfigurationError(f"refusing the cachekit lock file {path!r}: {problem}", path=path)

@@ -58,7 +58,6 @@ import errno
 import hashlib
 import os
 import pickle
-import stat
 import struct
 import threading
 import time
@@ -78,7 +77,7 @@ from ..errors import (
     ValueTypeError,
     WriteError,
 )
-from ..lockfiles import lock_file
+from ..lockfiles import lock_file, private_file_problem
 
 #: The expiry header of every entry (0: never).
 HEADER: Final = struct.Struct("<I")
@@ -786,14 +785,6 @@ def _check_files(directory: str) -> None:
             continue
         except OSError as error:
             raise ConfigurationError(f"cannot use {path!r}: {error.strerror}", path=path) from error
-        problem = None
-        if stat.S_ISLNK(info.st_mode):
-            problem = "it is a symlink, which cachekit never follows: remove it"
-        elif not stat.S_ISREG(info.st_mode):
-            problem = "it is not a regular file"
-        elif info.st_uid != os.geteuid():
-            problem = f"it belongs to uid {info.st_uid}, not to this process's uid {os.geteuid()}"
-        elif info.st_mode & 0o077:
-            problem = f"its mode is {stat.S_IMODE(info.st_mode):o}; run chmod 600 on it"
+        problem = private_file_problem(info)
         if problem:
             raise ConfigurationError(f"refusing {path!r}: {problem}", path=path)
