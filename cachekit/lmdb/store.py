@@ -217,6 +217,12 @@ class Environment:
             self.owner.set(self.inode)
         self.budget.set(left)
 
+    def spend_on_write(self, size: int, puts: int = 1) -> bool:
+        """:meth:`spend` for a write transaction, and a sweep's deletes if one is due: is it."""
+        sweeping = (self.writes + 1) % SWEEP_EVERY == 0
+        self.spend(size, puts + (SWEEP_BATCH if sweeping else 0))
+        return sweeping
+
     def _reserve(self, extra: int) -> int:
         """Allocate blocks past the last page for ``extra`` bytes and more; how many bytes."""
         used = (self.env.info()["last_pgno"] + 1) * self.page
@@ -414,13 +420,9 @@ class Store:
             except lmdb.Error as error:
                 raise self._failure("write to", error) from error
             try:
-                sweeping = (opened.writes + 1) % SWEEP_EVERY == 0
-                opened.spend(size, puts + (SWEEP_BATCH if sweeping else 0))
+                sweeping = opened.spend_on_write(size, puts)
                 yield txn
-                opened.writes += 1
-                if sweeping:
-                    self._sweep(opened, txn)
-                txn.commit()
+                self._commit(opened, txn, sweeping)
             except lmdb.Error as error:
                 txn.abort()
                 raise self._failure("write to", error) from error
@@ -453,8 +455,7 @@ class Store:
             if busy():
                 txn.abort()
                 return None
-            sweeping = (opened.writes + 1) % SWEEP_EVERY == 0
-            opened.spend(_INT_HEADER.size, 1 + (SWEEP_BATCH if sweeping else 0))
+            sweeping = opened.spend_on_write(_INT_HEADER.size)
             stored = txn.get(name)
             if stored is None:
                 current, old_expires = 0, 0
@@ -479,10 +480,7 @@ class Store:
             if len(replacement) > _INT_HEADER.size:  # an int past 64 bits: spend its size too
                 opened.spend(len(replacement), 0)
             txn.put(name, replacement)
-            opened.writes += 1
-            if sweeping:
-                self._sweep(opened, txn)
-            txn.commit()
+            self._commit(opened, txn, sweeping)
             return new
         except lmdb.Error as error:
             txn.abort()
@@ -520,13 +518,9 @@ class Store:
             if busy() or txn.get(name) != expected:
                 txn.abort()
                 return False
-            sweeping = (opened.writes + 1) % SWEEP_EVERY == 0
-            opened.spend(len(stored), 1 + (SWEEP_BATCH if sweeping else 0))
+            sweeping = opened.spend_on_write(len(stored))
             txn.put(name, stored)
-            opened.writes += 1
-            if sweeping:
-                self._sweep(opened, txn)
-            txn.commit()
+            self._commit(opened, txn, sweeping)
             return True
         except lmdb.Error as error:
             txn.abort()
@@ -536,6 +530,13 @@ class Store:
             raise
         finally:
             _in_flight.discard(thread)
+
+    def _commit(self, opened: Environment, txn: Any, sweeping: bool) -> None:
+        """Commit a write transaction, sweeping first if ``spend_on_write`` said one is due."""
+        opened.writes += 1
+        if sweeping:
+            self._sweep(opened, txn)
+        txn.commit()
 
     def barrier(self) -> None:
         """Wait until every write transaction begun before this call has ended."""
