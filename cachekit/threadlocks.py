@@ -260,15 +260,6 @@ class StripedLocks:
         finally:
             stripe.mutex.release()
 
-    def taken(self, number: int) -> bool:
-        """Whether stripe ``number`` is held right now, by any thread (or, below, process).
-
-        A snapshot: for a caller that needs it to stay true or false, something
-        else must order it with the holder (see :mod:`cachekit.lmdb.strategy`).
-        """
-        stripe = self._stripes.get(number)
-        return stripe is not None and stripe.depth > 0
-
     def holds_any(self) -> bool:
         """Whether the calling thread holds any stripe."""
         return bool(getattr(self._held.get(), "count", 0))

@@ -58,7 +58,8 @@ class LMDBStrategy(Strategy):
 
     def __init__(self, backend: LMDBCache, settings: Settings = DEFAULTS) -> None:
         self._store = backend._store
-        super().__init__(backend, lock_file(self._store.directory), settings)
+        self._lockfile = lock_file(self._store.directory)  # its busy bytes: see the module
+        super().__init__(backend, self._lockfile, settings)
         self.directory = self._store.directory
 
     # -- hooks ---------------------------------------------------------------------------
@@ -117,7 +118,7 @@ class LMDBStrategy(Strategy):
             name = self._store.key(key)
             expires = None if wanted is None else absolute_expiry(wanted)
             stripe = self._locks.stripe(KEYS, key)
-            new = self._store.add(key, name, delta, expires, partial(self._locks.taken, stripe))
+            new = self._store.add(key, name, delta, expires, partial(self._lockfile.taken, stripe))
             if new is None:  # an update or transaction holds the key: wait for it, then add
                 with self._modifying((key,)):
                     new = self._store.add(key, name, delta, expires, _free)
@@ -143,7 +144,7 @@ class LMDBStrategy(Strategy):
             busy: set[str] = self._local.__dict__.setdefault("busy", set())
             self._refuse_nesting(busy, (key,))
             name = self._store.key(key)
-            taken = partial(self._locks.taken, self._locks.stripe(KEYS, key))
+            taken = partial(self._lockfile.taken, self._locks.stripe(KEYS, key))
             busy.add(key)
             try:
                 for _ in range(OPTIMISTIC_ATTEMPTS):
