@@ -16,6 +16,12 @@ Routes (all answer JSON):
   never creates or destroys money;
 - ``/expensive``: a slow value computed once by ``get_or_compute``, however many
   clients ask at once; it counts its computations with ``incr``;
+- ``/quote?symbol=X``: a slow call (0.3 s) memoized with ``cachekit.memoize``:
+  computed once however many clients miss together, served stale for a minute
+  past its 10 s while one worker refreshes it, refreshed early when hot;
+  ``/quote/invalidate`` forgets every quote on every worker (tag ``quotes``),
+  ``/quote/computations?symbol=X`` counts the computations;
+- ``/page``: a view cached with ``cachekit.cached``, keyed by path and query;
 - ``/report``: a ``lock`` held around an ``update``;
 - ``/boots``: how many processes imported the app (the master too, under
   ``--preload``, which uses cachekit before it forks the workers);
@@ -119,6 +125,10 @@ def index() -> ResponseReturnValue:
             "/transfer?amount=N",
             "/accounts",
             "/expensive",
+            "/quote?symbol=X",
+            "/quote/invalidate",
+            "/quote/computations?symbol=X",
+            "/page",
             "/report",
             "/boots",
             "/stats",
@@ -191,6 +201,45 @@ def expensive() -> ResponseReturnValue:
     return jsonify(cachekit.get_or_compute(cache, "expensive", slow_answer, timeout=0))
 
 
+#: The quote's computation time, freshness and staleness, in seconds (set by the tests).
+QUOTE_SECONDS = float(os.environ.get("DEMO_QUOTE_SECONDS", "0.3"))
+QUOTE_TIMEOUT = float(os.environ.get("DEMO_QUOTE_TIMEOUT", "10"))
+QUOTE_STALE = float(os.environ.get("DEMO_QUOTE_STALE", "60"))
+
+
+@cachekit.memoize(cache, timeout=QUOTE_TIMEOUT, stale=QUOTE_STALE, tags=("quotes",))
+def quote(symbol: str) -> dict[str, Any]:
+    """Stands for a slow call to another service; counts its computations with ``incr``."""
+    time.sleep(QUOTE_SECONDS)
+    computation = cachekit.incr(cache, f"quote-computations:{symbol}")
+    return {"symbol": symbol, "computation": computation, "computed_at": round(time.time(), 3)}
+
+
+@demo.get("/quote")
+def get_quote() -> ResponseReturnValue:
+    return jsonify(quote(request.args.get("symbol", "ACME")))
+
+
+@demo.get("/quote/invalidate")
+def invalidate_quotes() -> ResponseReturnValue:
+    cachekit.invalidate(cache, "quotes")
+    return jsonify(invalidated=["quotes"])
+
+
+@demo.get("/quote/computations")
+def quote_computations() -> ResponseReturnValue:
+    symbol = request.args.get("symbol", "ACME")
+    return jsonify(computations=cache.get(f"quote-computations:{symbol}") or 0)
+
+
+@demo.get("/page")
+@cachekit.cached(cache, timeout=QUOTE_TIMEOUT, stale=QUOTE_STALE)
+def page() -> ResponseReturnValue:
+    time.sleep(QUOTE_SECONDS)
+    renders = cachekit.incr(cache, "page-renders")
+    return jsonify(renders=renders, args=request.args.to_dict(flat=False))
+
+
 @demo.get("/report")
 def report() -> ResponseReturnValue:
     with cachekit.lock(cache, "report"):
@@ -225,7 +274,12 @@ beside those of the worker that answered (pid {{ pid }}).</p>
 def stats_page() -> ResponseReturnValue:
     def flat(figures: dict[str, Any]) -> dict[str, Any]:
         operations = {f"operations: {op}": n for op, n in figures.pop("operations").items()}
-        return {**operations, **figures}
+        memo = {
+            f"{function}: {name}": n
+            for function, counts in figures.pop("memo").items()
+            for name, n in counts.items()
+        }
+        return {**operations, **figures, **memo}
 
     return render_template_string(
         STATS_PAGE,

@@ -21,6 +21,7 @@ from .errors import (
     WriteError,
 )
 from .lmdb import LMDBCache
+from .memo import cached, invalidate, memoize
 from .operations import get_or_compute, incr, lock, statistics, transaction, update
 from .strategy import LockHandle, Transaction
 
@@ -41,9 +42,12 @@ __all__ = [
     "UnsupportedBackend",
     "ValueTypeError",
     "WriteError",
+    "cached",
     "get_or_compute",
     "incr",
+    "invalidate",
     "lock",
+    "memoize",
     "statistics",
     "transaction",
     "update",

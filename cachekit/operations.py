@@ -23,12 +23,14 @@ request once the cache is initialised.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from typing import Any, Final, TypeVar
 
+from . import computed
+from .errors import InvalidArgument
 from .resolve import strategy_for
-from .strategy import LockHandle, Timeout, Transaction
+from .strategy import LockHandle, Timeout, Transaction, check_key
 
 T = TypeVar("T")
 
@@ -96,19 +98,43 @@ def lock(
     return strategy_for(cache).lock(name, timeout)
 
 
-def get_or_compute(cache: Any, key: str, fn: Callable[[], T], timeout: Timeout = None) -> T:
+def get_or_compute(
+    cache: Any,
+    key: str,
+    fn: Callable[[], T],
+    timeout: Timeout = None,
+    *,
+    stale: Timeout = 0,
+    beta: float = 0.0,
+    tags: Iterable[str] = (),
+) -> T:
     """Return the cached value at ``key``; on a miss compute it once with ``fn()``.
 
     However many threads and workers miss at the same moment, ``fn`` runs once
     and the others wait for its result. ``timeout`` is a cache timeout:
     ``None`` means the cache's default, as for ``cache.set``. If ``fn`` raises,
     nothing is cached and the next caller computes again.
+
+    ``stale``, ``beta`` and ``tags`` are :func:`cachekit.memoize`'s (stale
+    while revalidate, early refresh, :func:`cachekit.invalidate`). With any of
+    them the key holds a record of :mod:`cachekit.computed` rather than the
+    bare value, so read such a key through ``get_or_compute`` alone, always
+    with the same parameters. Unlike the decorators it never fails open.
     """
-    return strategy_for(cache).get_or_compute(key, fn, timeout)
+    strategy = strategy_for(cache)
+    if not stale and not beta and not tags:
+        return strategy.get_or_compute(key, fn, timeout)
+    if isinstance(tags, str):
+        raise InvalidArgument(f"tags must be a collection of str, not the str {tags!r}")
+    policy = computed.Policy.of("get_or_compute", timeout, stale, beta, fail_open=False)
+    return computed.fetch(strategy, check_key(key), fn, policy, [check_key(t) for t in tags])
 
 
 def statistics(cache: Any, *, merged: bool = True) -> dict[str, Any]:
     """cachekit's figures for ``cache``: operations, lock waits (p50, p99), timeouts, retries.
+
+    ``"memo"`` holds the figures of each memoized function and view (see
+    :mod:`cachekit.computed`), of every function decorated in this process.
 
     ``merged=True``: every worker's, as they flushed them into the shared cache
     (this process flushes first); ``merged=False``: this process's alone.
@@ -116,6 +142,6 @@ def statistics(cache: Any, *, merged: bool = True) -> dict[str, Any]:
     """
     strategy = strategy_for(cache)
     if not merged:
-        return strategy.process_stats()
+        return {**strategy.process_stats(), "memo": computed.statistics(strategy, merged=False)}
     strategy.flush_stats()
-    return strategy.merged_stats()
+    return {**strategy.merged_stats(), "memo": computed.statistics(strategy, merged=True)}

@@ -312,6 +312,13 @@ class Strategy(ABC):
         decoded: never a silent miss.
         """
 
+    def _load_many(self, keys: list[str]) -> list[Entry | None]:
+        """The current entries of ``keys``, in order; a backend with a batch read overrides it.
+
+        Raises :class:`~cachekit.errors.CorruptValue` as :meth:`_load` does.
+        """
+        return [self._load(key) for key in keys]
+
     @abstractmethod
     def _dumps(self, value: Any) -> bytes | None:
         """``value`` in stored form; may raise, or return None as cachelib's serializers do."""

@@ -74,6 +74,17 @@ class LMDBStrategy(Strategy):
         value, expires, body = found
         return Entry(value, expires, bytes(body))
 
+    def _load_many(self, keys: list[str]) -> list[Entry | None]:
+        """Every entry from one snapshot (one read transaction)."""
+        now = time.time()
+        entries: list[Entry | None] = []
+        for key, stored in zip(
+            keys, self._store.get_many([self._store.key(key) for key in keys]), strict=True
+        ):
+            found = None if stored is None else unpack(key, stored, now)
+            entries.append(None if found is None else Entry(found[0], found[1], bytes(found[2])))
+        return entries
+
     def _dumps(self, value: Any) -> bytes:
         return encode(value)
 

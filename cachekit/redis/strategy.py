@@ -168,6 +168,17 @@ class RedisStrategy(Strategy):
             return None
         return Entry(self._decode(key, raw), KEEP, raw)
 
+    def _load_many(self, keys: list[str]) -> list[Entry | None]:
+        """One ``MGET``; on a Cluster one ``GET`` per key (its keys lie in different slots)."""
+        if self._locks.cluster or len(keys) == 1:
+            return [self._load(key) for key in keys]
+        with translated(f"reading keys {keys!r}", keys[0]):
+            raws = once_more_if_cut_off(self._client.mget, [self._key(key) for key in keys])
+        return [
+            None if raw is None else Entry(self._decode(key, raw), KEEP, raw)
+            for key, raw in zip(keys, raws, strict=True)
+        ]
+
     def _dumps(self, value: Any) -> bytes | None:
         raw = self._serializer.dumps(value)
         return raw if raw is None or isinstance(raw, bytes) else str(raw).encode()

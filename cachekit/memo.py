@@ -1,0 +1,370 @@
+"""Stampede-proof decorators: :func:`memoize` for functions, :func:`cached` for views.
+
+Both key a call as Flask-Caching's decorators of the same names do, and serve
+it through :mod:`cachekit.computed`: one computation per miss across threads,
+workers and hosts, stale values served while one caller refreshes, early
+refresh (XFetch), tags.
+
+>>> from cachelib import SimpleCache
+>>> cache = SimpleCache()
+>>> @memoize(cache, timeout=60, tags=("prices",))
+... def price(item: str, quantity: int = 1) -> int:
+...     return 3 * quantity
+>>> price("apple", 2), price("apple", quantity=2)
+(6, 6)
+>>> invalidate(cache, "prices")  # every value tagged "prices", on every worker
+
+Keys: a memoized call's key is ``memo:<module>.<qualname>:<digest>``, the
+digest being a SHA-256 of the ``repr`` of its bound arguments (defaults
+applied, so ``f(1)`` and ``f(x=1)`` share a key). An argument whose ``repr``
+shows a memory address (``<... at 0x...>``, an object without a ``__repr__``
+of its own) is refused with :class:`~cachekit.errors.InvalidArgument`: its
+key would differ in every process, so the cache would never be shared.
+Give it a ``__repr__`` that names its value, or pass ``key=``. A view's key
+is ``view:<module>.<qualname>:<digest>`` of the request path and, with
+``query_string=True``, its sorted query arguments.
+
+Every decorated function carries the tag ``fn:<module>.<qualname>``:
+``f.invalidate()`` forgets all its values, ``f.forget(*args)`` those of one
+call.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import logging
+import re
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Final, Protocol, TypeVar, cast
+
+from flask import make_response, request
+from werkzeug.wrappers import Response
+
+from . import computed
+from .computed import Policy, fetch, fetch_async
+from .errors import InvalidArgument, StorageError
+from .resolve import strategy_for
+from .strategy import Strategy, Timeout, check_key
+
+F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger(__name__)
+
+#: A ``repr`` that shows a memory address: the same value would get another key elsewhere.
+_ADDRESS: Final = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
+#: The first item of a stored response.
+RESPONSE_MARK: Final = "cachekit.response/1"
+#: Statuses a view's response is cached with unless ``should_cache`` says otherwise.
+CACHEABLE_STATUSES: Final = frozenset({200})
+
+Tags = Iterable[str] | Callable[..., Iterable[str]]
+
+
+class Memoized(Protocol):
+    """A decorated function: call it as before; its cache through the extra methods."""
+
+    __call__: Callable[..., Any]
+
+    def forget(self, *args: Any, **kwargs: Any) -> None:
+        """Forget the value of this call (immediate: a computation in flight cannot store it)."""
+
+    def invalidate(self) -> None:
+        """Forget every value of this function, on every worker and host."""
+
+    def cache_key(self, *args: Any, **kwargs: Any) -> str:
+        """The cache key of this call."""
+
+    uncached: Callable[..., Any]
+
+
+def invalidate(cache: Any, *tags: str) -> None:
+    """Invalidate every value carrying one of ``tags``, on every worker and host, in O(1).
+
+    Immediate: a call that starts after this returned never gets a value
+    computed before, fresh or stale. Raises if the cache cannot be written
+    (an invalidation is never dropped silently).
+    """
+    computed.invalidate(strategy_for(cache), tags)
+
+
+def _strategy(cache: Any, policy: Policy) -> Strategy | None:
+    """The cache's strategy; None (fail open) if it cannot be made for want of a server."""
+    if computed.outage.skip(id(cache)):
+        return None
+    try:
+        return strategy_for(cache)
+    except StorageError as error:
+        if not policy.fail_open:
+            raise
+        computed.outage.begin(id(cache))
+        log.warning("serving %s uncached: %s", policy.name, error)
+        return None
+
+
+def argument_digest(name: str, signature: inspect.Signature, args: Any, kwargs: Any) -> str:
+    """The digest of a call's bound arguments (defaults applied); see the module for the rule."""
+    bound = signature.bind(*args, **kwargs)
+    bound.apply_defaults()
+    text = repr(tuple(bound.arguments.items()))
+    found = _ADDRESS.search(text)
+    if found:
+        raise InvalidArgument(
+            f"cannot key a call of {name}: an argument's repr, {found.group()}, shows a memory"
+            " address, so the key would differ in every worker; give its class a __repr__"
+            " that names its value, or pass key= to the decorator",
+            function=name,
+        )
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def _tags_of(name: str, tags: Tags) -> Callable[[Any, Any], tuple[str, ...]]:
+    own = f"fn:{name}"
+    if callable(tags):
+        per_call = tags
+
+        def of_call(args: Any, kwargs: Any) -> tuple[str, ...]:
+            return (own, *(check_key(tag) for tag in per_call(*args, **kwargs)))
+
+        return of_call
+    if isinstance(tags, str):
+        raise InvalidArgument(f"tags must be a collection of str, not the str {tags!r}")
+    fixed = (own, *(check_key(tag) for tag in tags))
+    return lambda args, kwargs: fixed
+
+
+def memoize(
+    cache: Any,
+    timeout: Timeout = None,
+    *,
+    stale: Timeout = 0,
+    beta: float = 1.0,
+    tags: Tags = (),
+    unless: Callable[[], bool] | None = None,
+    should_cache: Callable[[Any], bool] | None = None,
+    key: Callable[..., str] | None = None,
+    fail_open: bool = True,
+) -> Callable[[F], F]:
+    """Cache a function's results in ``cache``, with no stampede; sync or ``async def``.
+
+    - ``timeout``: seconds a value is fresh (``None``: the cache's default
+      timeout; ``0``: for ever).
+    - ``stale``: seconds past that during which the old value is served at
+      once while one background thread recomputes it.
+    - ``beta``: early refresh (XFetch); 0 turns it off. See :mod:`cachekit.computed`.
+    - ``tags``: strings, or a callable given the call's arguments that returns
+      them; :func:`invalidate` with any of them forgets the value.
+    - ``unless()``: true to call the function without the cache.
+    - ``should_cache(value)``: false to return a value without storing it.
+      ``None`` is a value like any other.
+    - ``key(*args, **kwargs)``: the cache key, instead of the derived one.
+    - ``fail_open``: on backend trouble call the function and return its
+      value (counted); ``False`` raises the error instead.
+    """
+
+    def decorate(fn: F) -> F:
+        name = f"{fn.__module__}.{fn.__qualname__}"
+        policy = Policy.of(name, timeout, stale, beta, fail_open)
+        signature = inspect.signature(fn)
+        tags_of = _tags_of(name, tags)
+
+        def key_of(args: Any, kwargs: Any) -> str:
+            if key is not None:
+                return check_key(key(*args, **kwargs))
+            return f"memo:{name}:{argument_digest(name, signature, args, kwargs)}"
+
+        wrapper: Any
+        if inspect.iscoroutinefunction(fn):
+
+            async def wrapper(*args: Any, **kwargs: Any) -> Any:
+                strategy = _strategy(cache, policy)
+                if strategy is None or (unless is not None and unless()):
+                    computed.count(strategy, policy, "bypassed")
+                    return await fn(*args, **kwargs)
+                return await fetch_async(
+                    strategy,
+                    key_of(args, kwargs),
+                    lambda: cast(Awaitable[Any], fn(*args, **kwargs)),
+                    policy,
+                    tags_of(args, kwargs),
+                    should_cache,
+                )
+
+        else:
+
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                strategy = _strategy(cache, policy)
+                if strategy is None or (unless is not None and unless()):
+                    computed.count(strategy, policy, "bypassed")
+                    return fn(*args, **kwargs)
+                return fetch(
+                    strategy,
+                    key_of(args, kwargs),
+                    lambda: fn(*args, **kwargs),
+                    policy,
+                    tags_of(args, kwargs),
+                    should_cache,
+                )
+
+        _attach(wrapper, fn, cache, name, lambda *args, **kwargs: key_of(args, kwargs))
+        return cast(F, wrapper)
+
+    return decorate
+
+
+def _attach(
+    wrapper: Any, fn: Callable[..., Any], cache: Any, name: str, cache_key: Callable[..., str]
+) -> None:
+    """Give ``wrapper`` fn's name and docs, and the methods of :class:`Memoized`."""
+    functools.update_wrapper(wrapper, fn)
+    wrapper.cache_key = cache_key
+    wrapper.forget = lambda *args, **kwargs: computed.forget(
+        strategy_for(cache), cache_key(*args, **kwargs)
+    )
+    wrapper.invalidate = lambda: computed.invalidate(strategy_for(cache), (f"fn:{name}",))
+    wrapper.uncached = fn
+
+
+# -- views -----------------------------------------------------------------------------
+
+
+def view_key(name: str, path: str, query: Iterable[tuple[str, str]], query_string: bool) -> str:
+    """The key of a view's response for ``path`` and (if ``query_string``) ``query``."""
+    pairs = sorted(query) if query_string else []
+    text = repr((path, pairs))
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return f"view:{name}:{digest}"
+
+
+def _frozen(response: Response) -> tuple[Any, ...] | Response:
+    """A response as a plain tuple to store, or the response itself if it must not be stored.
+
+    Never stored: a streamed response, one that sets a cookie (it would be
+    served to every client), one marked ``Cache-Control: private`` or
+    ``no-store``.
+    """
+    control = response.cache_control
+    if (
+        response.is_streamed
+        or response.direct_passthrough
+        or "Set-Cookie" in response.headers
+        or control.private
+        or control.no_store
+    ):
+        return response
+    return (
+        RESPONSE_MARK,
+        response.status_code,
+        list(response.headers.items()),
+        response.get_data(),
+    )
+
+
+def _thawed(value: Any) -> Any:
+    """The response to return for a computed or stored view value."""
+    if type(value) is tuple and len(value) == 4 and value[0] == RESPONSE_MARK:
+        return Response(value[3], status=value[1], headers=value[2])
+    return value
+
+
+def _response_filter(
+    should_cache: Callable[[Response], bool] | None,
+) -> Callable[[Any], bool]:
+    def keep(value: Any) -> bool:
+        if not (type(value) is tuple and value and value[0] == RESPONSE_MARK):
+            return False
+        if should_cache is None:
+            return value[1] in CACHEABLE_STATUSES
+        return should_cache(_thawed(value))
+
+    return keep
+
+
+def cached(
+    cache: Any,
+    timeout: Timeout = None,
+    *,
+    stale: Timeout = 0,
+    beta: float = 1.0,
+    tags: Tags = (),
+    unless: Callable[[], bool] | None = None,
+    should_cache: Callable[[Response], bool] | None = None,
+    key: Callable[[], str] | None = None,
+    fail_open: bool = True,
+    query_string: bool = True,
+) -> Callable[[F], F]:
+    """Cache a view's response in ``cache``, with no stampede; sync or ``async def`` views.
+
+    Keyed by the request path and (``query_string=True``) the sorted query
+    arguments; ``key()`` overrides. Only ``GET`` and ``HEAD`` requests are
+    served from the cache. By default only ``200`` responses are stored
+    (``should_cache(response)`` decides otherwise), and never a streamed one,
+    one that sets a cookie, or one marked ``private`` or ``no-store``. The
+    other parameters are :func:`memoize`'s; a view's ``tags`` callable gets
+    the view's arguments.
+    """
+
+    def decorate(fn: F) -> F:
+        name = f"{fn.__module__}.{fn.__qualname__}"
+        policy = Policy.of(name, timeout, stale, beta, fail_open)
+        tags_of = _tags_of(name, tags)
+        keep = _response_filter(should_cache)
+
+        def key_of(args: Any, kwargs: Any) -> str:
+            if key is not None:
+                return check_key(key())
+            return view_key(name, request.path, request.args.items(multi=True), query_string)
+
+        def key_of_path(path: str, query: Iterable[tuple[str, str]] = ()) -> str:
+            if key is not None:
+                return check_key(key())
+            return view_key(name, path, query, query_string)
+
+        def bypass() -> bool:
+            return request.method not in ("GET", "HEAD") or (unless is not None and unless())
+
+        wrapper: Any
+        if inspect.iscoroutinefunction(fn):
+
+            async def wrapper(*args: Any, **kwargs: Any) -> Any:
+                strategy = _strategy(cache, policy)
+                if strategy is None or bypass():
+                    computed.count(strategy, policy, "bypassed")
+                    return await fn(*args, **kwargs)
+
+                async def compute() -> Any:
+                    return _frozen(make_response(await fn(*args, **kwargs)))
+
+                return _thawed(
+                    await fetch_async(
+                        strategy,
+                        key_of(args, kwargs),
+                        compute,
+                        policy,
+                        tags_of(args, kwargs),
+                        keep,
+                    )
+                )
+
+        else:
+
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                strategy = _strategy(cache, policy)
+                if strategy is None or bypass():
+                    computed.count(strategy, policy, "bypassed")
+                    return fn(*args, **kwargs)
+                return _thawed(
+                    fetch(
+                        strategy,
+                        key_of(args, kwargs),
+                        lambda: _frozen(make_response(fn(*args, **kwargs))),
+                        policy,
+                        tags_of(args, kwargs),
+                        keep,
+                    )
+                )
+
+        _attach(wrapper, fn, cache, name, key_of_path)
+        return cast(F, wrapper)
+
+    return decorate
