@@ -46,7 +46,12 @@ endif
 nemesis: $(VENV)/.test-stamp
 	NEMESIS_SECONDS=$(NEMESIS_SECONDS) $(BIN)/python -m pytest tests/nemesis -s -q
 
-bench: $(VENV)/.test-stamp
+$(VENV)/.bench-stamp: $(VENV)/.test-stamp
+	$(PIP) -e '.[test,lint,bench]'
+	touch $@
+
+bench: $(VENV)/.bench-stamp
+	$(BIN)/python bench/on_memo.py --json bench/results/memo.json --svg docs/memo.svg
 	$(BIN)/python bench/on_lmdb.py --json bench/results/lmdb.json
 	$(BIN)/python bench/on_filesystem.py --json bench/results/filesystem.json
 	$(BIN)/python bench/on_redis.py --json bench/results/redis.json

@@ -76,10 +76,12 @@ trouble) and ``bypassed`` (calls ``unless`` sent straight to the function).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import random
 import secrets
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -363,25 +365,26 @@ class _Flight:
             return self
         self._hold = hold
         try:
-            record, generations = _lookup(strategy, self.key, self.tags)
-            if record is not None and (
-                record.fresh_until == 0.0 or time.time() < record.fresh_until
-            ):
-                count(strategy, policy, "joined")
-                self.found = record.value
-            else:
-                self._generations = _current_generations(strategy, generations)
-        except StorageError as error:
-            _fail_open(strategy, policy, error)
+            try:
+                record, generations = _lookup(strategy, self.key, self.tags)
+                if record is not None and (
+                    record.fresh_until == 0.0 or time.time() < record.fresh_until
+                ):
+                    count(strategy, policy, "joined")
+                    self.found = record.value
+                else:
+                    self._generations = _current_generations(strategy, generations)
+            except StorageError as error:
+                _fail_open(strategy, policy, error)
         except BaseException:
-            self._release(None, None, None)
+            self._release(*sys.exc_info())
             raise
         return self
 
-    def done(self, value: Any, delta: float, keep: bool) -> None:
-        """Store the computed ``value`` (unless ``keep`` is false or the cache failed)."""
+    def done(self, value: Any, delta: float, should_cache: Callable[[Any], bool] | None) -> None:
+        """Store the computed ``value`` (unless ``should_cache`` refuses it or the cache failed)."""
         count(self.strategy, self.policy, "computations")
-        if self._generations is None or not keep:
+        if self._generations is None or (should_cache is not None and not should_cache(value)):
             return
         try:
             _store(self.strategy, self.key, self.policy, value, delta, self._generations)
@@ -513,6 +516,37 @@ def _refresh(
 # -- the entry points ------------------------------------------------------------------
 
 
+_UNCACHED: Final = object()
+
+
+def _at_once(
+    strategy: Strategy,
+    key: str,
+    compute: Callable[[], Any],
+    policy: Policy,
+    tags: Sequence[str],
+    should_cache: Callable[[Any], bool] | None,
+) -> Any:
+    """What a call gets without computing in the foreground: a value, _MISS or _UNCACHED.
+
+    ``compute`` is what a background refresh runs; _UNCACHED means the cache
+    failed (fail open: compute and return, storing nothing).
+    """
+    if outage.skip(id(strategy)):
+        count(strategy, policy, "errors")
+        return _UNCACHED
+    try:
+        record, _ = _lookup(strategy, key, tags)
+    except StorageError as error:
+        _fail_open(strategy, policy, error)
+        return _UNCACHED
+
+    def refresh(seen: float, early: bool) -> None:
+        _refresh_in_background(strategy, key, tags, policy, compute, should_cache, seen, early)
+
+    return _serve(strategy, key, record, policy, refresh)
+
+
 def fetch(
     strategy: Strategy,
     key: str,
@@ -522,20 +556,10 @@ def fetch(
     should_cache: Callable[[Any], bool] | None = None,
 ) -> T:
     """``key``'s value: served, refreshed or computed once, as the module describes."""
-    if outage.skip(id(strategy)):
-        count(strategy, policy, "errors")
-        return compute()
     try:
-        try:
-            record, _ = _lookup(strategy, key, tags)
-        except StorageError as error:
-            _fail_open(strategy, policy, error)
+        found = _at_once(strategy, key, compute, policy, tags, should_cache)
+        if found is _UNCACHED:
             return compute()
-
-        def refresh(seen: float, early: bool) -> None:
-            _refresh_in_background(strategy, key, tags, policy, compute, should_cache, seen, early)
-
-        found = _serve(strategy, key, record, policy, refresh)
         if found is not _MISS:
             return found  # type: ignore[no-any-return]
         with _Flight(strategy, key, tags, policy) as flight:
@@ -543,9 +567,7 @@ def fetch(
                 return flight.found  # type: ignore[no-any-return]
             started = time.monotonic()
             value = compute()
-            flight.done(
-                value, time.monotonic() - started, should_cache is None or should_cache(value)
-            )
+            flight.done(value, time.monotonic() - started, should_cache)
             return value
     finally:
         strategy._finished()
@@ -559,32 +581,19 @@ async def fetch_async(
     tags: Sequence[str] = (),
     should_cache: Callable[[Any], bool] | None = None,
 ) -> T:
-    """:func:`fetch` for a coroutine function; a background refresh runs it in a loop of its own."""
-    import asyncio
+    """:func:`fetch` for a coroutine function.
 
-    if outage.skip(id(strategy)):
-        count(strategy, policy, "errors")
-        return await compute()
+    Waits (for the single flight, for the cache) block the calling thread, as
+    they do in :func:`fetch`: Flask runs each async view in a thread and
+    event loop of its own. A background refresh runs the coroutine in a new
+    event loop on its own thread.
+    """
     try:
-        try:
-            record, _ = _lookup(strategy, key, tags)
-        except StorageError as error:
-            _fail_open(strategy, policy, error)
+        found = _at_once(
+            strategy, key, lambda: asyncio.run(_awaited(compute)), policy, tags, should_cache
+        )
+        if found is _UNCACHED:
             return await compute()
-
-        def refresh(seen: float, early: bool) -> None:
-            _refresh_in_background(
-                strategy,
-                key,
-                tags,
-                policy,
-                lambda: asyncio.run(_awaited(compute)),
-                should_cache,
-                seen,
-                early,
-            )
-
-        found = _serve(strategy, key, record, policy, refresh)
         if found is not _MISS:
             return found  # type: ignore[no-any-return]
         with _Flight(strategy, key, tags, policy) as flight:
@@ -592,9 +601,7 @@ async def fetch_async(
                 return flight.found  # type: ignore[no-any-return]
             started = time.monotonic()
             value = await compute()
-            flight.done(
-                value, time.monotonic() - started, should_cache is None or should_cache(value)
-            )
+            flight.done(value, time.monotonic() - started, should_cache)
             return value
     finally:
         strategy._finished()
@@ -632,7 +639,7 @@ def statistics(strategy: Strategy, merged: bool) -> dict[str, dict[str, int]]:
     """Per-function figures: every process's (``merged``, as flushed) or this one's."""
     figures: dict[str, dict[str, int]] = {}
     if merged:
-        names = sorted(NAMES)
+        names = sorted(NAMES.copy())
         keys = [f"cachekit:stats:{STATS_PREFIX}{n}:{c}" for n in names for c in COUNTERS]
         entries = iter(strategy._load_many(keys)) if keys else iter(())
         for name in names:
@@ -642,6 +649,6 @@ def statistics(strategy: Strategy, merged: bool) -> dict[str, dict[str, int]]:
             }
         return figures
     total = strategy.stats.total
-    for name in sorted(NAMES):
+    for name in sorted(NAMES.copy()):
         figures[name] = {c: int(total.get(f"{STATS_PREFIX}{name}:{c}", 0)) for c in COUNTERS}
     return figures

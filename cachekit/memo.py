@@ -102,11 +102,32 @@ def _strategy(cache: Any, policy: Policy) -> Strategy | None:
         return None
 
 
-def argument_digest(name: str, signature: inspect.Signature, args: Any, kwargs: Any) -> str:
-    """The digest of a call's bound arguments (defaults applied); see the module for the rule."""
-    bound = signature.bind(*args, **kwargs)
-    bound.apply_defaults()
-    text = repr(tuple(bound.arguments.items()))
+def plain_parameters(signature: inspect.Signature) -> tuple[str, ...] | None:
+    """The parameter names if every one is positional-or-keyword (the fast path), else None."""
+    kinds = {parameter.kind for parameter in signature.parameters.values()}
+    if kinds <= {inspect.Parameter.POSITIONAL_OR_KEYWORD}:
+        return tuple(signature.parameters)
+    return None
+
+
+def argument_digest(
+    name: str,
+    signature: inspect.Signature,
+    args: Any,
+    kwargs: Any,
+    plain: tuple[str, ...] | None = None,
+) -> str:
+    """The digest of a call's bound arguments (defaults applied); see the module for the rule.
+
+    ``plain`` (from :func:`plain_parameters`) lets a call that passes every
+    parameter positionally skip ``Signature.bind``: it binds the same pairs.
+    """
+    if plain is not None and not kwargs and len(args) == len(plain):
+        text = repr(tuple(zip(plain, args, strict=True)))
+    else:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        text = repr(tuple(bound.arguments.items()))
     found = _ADDRESS.search(text)
     if found:
         raise InvalidArgument(
@@ -166,12 +187,14 @@ def memoize(
         name = f"{fn.__module__}.{fn.__qualname__}"
         policy = Policy.of(name, timeout, stale, beta, fail_open)
         signature = inspect.signature(fn)
+        plain = plain_parameters(signature)
         tags_of = _tags_of(name, tags)
+        prefix = f"memo:{name}:"
 
         def key_of(args: Any, kwargs: Any) -> str:
             if key is not None:
                 return check_key(key(*args, **kwargs))
-            return f"memo:{name}:{argument_digest(name, signature, args, kwargs)}"
+            return prefix + argument_digest(name, signature, args, kwargs, plain)
 
         wrapper: Any
         if inspect.iscoroutinefunction(fn):

@@ -588,6 +588,35 @@ def test_a_stuck_computation_elsewhere_fails_open_after_the_compute_wait(
     stuck.join(SETTLE)
 
 
+def test_a_failed_read_inside_the_flight_releases_it(
+    fs_backend: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: a StorageError raised while holding the flight leaked its stripe."""
+    use_settings(monkeypatch, compute_wait=2.0)
+    strategy = strategy_for(fs_backend)
+    real = strategy._load_many
+    reads = [0]
+
+    def second_read_fails(keys: list[str]) -> Any:
+        reads[0] += 1
+        if reads[0] == 2:  # the read again under the flight's stripe
+            raise cachekit.StorageError("injected: the disk went away")
+        return real(keys)
+
+    monkeypatch.setattr(strategy, "_load_many", second_read_fails)
+    with pytest.raises(cachekit.StorageError, match="injected"):
+        cachekit.get_or_compute(fs_backend, "k", lambda: 1, 60, tags=["t"])
+    other: list[Any] = []
+    thread = threading.Thread(
+        target=lambda: other.append(
+            cachekit.get_or_compute(fs_backend, "k", lambda: 2, 60, tags=["t"])
+        )
+    )
+    thread.start()
+    thread.join(SETTLE)
+    assert other == [2]  # not LockTimeout: the stripe was released
+
+
 # -- get_or_compute gains stale, beta and tags -----------------------------------------
 
 

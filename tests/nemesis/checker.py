@@ -22,6 +22,7 @@ What must hold, whatever the faults:
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -63,7 +64,42 @@ def check(
         if total != opening_total:
             anomalies.append(Anomaly(f"money: the balances add up to {total}, not {opening_total}"))
     anomalies += _sections(history, final.get("guarded"), list(excuses))
+    anomalies += _invalidations(history)
     return anomalies
+
+
+def _invalidations(history: list[Op]) -> list[Anomaly]:
+    """A memoized call that began after ``invalidate`` returned got a value computed after it.
+
+    Each acknowledged invalidation carries the ``version`` it raised before
+    invalidating; a memoized call's value is the version its computation
+    read. So a call that began after the invalidation of version v ended
+    must get v or later, fresh or stale.
+    """
+    done = sorted(
+        (op for op in history if op.kind == "invalidate" and op.outcome == OK),
+        key=lambda op: op.ended,
+    )
+    if not done:
+        return []
+    ends = [op.ended for op in done]
+    newest: list[Op] = []  # newest[i]: the highest version among done[: i + 1]
+    for op in done:
+        newest.append(op if not newest or op.value > newest[-1].value else newest[-1])
+    found = []
+    for op in history:
+        if op.kind != "memo" or op.outcome != OK:
+            continue
+        before = bisect.bisect_left(ends, op.began)  # invalidations that ended before it began
+        if before and op.value < newest[before - 1].value:
+            found.append(
+                Anomaly(
+                    f"memo: got version {op.value} after the invalidation of"
+                    f" version {newest[before - 1].value} had returned",
+                    (newest[before - 1], op),
+                )
+            )
+    return found
 
 
 def _counter(history: list[Op], final: int | None) -> list[Anomaly]:

@@ -97,3 +97,17 @@ def test_a_told_holder_keeps_the_guarded_counter_bounded_above() -> None:
     assert whats(history, {"guarded": 3}) == []
     assert whats(history, {"guarded": 1}) == []  # the told holder's stale write undid one
     assert whats(history, {"guarded": 4})[0].startswith("lock: the guarded counter is 4")
+
+
+def test_a_value_older_than_a_returned_invalidation_is_reported() -> None:
+    history = [
+        op("invalidate", OK, 3, at=1.0),  # ended at 1.1
+        op("invalidate", INFO, 9, at=1.0),  # unknown: proves nothing
+        op("memo", OK, 2, at=1.05),  # began before it returned: may be older
+        op("memo", OK, 3, at=1.2),
+        op("memo", OK, 4, at=1.3),
+        op("memo", OK, 2, at=1.4),  # began after: must be 3 or later
+    ]
+    assert whats(history, {}) == [
+        "memo: got version 2 after the invalidation of version 3 had returned"
+    ]

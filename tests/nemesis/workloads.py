@@ -4,6 +4,10 @@ Shared state, whatever the backend: ``counter`` (incr), ``log`` (a list that
 updates and transactions append to), ``acct:a`` / ``acct:b`` (transfers in
 both key orders), and a ``lock`` named ``section`` around a plain
 ``cache.get`` / ``cache.set`` of ``guarded`` (only the lock makes that exact).
+``invalidate`` raises ``version`` (incr), then invalidates the tag ``memo``;
+``memo`` calls a memoized function (tag ``memo``, short timeout, stale
+allowed) whose value is the ``version`` it read: a call that began after an
+invalidation returned must never get a version older than that one.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ from .checker import TOLD
 from .history import FAIL, INFO, OK
 
 OPENING = 1000
-KINDS = ("incr", "append", "transfer", "section")
+KINDS = ("incr", "append", "transfer", "section", "invalidate", "memo")
+#: The memoized function of each cache, made once per process (see :func:`_memoized`).
+_MEMOIZED: dict[int, Any] = {}
 #: Certainly not applied: the operation said so before changing anything.
 NOT_APPLIED = (
     cachekit.LockTimeout,
@@ -41,6 +47,20 @@ def open_cache(spec: str) -> Any:
     if spec.startswith("lmdb:"):
         return LMDBCache(spec.removeprefix("lmdb:"))
     return FileSystemCache(spec, threshold=0)
+
+
+def _memoized(cache: Any) -> Any:
+    """The memoized reader of ``version`` for ``cache`` (key from ``arg``)."""
+    found = _MEMOIZED.get(id(cache))
+    if found is None:
+
+        @cachekit.memoize(cache, timeout=0.5, stale=0.5, tags=("memo",), fail_open=False)
+        def versioned(name: str) -> int:
+            time.sleep(random.uniform(0, 0.02))
+            return int(cache.get("version") or 0)
+
+        found = _MEMOIZED.setdefault(id(cache), versioned)
+    return found
 
 
 def run_op(cache: Any, kind: str, arg: Any, rng: random.Random) -> tuple[str, Any]:
@@ -71,6 +91,12 @@ def run_op(cache: Any, kind: str, arg: Any, rng: random.Random) -> tuple[str, An
                     return INFO, section
                 section["left"] = time.monotonic()
             return OK, section
+        if kind == "invalidate":
+            version = cachekit.incr(cache, "version")
+            cachekit.invalidate(cache, "memo")
+            return OK, version
+        if kind == "memo":
+            return OK, _memoized(cache)(f"key{rng.randrange(3)}")
         raise ValueError(kind)
     except cachekit.LeaseLost:
         if kind == "section":
