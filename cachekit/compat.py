@@ -7,7 +7,7 @@ version and the versions cachekit is tested with, instead of an
 ``AttributeError`` deep inside an operation.
 
 Tested with: cachelib 0.15.4 to 0.17, Flask-Caching 2.3.1 to 2.5, redis-py 5.3
-to 8.1 (the floors are in ``pyproject.toml``; CI runs the lowest and the newest).
+to 8.1, Flask 3.0 to 3.1 (the floors are in ``pyproject.toml``; CI runs the lowest and the newest).
 """
 
 from __future__ import annotations
@@ -58,6 +58,47 @@ def current_flask_app() -> Any:
     from flask import current_app, has_app_context
 
     return current_app._get_current_object() if has_app_context() else None  # type: ignore[attr-defined]
+
+
+class SessionWatch:
+    """Whether the request's session was read or written since :func:`watch_session`.
+
+    Flask keeps the session on the request context, as ``session`` (Flask
+    3.0) or ``_session`` (3.1, where touching the ``flask.session`` proxy
+    itself marks it accessed, so it is read past the proxy here). A session
+    class that does not track access (``accessed`` fixed to ``True``) is
+    seen through its writes only, where it tracks those.
+    """
+
+    __slots__ = ("_accessed", "_modified", "_session")
+
+    def __init__(self, session: Any) -> None:
+        self._session = session
+        self._accessed = getattr(session, "accessed", False)
+        self._modified = getattr(session, "modified", False)
+        if session is not None:
+            session.accessed = False
+
+    def end(self) -> bool:
+        """Whether the session was used; it gets its own ``accessed`` back (``Vary: Cookie``)."""
+        session = self._session
+        if session is None:
+            return False
+        used = bool(session.accessed) or (not self._modified and bool(session.modified))
+        session.accessed = self._accessed or session.accessed
+        return used
+
+
+def watch_session() -> SessionWatch:
+    """Start watching the current request's session (none outside a request)."""
+    from flask import has_request_context
+    from flask.globals import request_ctx
+
+    if not has_request_context():
+        return SessionWatch(None)
+    context = request_ctx._get_current_object()  # type: ignore[attr-defined]
+    state = vars(context)
+    return SessionWatch(state.get("_session", state.get("session")))
 
 
 def _find_app_context_var() -> Any:

@@ -42,7 +42,13 @@ Invariants:
   if the record is still the one that made it start.
 - **No caller waits on a recomputation while a value may be served.** A
   refresh runs on a thread of its own (a greenlet under gevent), at most one
-  per key per process, with a copy of the caller's Flask context.
+  per key per process and :data:`MAX_REFRESHES` in all, with a copy of the
+  caller's Flask context; a key whose refresh failed is not refreshed again
+  for :data:`RETRY_AFTER` seconds. Starting one never fails the caller.
+- **No wait against the lock order.** A caller whose thread already holds a
+  cachekit lock only tries the COMPUTE stripe, and computes uncached if it is
+  taken. Coroutines of one event loop (one thread, so one holder of the
+  stripe) first join a flight of their loop.
 - **Tags are immediate.** :func:`invalidate` gives each tag a new random
   generation (63 bits), and a record is served, fresh or stale, only if each
   of its tags still has the generation the record was computed under. So a
@@ -84,7 +90,9 @@ import secrets
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
@@ -149,8 +157,15 @@ class Policy:
             or beta < 0
         ):
             raise InvalidArgument(f"beta must be a finite number >= 0, not {beta!r}", beta=beta)
+        fresh, stale_s = seconds(timeout), seconds(stale, "stale") or 0.0
+        if time.time() + (fresh or 0.0) + stale_s > MAX_EXPIRES:
+            raise InvalidArgument(
+                f"timeout {timeout!r} plus stale {stale!r} ends after 2106, beyond what the"
+                " cache can store; use timeout=0 for no expiry",
+                timeout=timeout,
+            )
         NAMES.add(name)
-        return cls(name, seconds(timeout), seconds(stale, "stale") or 0.0, float(beta), fail_open)
+        return cls(name, fresh, stale_s, float(beta), fail_open)
 
 
 class Record:
@@ -172,12 +187,17 @@ class Record:
         if entry is None:
             return None
         stored = entry.value
-        if type(stored) is tuple and len(stored) == 5 and stored[0] == MARK:
+        if is_record(stored):
             return cls(stored[1], stored[2], stored[3], stored[4])
         return None
 
     def stored(self) -> tuple[Any, ...]:
         return (MARK, self.value, self.fresh_until, self.delta, self.generations)
+
+
+def is_record(stored: Any) -> bool:
+    """Whether ``stored`` is a record (the stored form of a computed value)."""
+    return type(stored) is tuple and len(stored) == 5 and stored[0] == MARK
 
 
 def tag_key(tag: str) -> str:
@@ -204,11 +224,14 @@ def _lookup(
     keys = [key, *(TAG_PREFIX + tag for tag in tags)]
     try:
         entries = strategy._load_many(keys)
-    except CorruptValue as error:
-        if error.context.get("key") != key:
-            raise
-        log.warning("replacing the computed value at %r: %s", key, error)
-        entries = [None, *strategy._load_many(keys[1:])]
+    except CorruptValue:  # rare: read each key alone, a corrupt one as missing (replaced)
+        entries = []
+        for one in keys:
+            try:
+                entries.append(strategy._load(one))
+            except CorruptValue as error:
+                log.warning("replacing the undecodable value at %r: %s", one, error)
+                entries.append(None)
     generations = {
         tag: (None if entry is None else entry.value)
         for tag, entry in zip(tags, entries[1:], strict=True)
@@ -224,17 +247,32 @@ def _current_generations(
 ) -> tuple[tuple[str, int], ...]:
     """The generations to store with a new record: a missing (or odd) one is created first."""
     for tag, generation in generations.items():
-        if not isinstance(generation, int) or isinstance(generation, bool):
-            generations[tag] = strategy.update(
-                TAG_PREFIX + tag, _kept_or_new, None, 0
-            )  # atomic: racing creators agree on one
+        if not _is_generation(generation):
+            generations[tag] = _set_generation(strategy, TAG_PREFIX + tag, replace=False)
     return tuple(generations.items())
 
 
-def _kept_or_new(generation: Any) -> int:
-    if isinstance(generation, int) and not isinstance(generation, bool):
+def _is_generation(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _set_generation(strategy: Strategy, key: str, replace: bool) -> int:
+    """Give ``key`` a new random generation (``replace``), or one if it has none; return it.
+
+    A plain write under the key's lock, so that racing creators agree on one,
+    and a generation that cannot be decoded is replaced rather than raised.
+    """
+    with strategy._modifying((key,)):
+        try:
+            entry = strategy._load(key)
+        except CorruptValue as error:
+            log.warning("replacing the tag generation at %r: %s", key, error)
+            entry = None
+        if not replace and entry is not None and _is_generation(entry.value):
+            return entry.value  # type: ignore[no-any-return]
+        generation = new_generation()
+        strategy._commit({key: (strategy._encode(key, generation), 0)}, (), {})
         return generation
-    return new_generation()
 
 
 # -- writing ---------------------------------------------------------------------------
@@ -355,9 +393,11 @@ class _Flight:
     def __enter__(self) -> _Flight:
         strategy, policy = self.strategy, self.policy
         count(strategy, policy, "misses")
-        hold = strategy._hold(
-            COMPUTE, (self.key,), strategy.settings.compute_wait, f"computation of {self.key!r}"
-        )
+        # A caller that already holds a cachekit lock (a memoized call inside an update, or
+        # inside another computation) does not wait: waiting against the lock order could
+        # deadlock. It computes uncached if another caller is computing.
+        wait = 0.0 if strategy._locks.holds_any() else strategy.settings.compute_wait
+        hold = strategy._hold(COMPUTE, (self.key,), wait, f"computation of {self.key!r}")
         try:
             hold.__enter__()
         except (StorageError, LockTimeout) as error:
@@ -374,7 +414,7 @@ class _Flight:
                     self.found = record.value
                 else:
                     self._generations = _current_generations(strategy, generations)
-            except StorageError as error:
+            except (StorageError, LockTimeout) as error:
                 _fail_open(strategy, policy, error)
         except BaseException:
             self._release(*sys.exc_info())
@@ -406,12 +446,43 @@ class _Flight:
 # -- background refresh ----------------------------------------------------------------
 
 
+#: Most background refreshes one process runs at once; more are dropped (and counted).
+MAX_REFRESHES: Final = 16
+
+
 class _Refreshing:
-    """The keys this process is refreshing in the background: one thread per key at most."""
+    """This process's background refreshes: one per key at most, MAX_REFRESHES in all.
+
+    ``failed`` remembers, per key, until when a refresh that failed is not
+    tried again (RETRY_AFTER), so that a failing origin is not called on
+    every stale hit.
+    """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.keys: set[tuple[int, str]] = set()
+        self.failed: dict[tuple[int, str], float] = {}
+
+    def claim(self, mine: tuple[int, str]) -> bool:
+        now = time.monotonic()
+        with self.lock:
+            if mine in self.keys or len(self.keys) >= MAX_REFRESHES:
+                return False
+            if self.failed.get(mine, 0.0) > now:
+                return False
+            self.keys.add(mine)
+            return True
+
+    def release(self, mine: tuple[int, str], failed: bool) -> None:
+        with self.lock:
+            self.keys.discard(mine)
+            if failed:
+                if len(self.failed) > 10_000:
+                    now = time.monotonic()
+                    self.failed = {k: t for k, t in self.failed.items() if t > now}
+                self.failed[mine] = time.monotonic() + RETRY_AFTER
+            else:
+                self.failed.pop(mine, None)
 
 
 _refreshing = PerProcessValue(_Refreshing)
@@ -427,7 +498,7 @@ def _refresh_in_background(
     seen: float,
     early: bool,
 ) -> None:
-    """Start recomputing ``key`` on a thread of its own, unless this process already is.
+    """Start recomputing ``key`` on a thread of its own, if this process may; never raises.
 
     ``seen`` is the ``fresh_until`` of the record that made the caller start
     it: the thread computes only if the record is still that one once it
@@ -436,25 +507,25 @@ def _refresh_in_background(
     """
     refreshing = _refreshing.get()
     mine = (id(strategy), key)
-    with refreshing.lock:
-        if mine in refreshing.keys:
-            return
-        refreshing.keys.add(mine)
-    compute = _with_flask_context(compute)
-
-    def run() -> None:
-        try:
-            _refresh(strategy, key, tags, policy, compute, should_cache, seen, early)
-        finally:
-            with refreshing.lock:
-                refreshing.keys.discard(mine)
-
+    if not refreshing.claim(mine):
+        return
     try:
+        compute = _with_flask_context(compute)
+
+        def run() -> None:
+            failed = True
+            try:
+                failed = not _refresh(
+                    strategy, key, tags, policy, compute, should_cache, seen, early
+                )
+            finally:
+                refreshing.release(mine, failed)
+
         threading.Thread(target=run, name=f"cachekit refresh {key}", daemon=True).start()
-    except BaseException:
-        with refreshing.lock:
-            refreshing.keys.discard(mine)
-        raise
+    except Exception:  # no thread to be had (a limit, shutdown): serve the value anyway
+        refreshing.release(mine, True)
+        count(strategy, policy, "refresh_errors")
+        log.warning("could not start refreshing %r", key, exc_info=True)
 
 
 def _with_flask_context(compute: Callable[[], T]) -> Callable[[], T]:
@@ -486,12 +557,19 @@ def _refresh(
     should_cache: Callable[[Any], bool] | None,
     seen: float,
     early: bool,
-) -> None:
+) -> bool:
+    """Recompute ``key`` if no one else is (a try of the stripe); False if that failed."""
     try:
-        with strategy._hold(COMPUTE, (key,), 0.0, f"refresh of {key!r}"):
+        hold = strategy._hold(COMPUTE, (key,), 0.0, f"refresh of {key!r}")
+        try:
+            hold.__enter__()
+        except LockTimeout:
+            return True  # another thread or process is computing it
+        with ExitStack() as held:
+            held.push(hold)  # entered above: released however the block ends
             record, generations = _lookup(strategy, key, tags)
             if record is not None and record.fresh_until != seen:
-                return  # refreshed meanwhile
+                return True  # refreshed meanwhile
             fresh = _current_generations(strategy, generations)
             count(strategy, policy, "refreshes")
             if early:
@@ -500,15 +578,16 @@ def _refresh(
             value = compute()
             delta = time.monotonic() - started
             count(strategy, policy, "computations")
-            if should_cache is None or should_cache(value):
-                _store(strategy, key, policy, value, delta, fresh)
-    except LockTimeout:
-        pass  # another thread or process is computing it
+            if should_cache is not None and not should_cache(value):
+                return False  # not stored: back off, as after a failure
+            _store(strategy, key, policy, value, delta, fresh)
+            return True
     except Exception:
         log.exception(
             "refreshing %s (key %r) failed; the old value is served meanwhile", policy.name, key
         )
         count(strategy, policy, "refresh_errors")
+        return False
     finally:
         strategy._finished()
 
@@ -559,6 +638,7 @@ def fetch(
     try:
         found = _at_once(strategy, key, compute, policy, tags, should_cache)
         if found is _UNCACHED:
+            count(strategy, policy, "computations")
             return compute()
         if found is not _MISS:
             return found  # type: ignore[no-any-return]
@@ -593,18 +673,63 @@ async def fetch_async(
             strategy, key, lambda: asyncio.run(_awaited(compute)), policy, tags, should_cache
         )
         if found is _UNCACHED:
+            count(strategy, policy, "computations")
             return await compute()
         if found is not _MISS:
             return found  # type: ignore[no-any-return]
-        with _Flight(strategy, key, tags, policy) as flight:
-            if flight.found is not _MISS:
-                return flight.found  # type: ignore[no-any-return]
-            started = time.monotonic()
-            value = await compute()
-            flight.done(value, time.monotonic() - started, should_cache)
-            return value
+        # The stripe is a thread's lock, and every coroutine of this loop runs on one
+        # thread: coroutines of one loop join a flight of their own first.
+        loop = asyncio.get_running_loop()
+        mine = (id(strategy), key)
+        with _loops_lock:
+            flights = _loop_flights.setdefault(loop, {})
+        while (pending := flights.get(mine)) is not None:
+            try:
+                value = await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if pending.cancelled() and not (task and task.cancelling()):
+                    continue  # the computing coroutine was cancelled, not this one
+                raise
+            count(strategy, policy, "misses")
+            count(strategy, policy, "joined")
+            return value  # type: ignore[no-any-return]
+        future: asyncio.Future[Any] = loop.create_future()
+        future.add_done_callback(_retrieved)
+        flights[mine] = future
+        try:
+            with _Flight(strategy, key, tags, policy) as flight:
+                if flight.found is not _MISS:
+                    value = flight.found
+                else:
+                    started = time.monotonic()
+                    value = await compute()
+                    flight.done(value, time.monotonic() - started, should_cache)
+            future.set_result(value)
+            return value  # type: ignore[no-any-return]
+        except asyncio.CancelledError:
+            future.cancel()  # its waiters try again
+            raise
+        except BaseException as error:
+            future.set_exception(error)
+            raise
+        finally:
+            del flights[mine]
     finally:
         strategy._finished()
+
+
+#: Per event loop, the misses its coroutines are computing: (id(strategy), key) -> result.
+_loop_flights: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[tuple[int, str], asyncio.Future[Any]]
+] = weakref.WeakKeyDictionary()
+_loops_lock = threading.Lock()
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Mark a flight's exception as seen (its waiters, if any, raise it themselves)."""
+    if not future.cancelled():
+        future.exception()
 
 
 async def _awaited(compute: Callable[[], Awaitable[T]]) -> T:
@@ -627,12 +752,14 @@ def invalidate(strategy: Strategy, tags: Iterable[str]) -> None:
 
     Raises (never fails open): a call that returns has invalidated every tag.
     """
-    for tag in tags:
-        strategy.update(tag_key(tag), _new_generation_of, None, 0)
-
-
-def _new_generation_of(_: Any) -> int:
-    return new_generation()
+    if isinstance(tags, (str, bytes)):
+        raise InvalidArgument(f"tags must be a collection of str, not the str {tags!r}")
+    keys = [tag_key(tag) for tag in tags]
+    try:
+        for key in keys:
+            _set_generation(strategy, key, replace=True)
+    finally:
+        strategy._finished()
 
 
 def statistics(strategy: Strategy, merged: bool) -> dict[str, dict[str, int]]:

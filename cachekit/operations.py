@@ -123,7 +123,14 @@ def get_or_compute(
     """
     strategy = strategy_for(cache)
     if not stale and not beta and not tags:
-        return strategy.get_or_compute(key, fn, timeout)
+        value = strategy.get_or_compute(key, fn, timeout)
+        if computed.is_record(value):
+            raise InvalidArgument(
+                f"key {key!r} holds a value of memoize or of get_or_compute with stale, beta"
+                " or tags: read it the way it was written",
+                key=key,
+            )
+        return value
     if isinstance(tags, str):
         raise InvalidArgument(f"tags must be a collection of str, not the str {tags!r}")
     policy = computed.Policy.of("get_or_compute", timeout, stale, beta, fail_open=False)

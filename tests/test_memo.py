@@ -17,6 +17,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,31 @@ def age(backend: Any, key: str, seconds: float, delta: float | None = None) -> N
         strategy._commit({key: (strategy._encode(key, record.stored()), entry.expires)}, (), {})
 
 
+@contextmanager
+def computing_elsewhere(backend: Any, **options: Any) -> Iterator[Any]:
+    """A memoized ``slow()`` whose computation another thread holds in flight for the block.
+
+    Inside, calls of this thread compute at once (the gate is for the first
+    computation only); leaving opens the gate and joins the other thread.
+    """
+    gate = threading.Event()
+    origin = Origin(gate)
+
+    @cachekit.memoize(backend, timeout=60, **options)
+    def slow() -> Any:
+        return origin()
+
+    computing = threading.Thread(target=slow)
+    computing.start()
+    settle(origin.started.is_set)
+    origin.gate = None
+    try:
+        yield slow
+    finally:
+        gate.set()
+        computing.join(SETTLE)
+
+
 def figures_of(backend: Any, function: Any) -> dict[str, int]:
     """This process's statistics of a decorated function."""
     name = f"{function.__module__}.{function.__qualname__}"
@@ -128,7 +154,7 @@ def test_arguments_are_keyed_as_bound_with_defaults(backend: Any) -> None:
     f(1, 2, 9)
     f(1, flag=True)
     assert origin.calls == 4
-    assert f.cache_key(1) == f.cache_key(a=1) != f.cache_key(2)  # type: ignore[attr-defined]
+    assert f.cache_key(1) == f.cache_key(a=1) != f.cache_key(2)
 
 
 def test_none_is_cached_and_told_from_a_miss(backend: Any) -> None:
@@ -340,7 +366,7 @@ def test_invalidate_is_immediate_on_every_backend(backend: Any) -> None:
     cachekit.invalidate(backend, "prices")
     assert price("a") == (3, ("a",))  # not served stale either
     assert stock("a") == (2, ("a",))
-    price.invalidate()  # type: ignore[attr-defined]
+    price.invalidate()
     assert price("a") == (4, ("a",))
 
 
@@ -405,7 +431,7 @@ def test_forget_one_call_is_immediate_even_with_a_computation_in_flight(backend:
     first = threading.Thread(target=slow, args=(1,))
     first.start()
     settle(origin.started.is_set)
-    forgotten = threading.Thread(target=slow.forget, args=(1,))  # type: ignore[attr-defined]
+    forgotten = threading.Thread(target=slow.forget, args=(1,))
     forgotten.start()
     time.sleep(0.1)
     assert forgotten.is_alive()  # waits for the computation in flight
@@ -571,21 +597,8 @@ def test_a_stuck_computation_elsewhere_fails_open_after_the_compute_wait(
     fs_backend: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     use_settings(monkeypatch, compute_wait=0.3)
-    backend = fs_backend
-    gate = threading.Event()
-    origin = Origin(gate)
-
-    @cachekit.memoize(backend, timeout=60)
-    def slow() -> Any:
-        return origin()
-
-    stuck = threading.Thread(target=slow)
-    stuck.start()
-    settle(origin.started.is_set)
-    origin.gate = None
-    assert slow() == (2, ())  # waited 0.3 s, then computed itself
-    gate.set()
-    stuck.join(SETTLE)
+    with computing_elsewhere(fs_backend) as slow:
+        assert slow() == (2, ())  # waited 0.3 s, then computed itself
 
 
 def test_a_failed_read_inside_the_flight_releases_it(
@@ -750,3 +763,162 @@ def test_statistics_of_every_worker_name_each_function(
         figures = cachekit.statistics(next(iter(app.extensions["cache"].values())))["memo"]
     page = figures[f"{__name__}.app_and_counts.<locals>.page"]
     assert page["misses"] == 1 and page["hits"] == 2 and page["computations"] == 1
+
+
+# -- found by review -------------------------------------------------------------------
+
+
+def test_a_view_that_reads_the_session_is_never_served_to_another_user(tmp_path: Path) -> None:
+    from flask import session
+    from flask_caching import Cache
+
+    app = Flask(__name__)
+    app.secret_key = "test"
+    cache = Cache()
+    config = {"CACHE_TYPE": "FileSystemCache", "CACHE_DIR": str(tmp_path), "CACHE_THRESHOLD": 0}
+    cache.init_app(app, config=config)
+
+    @app.get("/login/<user>")
+    def login(user: str) -> ResponseReturnValue:
+        session["user"] = user
+        return "ok"
+
+    @app.get("/me")
+    @cachekit.cached(cache, timeout=60)
+    def me() -> ResponseReturnValue:
+        return f"hello {session.get('user')}"
+
+    @app.get("/lang")
+    @cachekit.cached(cache, timeout=60)
+    def lang() -> ResponseReturnValue:
+        response = make_response(request.headers.get("Accept-Language", "en"))
+        response.vary.add("Accept-Language")
+        return response
+
+    @app.get("/api")
+    @cachekit.cached(cache, timeout=60)
+    def api() -> ResponseReturnValue:
+        return request.headers.get("Authorization", "anonymous")
+
+    alice, bob = app.test_client(), app.test_client()
+    alice.get("/login/alice"), bob.get("/login/bob")
+    assert alice.get("/me").text == "hello alice"
+    assert bob.get("/me").text == "hello bob"
+    assert alice.get("/me").headers.get("Vary") == "Cookie"  # Flask's own, kept
+    assert alice.get("/lang", headers={"Accept-Language": "fr"}).text == "fr"
+    assert bob.get("/lang", headers={"Accept-Language": "de"}).text == "de"
+    assert alice.get("/api", headers={"Authorization": "Bearer a"}).text == "Bearer a"
+    assert bob.get("/api", headers={"Authorization": "Bearer b"}).text == "Bearer b"
+    assert bob.get("/api").text == "anonymous"
+
+
+def test_tags_from_a_callable_must_be_a_collection(fs_backend: Any) -> None:
+    @cachekit.memoize(fs_backend, timeout=60, tags=lambda user: f"user:{user}")
+    def profile(user: int) -> int:
+        return user
+
+    with pytest.raises(cachekit.InvalidArgument, match="one character at a time"):
+        profile(1)
+
+
+def test_tags_in_any_order_match_the_stored_ones(fs_backend: Any) -> None:
+    origin = Origin()
+    orders = iter([["b", "a", "a"], ["a", "b"], ["b", "a"]])
+
+    @cachekit.memoize(fs_backend, timeout=60, tags=lambda: next(orders))
+    def f() -> Any:
+        return origin()
+
+    assert f() == f() == f() == (1, ())
+
+
+def test_lambdas_need_a_name_and_names_keep_closures_apart(fs_backend: Any) -> None:
+    with pytest.raises(cachekit.InvalidArgument, match="lambda"):
+        cachekit.memoize(fs_backend, timeout=60)(lambda x: x)
+    assert cachekit.memoize(fs_backend, timeout=60, name="double")(lambda x: 2 * x)(4) == 8
+
+    def make(factor: int) -> Any:
+        @cachekit.memoize(fs_backend, timeout=60, name=f"times{factor}")
+        def times(x: int) -> int:
+            return factor * x
+
+        return times
+
+    assert make(2)(5) == 10 and make(3)(5) == 15
+
+
+def test_coroutines_of_one_loop_share_one_flight(fs_backend: Any) -> None:
+    runs = []
+
+    @cachekit.memoize(fs_backend, timeout=60)
+    async def slow(x: int) -> int:
+        runs.append(x)
+        await asyncio.sleep(0.1)
+        return x * 2
+
+    async def many() -> list[int]:
+        return list(await asyncio.gather(*(slow(1) for _ in range(5))))
+
+    assert asyncio.run(many()) == [2] * 5
+    assert runs == [1]
+
+
+def test_a_string_that_looks_like_an_address_is_data(fs_backend: Any) -> None:
+    @cachekit.memoize(fs_backend, timeout=60)
+    def search(q: str, filters: dict[str, Any]) -> str:
+        return q
+
+    assert search("<a at 0x1>", {"k": ["<b at 0xff>"]}) == "<a at 0x1>"
+    with pytest.raises(cachekit.InvalidArgument, match="memory address"):
+        search("q", {"k": [NoRepr()]})
+
+
+def test_a_failed_refresh_is_not_tried_again_at_once(fs_backend: Any) -> None:
+    calls = []
+
+    @cachekit.memoize(fs_backend, timeout=60, stale=60, beta=0)
+    def flaky() -> int:
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("origin down")
+        return 1
+
+    flaky()
+    age(fs_backend, key_of(flaky), 61)
+    for _ in range(50):
+        assert flaky() == 1
+        time.sleep(0.005)
+    settle(lambda: figures_of(fs_backend, flaky)["refresh_errors"] == 1)
+    assert len(calls) == 2  # one failed refresh in the back-off, not fifty
+
+
+def test_a_memoized_call_under_a_held_lock_does_not_wait(fs_backend: Any) -> None:
+    with computing_elsewhere(fs_backend) as slow:
+        with cachekit.lock(fs_backend, "outer"):
+            assert slow() == (2, ())  # computed itself, uncached, while the other is held
+    assert slow() == (1, ())
+
+
+def test_a_corrupt_generation_is_replaced(fs_backend: Any) -> None:
+    origin = Origin()
+
+    @cachekit.memoize(fs_backend, timeout=60, tags=("t",))
+    def f() -> Any:
+        return origin()
+
+    f()
+    path = strategy_for(fs_backend)._path(computed.tag_key("t"))  # type: ignore[attr-defined]
+    with open(path, "r+b") as stored:
+        stored.seek(4)
+        stored.write(b"garbage" * 4)
+    assert f() == (2, ())
+    cachekit.invalidate(fs_backend, "t")
+    assert f() == (3, ())
+
+
+def test_plain_get_or_compute_refuses_a_record(fs_backend: Any) -> None:
+    cachekit.get_or_compute(fs_backend, "k", lambda: 1, 60, stale=10)
+    with pytest.raises(cachekit.InvalidArgument, match="read it the way it was written"):
+        cachekit.get_or_compute(fs_backend, "k", lambda: 1, 60)
+    with pytest.raises(cachekit.InvalidArgument, match="2106"):
+        cachekit.memoize(fs_backend, timeout=2**33, name="far")(lambda: 1)
