@@ -94,7 +94,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar
 
 from flask import copy_current_request_context, current_app, has_app_context, has_request_context
 
@@ -210,18 +210,35 @@ def new_generation() -> int:
     return secrets.randbits(63) | 1
 
 
+class Call(NamedTuple):
+    """One call of a cached function: where its value lives and how it is cached."""
+
+    strategy: Strategy
+    key: str
+    tags: Sequence[str]
+    policy: Policy
+    should_cache: Callable[[Any], bool] | None
+
+    def tally(self, counter: str) -> None:
+        """Count one event of this call's function (see :func:`count`)."""
+        count(self.strategy, self.policy, counter)
+
+    def keeps(self, value: Any) -> bool:
+        """Whether ``value`` may be stored (``should_cache``)."""
+        return self.should_cache is None or self.should_cache(value)
+
+
 # -- reading ---------------------------------------------------------------------------
 
 
-def _lookup(
-    strategy: Strategy, key: str, tags: Sequence[str]
-) -> tuple[Record | None, dict[str, Any]]:
+def _lookup(call: Call) -> tuple[Record | None, dict[str, Any]]:
     """The key's record, if its tags are current, and the tags' current generations.
 
     One batch read. A record that cannot be decoded, or whose tags moved on,
     is ``None``.
     """
-    keys = [key, *(TAG_PREFIX + tag for tag in tags)]
+    strategy, tags = call.strategy, call.tags
+    keys = [call.key, *(TAG_PREFIX + tag for tag in tags)]
     try:
         entries = strategy._load_many(keys)
     except CorruptValue:  # rare: read each key alone, a corrupt one as missing (replaced)
@@ -278,15 +295,9 @@ def _set_generation(strategy: Strategy, key: str, replace: bool) -> int:
 # -- writing ---------------------------------------------------------------------------
 
 
-def _store(
-    strategy: Strategy,
-    key: str,
-    policy: Policy,
-    value: Any,
-    delta: float,
-    generations: tuple[tuple[str, int], ...],
-) -> None:
-    """Store ``value``'s record under ``key``; the caller holds the key's COMPUTE stripe."""
+def _store(call: Call, value: Any, delta: float, generations: tuple[tuple[str, int], ...]) -> None:
+    """Store ``value``'s record under the call's key; the caller holds its COMPUTE stripe."""
+    strategy, key, policy = call.strategy, call.key, call.policy
     timeout = strategy.default_timeout() if policy.timeout is None else policy.timeout
     now = time.time()
     if timeout == 0:
@@ -304,23 +315,18 @@ def _store(
 _MISS: Final = object()
 
 
-def _serve(
-    strategy: Strategy,
-    key: str,
-    record: Record | None,
-    policy: Policy,
-    refresh: Callable[[float, bool], None],
-) -> Any:
+def _serve(call: Call, record: Record | None, refresh: Callable[[float, bool], None]) -> Any:
     """The value to return at once from ``record``, starting a refresh if due; else _MISS."""
     if record is None:
         return _MISS
+    policy = call.policy
     fresh_until = record.fresh_until
     if fresh_until == 0.0:
-        count(strategy, policy, "hits")
+        call.tally("hits")
         return record.value
     now = time.time()
     if now < fresh_until:
-        count(strategy, policy, "hits")
+        call.tally("hits")
         if policy.beta > 0 and record.delta > 0:
             most = record.delta * policy.beta
             head_start = min(most * -math.log(1.0 - random.random()), most)
@@ -328,7 +334,7 @@ def _serve(
                 refresh(fresh_until, True)
         return record.value
     if now < fresh_until + policy.stale:
-        count(strategy, policy, "stale")
+        call.tally("stale")
         refresh(fresh_until, False)
         return record.value
     return _MISS
@@ -359,14 +365,14 @@ class Outage:
 outage = Outage()
 
 
-def _fail_open(strategy: Strategy, policy: Policy, error: Exception) -> None:
+def _fail_open(call: Call, error: Exception) -> None:
     """Count a backend failure that will be served uncached; raise it if not failing open."""
-    if not policy.fail_open:
+    if not call.policy.fail_open:
         raise error
-    count(strategy, policy, "errors")
+    call.tally("errors")
     if isinstance(error, StorageError):
-        outage.begin(id(strategy))
-    log.warning("serving %s uncached: %s", policy.name, error)
+        outage.begin(id(call.strategy))
+    log.warning("serving %s uncached: %s", call.policy.name, error)
 
 
 # -- the single flight -----------------------------------------------------------------
@@ -375,61 +381,59 @@ def _fail_open(strategy: Strategy, policy: Policy, error: Exception) -> None:
 class _Flight:
     """A miss's single flight: hold the COMPUTE stripe, read again, compute if still missing.
 
-    ``with _Flight(...) as flight``: if ``flight.found`` is not ``_MISS``,
+    ``with _Flight(call) as flight``: if ``flight.found`` is not ``_MISS``,
     serve it; else compute and call ``flight.done(value, delta)``. Backend
     failures fail open (``flight.found`` stays ``_MISS`` and ``done`` stores
     nothing).
     """
 
-    def __init__(self, strategy: Strategy, key: str, tags: Sequence[str], policy: Policy) -> None:
-        self.strategy = strategy
-        self.key = key
-        self.tags = tags
-        self.policy = policy
+    def __init__(self, call: Call) -> None:
+        self.call = call
         self.found: Any = _MISS
         self._generations: tuple[tuple[str, int], ...] | None = None
         self._hold: Any = None
 
     def __enter__(self) -> _Flight:
-        strategy, policy = self.strategy, self.policy
-        count(strategy, policy, "misses")
+        call = self.call
+        strategy = call.strategy
+        call.tally("misses")
         # A caller that already holds a cachekit lock (a memoized call inside an update, or
         # inside another computation) does not wait: waiting against the lock order could
         # deadlock. It computes uncached if another caller is computing.
         wait = 0.0 if strategy._locks.holds_any() else strategy.settings.compute_wait
-        hold = strategy._hold(COMPUTE, (self.key,), wait, f"computation of {self.key!r}")
+        hold = strategy._hold(COMPUTE, (call.key,), wait, f"computation of {call.key!r}")
         try:
             hold.__enter__()
         except (StorageError, LockTimeout) as error:
-            _fail_open(strategy, policy, error)
+            _fail_open(call, error)
             return self
         self._hold = hold
         try:
             try:
-                record, generations = _lookup(strategy, self.key, self.tags)
+                record, generations = _lookup(call)
                 if record is not None and (
                     record.fresh_until == 0.0 or time.time() < record.fresh_until
                 ):
-                    count(strategy, policy, "joined")
+                    call.tally("joined")
                     self.found = record.value
                 else:
                     self._generations = _current_generations(strategy, generations)
             except (StorageError, LockTimeout) as error:
-                _fail_open(strategy, policy, error)
+                _fail_open(call, error)
         except BaseException:
             self._release(*sys.exc_info())
             raise
         return self
 
-    def done(self, value: Any, delta: float, should_cache: Callable[[Any], bool] | None) -> None:
+    def done(self, value: Any, delta: float) -> None:
         """Store the computed ``value`` (unless ``should_cache`` refuses it or the cache failed)."""
-        count(self.strategy, self.policy, "computations")
-        if self._generations is None or (should_cache is not None and not should_cache(value)):
+        self.call.tally("computations")
+        if self._generations is None or not self.call.keeps(value):
             return
         try:
-            _store(self.strategy, self.key, self.policy, value, delta, self._generations)
+            _store(self.call, value, delta, self._generations)
         except StorageError as error:
-            _fail_open(self.strategy, self.policy, error)
+            _fail_open(self.call, error)
 
     def _release(self, *exc: Any) -> None:
         hold, self._hold = self._hold, None
@@ -437,7 +441,7 @@ class _Flight:
             try:
                 hold.__exit__(*exc)
             except StorageError as error:  # the value is computed and served: say why not kept
-                log.warning("releasing the computation of %r: %s", self.key, error)
+                log.warning("releasing the computation of %r: %s", self.call.key, error)
 
     def __exit__(self, *exc: Any) -> None:
         self._release(*exc)
@@ -446,7 +450,7 @@ class _Flight:
 # -- background refresh ----------------------------------------------------------------
 
 
-#: Most background refreshes one process runs at once; more are dropped (and counted).
+#: Most background refreshes one process runs at once; more are skipped (the stale value served).
 MAX_REFRESHES: Final = 16
 
 
@@ -489,16 +493,9 @@ _refreshing = PerProcessValue(_Refreshing)
 
 
 def _refresh_in_background(
-    strategy: Strategy,
-    key: str,
-    tags: Sequence[str],
-    policy: Policy,
-    compute: Callable[[], Any],
-    should_cache: Callable[[Any], bool] | None,
-    seen: float,
-    early: bool,
+    call: Call, compute: Callable[[], Any], seen: float, early: bool
 ) -> None:
-    """Start recomputing ``key`` on a thread of its own, if this process may; never raises.
+    """Start recomputing the call's key on a thread of its own, if this process may; never raises.
 
     ``seen`` is the ``fresh_until`` of the record that made the caller start
     it: the thread computes only if the record is still that one once it
@@ -506,7 +503,7 @@ def _refresh_in_background(
     process) is not computed again.
     """
     refreshing = _refreshing.get()
-    mine = (id(strategy), key)
+    mine = (id(call.strategy), call.key)
     if not refreshing.claim(mine):
         return
     try:
@@ -515,17 +512,15 @@ def _refresh_in_background(
         def run() -> None:
             failed = True
             try:
-                failed = not _refresh(
-                    strategy, key, tags, policy, compute, should_cache, seen, early
-                )
+                failed = not _refresh(call, compute, seen, early)
             finally:
                 refreshing.release(mine, failed)
 
-        threading.Thread(target=run, name=f"cachekit refresh {key}", daemon=True).start()
+        threading.Thread(target=run, name=f"cachekit refresh {call.key}", daemon=True).start()
     except Exception:  # no thread to be had (a limit, shutdown): serve the value anyway
         refreshing.release(mine, True)
-        count(strategy, policy, "refresh_errors")
-        log.warning("could not start refreshing %r", key, exc_info=True)
+        call.tally("refresh_errors")
+        log.warning("could not start refreshing %r", call.key, exc_info=True)
 
 
 def _with_flask_context(compute: Callable[[], T]) -> Callable[[], T]:
@@ -548,45 +543,39 @@ def _with_flask_context(compute: Callable[[], T]) -> Callable[[], T]:
     return compute
 
 
-def _refresh(
-    strategy: Strategy,
-    key: str,
-    tags: Sequence[str],
-    policy: Policy,
-    compute: Callable[[], Any],
-    should_cache: Callable[[Any], bool] | None,
-    seen: float,
-    early: bool,
-) -> bool:
-    """Recompute ``key`` if no one else is (a try of the stripe); False if that failed."""
+def _refresh(call: Call, compute: Callable[[], Any], seen: float, early: bool) -> bool:
+    """Recompute the call's key if no one else is (a try of the stripe); False if that failed."""
+    strategy = call.strategy
     try:
-        hold = strategy._hold(COMPUTE, (key,), 0.0, f"refresh of {key!r}")
+        hold = strategy._hold(COMPUTE, (call.key,), 0.0, f"refresh of {call.key!r}")
         try:
             hold.__enter__()
         except LockTimeout:
             return True  # another thread or process is computing it
         with ExitStack() as held:
             held.push(hold)  # entered above: released however the block ends
-            record, generations = _lookup(strategy, key, tags)
+            record, generations = _lookup(call)
             if record is not None and record.fresh_until != seen:
                 return True  # refreshed meanwhile
             fresh = _current_generations(strategy, generations)
-            count(strategy, policy, "refreshes")
+            call.tally("refreshes")
             if early:
-                count(strategy, policy, "early")
+                call.tally("early")
             started = time.monotonic()
             value = compute()
             delta = time.monotonic() - started
-            count(strategy, policy, "computations")
-            if should_cache is not None and not should_cache(value):
+            call.tally("computations")
+            if not call.keeps(value):
                 return False  # not stored: back off, as after a failure
-            _store(strategy, key, policy, value, delta, fresh)
+            _store(call, value, delta, fresh)
             return True
     except Exception:
         log.exception(
-            "refreshing %s (key %r) failed; the old value is served meanwhile", policy.name, key
+            "refreshing %s (key %r) failed; the old value is served meanwhile",
+            call.policy.name,
+            call.key,
         )
-        count(strategy, policy, "refresh_errors")
+        call.tally("refresh_errors")
         return False
     finally:
         strategy._finished()
@@ -598,32 +587,25 @@ def _refresh(
 _UNCACHED: Final = object()
 
 
-def _at_once(
-    strategy: Strategy,
-    key: str,
-    compute: Callable[[], Any],
-    policy: Policy,
-    tags: Sequence[str],
-    should_cache: Callable[[Any], bool] | None,
-) -> Any:
+def _at_once(call: Call, compute: Callable[[], Any]) -> Any:
     """What a call gets without computing in the foreground: a value, _MISS or _UNCACHED.
 
     ``compute`` is what a background refresh runs; _UNCACHED means the cache
     failed (fail open: compute and return, storing nothing).
     """
-    if outage.skip(id(strategy)):
-        count(strategy, policy, "errors")
+    if outage.skip(id(call.strategy)):
+        call.tally("errors")
         return _UNCACHED
     try:
-        record, _ = _lookup(strategy, key, tags)
+        record, _ = _lookup(call)
     except StorageError as error:
-        _fail_open(strategy, policy, error)
+        _fail_open(call, error)
         return _UNCACHED
 
     def refresh(seen: float, early: bool) -> None:
-        _refresh_in_background(strategy, key, tags, policy, compute, should_cache, seen, early)
+        _refresh_in_background(call, compute, seen, early)
 
-    return _serve(strategy, key, record, policy, refresh)
+    return _serve(call, record, refresh)
 
 
 def fetch(
@@ -635,19 +617,20 @@ def fetch(
     should_cache: Callable[[Any], bool] | None = None,
 ) -> T:
     """``key``'s value: served, refreshed or computed once, as the module describes."""
+    call = Call(strategy, key, tags, policy, should_cache)
     try:
-        found = _at_once(strategy, key, compute, policy, tags, should_cache)
+        found = _at_once(call, compute)
         if found is _UNCACHED:
-            count(strategy, policy, "computations")
+            call.tally("computations")
             return compute()
         if found is not _MISS:
             return found  # type: ignore[no-any-return]
-        with _Flight(strategy, key, tags, policy) as flight:
+        with _Flight(call) as flight:
             if flight.found is not _MISS:
                 return flight.found  # type: ignore[no-any-return]
             started = time.monotonic()
             value = compute()
-            flight.done(value, time.monotonic() - started, should_cache)
+            flight.done(value, time.monotonic() - started)
             return value
     finally:
         strategy._finished()
@@ -668,12 +651,11 @@ async def fetch_async(
     event loop of its own. A background refresh runs the coroutine in a new
     event loop on its own thread.
     """
+    call = Call(strategy, key, tags, policy, should_cache)
     try:
-        found = _at_once(
-            strategy, key, lambda: asyncio.run(_awaited(compute)), policy, tags, should_cache
-        )
+        found = _at_once(call, lambda: asyncio.run(_awaited(compute)))
         if found is _UNCACHED:
-            count(strategy, policy, "computations")
+            call.tally("computations")
             return await compute()
         if found is not _MISS:
             return found  # type: ignore[no-any-return]
@@ -691,20 +673,20 @@ async def fetch_async(
                 if pending.cancelled() and not (task and task.cancelling()):
                     continue  # the computing coroutine was cancelled, not this one
                 raise
-            count(strategy, policy, "misses")
-            count(strategy, policy, "joined")
+            call.tally("misses")
+            call.tally("joined")
             return value  # type: ignore[no-any-return]
         future: asyncio.Future[Any] = loop.create_future()
         future.add_done_callback(_retrieved)
         flights[mine] = future
         try:
-            with _Flight(strategy, key, tags, policy) as flight:
+            with _Flight(call) as flight:
                 if flight.found is not _MISS:
                     value = flight.found
                 else:
                     started = time.monotonic()
                     value = await compute()
-                    flight.done(value, time.monotonic() - started, should_cache)
+                    flight.done(value, time.monotonic() - started)
             future.set_result(value)
             return value  # type: ignore[no-any-return]
         except asyncio.CancelledError:
