@@ -2,7 +2,9 @@
 
 The engine under :func:`cachekit.memoize`, :func:`cachekit.cached` and
 ``get_or_compute(..., stale=, beta=, tags=)``. A computed value is stored
-under its key as a *record*, a plain tuple (so that any pickler stores it)::
+under its key as a *record*, a plain tuple (unpickling it needs no class of
+cachekit's; a serializer that does not keep tuples, such as JSON, is not
+supported)::
 
     (MARK, value, fresh_until, delta, generations)
 
@@ -35,11 +37,14 @@ How a call is served (:func:`fetch`):
 
 Invariants:
 
-- **One computation of a key at a time, everywhere.** Every computation,
-  in the foreground or the background, runs while holding the key's COMPUTE
-  stripe and stores its record before releasing it. A background refresh
-  only *tries* the stripe (a wait of 0) and, once it has it, computes only
-  if the record is still the one that made it start.
+- **One stored computation of a key at a time, everywhere.** Every
+  computation whose value is stored, in the foreground or the background,
+  runs while holding the key's COMPUTE stripe and stores its record before
+  releasing it. A background refresh only *tries* the stripe (a wait of 0)
+  and, once it has it, computes only if the record is still the one that
+  made it start. Computations that store nothing run without it: a caller
+  failing open, and a nested caller that found the stripe taken (below). On
+  Redis the stripe is a lease: a holder paused past it loses it.
 - **No caller waits on a recomputation while a value may be served.** A
   refresh runs on a thread of its own (a greenlet under gevent), at most one
   per key per process and :data:`MAX_REFRESHES` in all, with a copy of the
@@ -58,7 +63,7 @@ Invariants:
   cleared cache) is replaced by a new random one, never reset to an old
   value, so it can only cause misses, never bring an invalidated value back.
   Cost: one read per tag per call, in the same round trip as the value
-  (``MGET``; one LMDB snapshot).
+  (``MGET``; one LMDB snapshot; on a Cluster a ``GET`` each).
 - **forget() is immediate too.** It holds the key's COMPUTE stripe while it
   deletes the key, so a computation that began before it cannot store after it.
 - **Backend trouble fails open.** When the cache cannot be read or written
@@ -76,8 +81,10 @@ nothing usable), ``joined`` (of those, calls that waited for another
 caller's computation and got its value), ``computations`` (runs of the
 function, foreground and background), ``refreshes`` (background
 computations), ``early`` (of those, started early by XFetch),
-``refresh_errors``, ``errors`` (calls served uncached because of backend
-trouble) and ``bypassed`` (calls ``unless`` sent straight to the function).
+``refresh_errors``, ``errors`` (calls served uncached: backend trouble, a
+wait that ran out, a nested caller that found the stripe taken) and
+``bypassed`` (calls ``unless`` or a request ``cached`` does not serve sent
+straight to the function).
 """
 
 from __future__ import annotations
