@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 COMPUTATION = 0.3  # seconds
 TIMEOUT = 1.0
 STALE = 2.0
-LOAD_SECONDS = 6.0
+LOAD_SECONDS = 5.0
 LOAD_CLIENTS = 32
 QUOTE_ENV = {
     "DEMO_QUOTE_SECONDS": str(COMPUTATION),
@@ -94,7 +94,7 @@ def test_memoize_under_gthread_workers(
     assert stats["computations"] >= 1 and stats["hits"] > 0 and stats["errors"] == 0
 
 
-@pytest.mark.parametrize("backend", ["FileSystemCache", "RedisCache"])
+@pytest.mark.parametrize("backend", ["FileSystemCache"])  # Redis under gevent: test_gunicorn
 def test_memoize_under_gevent_preload_workers(
     tmp_path: Path, backend: str, request: pytest.FixtureRequest
 ) -> None:
