@@ -25,11 +25,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.demo-stamp: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
-	$(PIP) -e .
+	$(PIP) -e '.[redis,prometheus]'
 	touch $@
 
 $(VENV)/.test-stamp: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
-	$(PIP) -e '.[test,lint]'
+	$(PIP) -e '.[redis,prometheus,test,lint]'
 	touch $@ $(VENV)/.demo-stamp
 
 demo: $(VENV)/.demo-stamp

@@ -20,12 +20,14 @@ from .errors import (
     ValueTypeError,
     WriteError,
 )
+from .extension import CacheKit
 from .lmdb import LMDBCache
 from .memo import cached, invalidate, memoize
 from .operations import get_or_compute, incr, lock, statistics, transaction, update
 from .strategy import LockHandle, Transaction
 
 __all__ = [
+    "CacheKit",
     "CachekitError",
     "ConcurrentUpdateError",
     "ConfigurationError",

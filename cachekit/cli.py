@@ -13,12 +13,13 @@ from typing import Any
 
 import click
 from flask import current_app
-from flask.cli import AppGroup
+from flask.cli import AppGroup, ScriptInfo, pass_script_info
 
 from . import operations
 from .compat import app_backends
 from .doctor import PROBLEM, diagnose
 from .errors import CachekitError
+from .extension import deferred_checks
 from .resolve import strategy_for
 
 cachekit_cli = AppGroup("cachekit", help="Read, change and check the app's shared state.")
@@ -102,13 +103,32 @@ def stats_command(process: bool) -> None:
     click.echo(json.dumps(figures, indent=2, sort_keys=True))
 
 
-@cachekit_cli.command("doctor")
-def doctor_command() -> None:
-    """Check the cache configuration; exit status 1 if something would lose state."""
-    findings = diagnose(current_app)
-    for finding in findings:
-        click.echo(f"{finding.level}: {finding.what}\n  fix: {finding.fix}")
-    problems = sum(finding.level == PROBLEM for finding in findings)
+@cachekit_cli.command("doctor", with_appcontext=False)
+@pass_script_info
+def doctor_command(info: ScriptInfo) -> None:
+    """Check the cache setup: problems first, each with its fix, then warnings.
+
+    Exit status 1 if something would lose or corrupt shared state. It loads the
+    app with CacheKit's start-up checks deferred (they would refuse to start
+    it), changes nothing on the system it checks, and waits for Redis at most
+    CACHEKIT_CHECK_TIMEOUT (2 s) per reply.
+    """
+    token = deferred_checks.set(True)
+    try:
+        app = info.load_app()
+    finally:
+        deferred_checks.reset(token)
+    with app.app_context():
+        findings = diagnose(app)
+    problems = [finding for finding in findings if finding.level == PROBLEM]
+    warnings = [finding for finding in findings if finding.level != PROBLEM]
+    for title, group in (("problems", problems), ("warnings", warnings)):
+        if group:
+            click.echo(f"{title}:")
+        for number, finding in enumerate(group, 1):
+            click.echo(f"{number}. {finding.what}\n   fix: {finding.fix}")
     if problems:
-        raise click.ClickException(f"{problems} problem(s) would lose or corrupt shared state")
+        raise click.ClickException(
+            f"{len(problems)} problem(s) would lose or corrupt shared state (fixes above)"
+        )
     click.echo("ok: nothing in this configuration would lose shared state")

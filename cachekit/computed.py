@@ -49,7 +49,7 @@ Invariants:
   refresh runs on a thread of its own (a greenlet under gevent), at most one
   per key per process and :data:`MAX_REFRESHES` in all, with a copy of the
   caller's Flask context; a key whose refresh failed is not refreshed again
-  for :data:`RETRY_AFTER` seconds. Starting one never fails the caller.
+  for ``CACHEKIT_FAIL_OPEN_PAUSE`` seconds (1 s). Starting one never fails the caller.
 - **No wait against the lock order.** A caller whose thread already holds a
   cachekit lock only tries the COMPUTE stripe, and computes uncached if it is
   taken. Coroutines of one event loop (one thread, so one holder of the
@@ -70,7 +70,7 @@ Invariants:
   (:class:`~cachekit.errors.StorageError`), or another caller's computation
   is not done within ``CACHEKIT_COMPUTE_WAIT``, the function is called and
   its value returned uncached (counted as ``errors``); for
-  :data:`RETRY_AFTER` seconds after a storage failure this process then
+  ``CACHEKIT_FAIL_OPEN_PAUSE`` seconds (1 s) after a storage failure this process then
   calls the function without trying the cache, so that an unreachable server
   costs one bounded wait, not one per call. ``fail_open=False`` raises instead.
   A record that cannot be decoded is a miss, and is overwritten.
@@ -106,6 +106,7 @@ from typing import Any, Final, NamedTuple, TypeVar
 from flask import copy_current_request_context, current_app, has_app_context, has_request_context
 
 from .errors import CorruptValue, InvalidArgument, LockTimeout, StorageError
+from .settings import DEFAULTS
 from .strategy import MAX_EXPIRES, Entry, Strategy, Timeout, check_key, seconds
 from .threadlocks import COMPUTE, PerProcessValue
 
@@ -117,7 +118,7 @@ MARK: Final = "cachekit.computed/1"
 #: Prefix of a tag's generation key.
 TAG_PREFIX: Final = "cachekit:tag:"
 #: Seconds a process calls functions directly after the cache failed it (fail open).
-RETRY_AFTER: Final = 1.0
+RETRY_AFTER: Final = DEFAULTS.fail_open_pause
 #: Every per-function statistic.
 COUNTERS: Final = (
     "hits",
@@ -361,12 +362,12 @@ class Outage:
         self.until: dict[int, float] = {}
 
     def skip(self, owner: int) -> bool:
-        """Whether the cache of ``owner`` (an ``id``) failed less than RETRY_AFTER s ago."""
+        """Whether the cache of ``owner`` (an ``id``) failed less than its pause ago."""
         until = self.until.get(owner)
         return until is not None and time.monotonic() < until
 
-    def begin(self, owner: int) -> None:
-        self.until[owner] = time.monotonic() + RETRY_AFTER
+    def begin(self, owner: int, pause: float = RETRY_AFTER) -> None:
+        self.until[owner] = time.monotonic() + pause
 
 
 outage = Outage()
@@ -378,7 +379,7 @@ def _fail_open(call: Call, error: Exception) -> None:
         raise error
     call.tally("errors")
     if isinstance(error, StorageError):
-        outage.begin(id(call.strategy))
+        outage.begin(id(call.strategy), call.strategy.settings.fail_open_pause)
     log.warning("serving %s uncached: %s", call.policy.name, error)
 
 
@@ -465,7 +466,7 @@ class _Refreshing:
     """This process's background refreshes: one per key at most, MAX_REFRESHES in all.
 
     ``failed`` remembers, per key, until when a refresh that failed is not
-    tried again (RETRY_AFTER), so that a failing origin is not called on
+    tried again (``CACHEKIT_FAIL_OPEN_PAUSE``), so that a failing origin is not called on
     every stale hit.
     """
 
@@ -484,14 +485,14 @@ class _Refreshing:
             self.keys.add(mine)
             return True
 
-    def release(self, mine: tuple[int, str], failed: bool) -> None:
+    def release(self, mine: tuple[int, str], failed: bool, pause: float = RETRY_AFTER) -> None:
         with self.lock:
             self.keys.discard(mine)
             if failed:
                 if len(self.failed) > 10_000:
                     now = time.monotonic()
                     self.failed = {k: t for k, t in self.failed.items() if t > now}
-                self.failed[mine] = time.monotonic() + RETRY_AFTER
+                self.failed[mine] = time.monotonic() + pause
             else:
                 self.failed.pop(mine, None)
 
@@ -521,11 +522,11 @@ def _refresh_in_background(
             try:
                 failed = not _refresh(call, compute, seen, early)
             finally:
-                refreshing.release(mine, failed)
+                refreshing.release(mine, failed, call.strategy.settings.fail_open_pause)
 
         threading.Thread(target=run, name=f"cachekit refresh {call.key}", daemon=True).start()
     except Exception:  # no thread to be had (a limit, shutdown): serve the value anyway
-        refreshing.release(mine, True)
+        refreshing.release(mine, True, call.strategy.settings.fail_open_pause)
         call.tally("refresh_errors")
         log.warning("could not start refreshing %r", call.key, exc_info=True)
 

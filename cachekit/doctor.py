@@ -29,11 +29,16 @@ from .compat import (
 from .errors import CachekitError, ConfigurationError
 from .filesystem import CACHELIB_SKIPS, check_private_directory
 from .lmdb import LMDBCache
+from .settings import DEFAULTS, Settings
 
 PROBLEM = "problem"
 WARNING = "warning"
-#: Longest wait, in seconds, for the Redis server's replies during the checks.
-REDIS_CHECK_TIMEOUT = 2.0
+#: What kind of problem a finding is: the configuration (refused at start-up), the server
+#: not answering (logged at start-up: not configuration), or a per-process backend (warned
+#: at start-up: right for one process, refused at first use under several workers).
+CONFIGURATION = "configuration"
+UNREACHABLE = "unreachable"
+PER_PROCESS = "per-process"
 
 
 @dataclass(frozen=True)
@@ -41,20 +46,35 @@ class Finding:
     level: str  # PROBLEM (exit status 1) or WARNING
     what: str
     fix: str
+    kind: str = CONFIGURATION
 
 
-def diagnose(app: Flask) -> list[Finding]:
-    """Every finding about the app's caches, problems first (empty: nothing would lose state)."""
-    backends = app_backends(app)
+def diagnose(app: Flask, cache: Any = None) -> list[Finding]:
+    """Every finding about the app's caches (or only ``cache``'s), problems first.
+
+    Empty: nothing in the setup would lose state. The Redis checks wait at
+    most the app's ``CACHEKIT_CHECK_TIMEOUT`` (2 s) for each reply.
+    """
+    if cache is not None:
+        backend = app.extensions.get("cache", {}).get(cache)
+        backends = [] if backend is None else [backend]
+    else:
+        backends = app_backends(app)
     if not backends:
         return [Finding(PROBLEM, "the app has no Flask-Caching cache", "call cache.init_app(app)")]
     findings: list[Finding] = []
+    try:
+        timeout = Settings.from_config(app.config).check_timeout
+    except ConfigurationError as error:
+        setting = error.context.get("setting", "the setting")
+        findings.append(Finding(PROBLEM, str(error), f"set {setting} to a number of seconds > 0"))
+        timeout = DEFAULTS.check_timeout
     for backend in {id(b): b for b in backends}.values():
-        findings += diagnose_backend(backend)
+        findings += diagnose_backend(backend, timeout)
     return sorted(findings, key=lambda finding: finding.level != PROBLEM)
 
 
-def diagnose_backend(backend: Any) -> list[Finding]:
+def diagnose_backend(backend: Any, check_timeout: float = DEFAULTS.check_timeout) -> list[Finding]:
     """The findings about one backend instance."""
     findings: list[Finding] = []
     if isinstance(backend, cachelib.SimpleCache):
@@ -64,6 +84,7 @@ def diagnose_backend(backend: Any) -> list[Finding]:
                 "SimpleCache keeps a separate copy in each worker process",
                 "set CACHE_TYPE=FileSystemCache (one machine) or RedisCache; SimpleCache"
                 " only suits a single process",
+                PER_PROCESS,
             )
         )
     elif isinstance(backend, LMDBCache):
@@ -71,7 +92,7 @@ def diagnose_backend(backend: Any) -> list[Finding]:
     elif isinstance(backend, cachelib.FileSystemCache):
         findings += _filesystem(backend)
     elif isinstance(backend, cachelib.RedisCache):
-        findings += _redis(backend)
+        findings += _redis(backend, check_timeout)
     else:
         hint = " (NullCache stores nothing)" if isinstance(backend, cachelib.NullCache) else ""
         findings.append(
@@ -173,9 +194,13 @@ def _lmdb(backend: LMDBCache) -> list[Finding]:
             )
         )
     try:
-        figures = backend._store.statistics()
+        figures = backend._store.statistics()  # the store the app opened; one read
     except CachekitError as error:
-        return [*findings, Finding(PROBLEM, f"the LMDB store cannot be read: {error}", "see above")]
+        fix = (
+            "make the directory the app's own (chown, chmod 700) and its files readable"
+            " by it; a store that reads as corrupt must be moved aside (its state is lost)"
+        )
+        return [*findings, Finding(PROBLEM, f"the LMDB store cannot be read: {error}", fix)]
     if figures["used_bytes"] > LMDB_FULL_WARNING * figures["map_size"]:
         findings.append(
             Finding(
@@ -192,7 +217,7 @@ def _looks_like_lock(name: str) -> bool:
     return name.endswith(".lock") or name.startswith(".lock")
 
 
-def _redis(backend: Any) -> list[Finding]:
+def _redis(backend: Any, check_timeout: float) -> list[Finding]:
     from .redis.server import eviction_problem, persistence_warning, read_facts, version_problem
     from .redis.translate import translated
 
@@ -201,9 +226,7 @@ def _redis(backend: Any) -> list[Finding]:
     client = None
     try:
         with translated("checking the server"):
-            client = bounded_redis_client(
-                parts.client, REDIS_CHECK_TIMEOUT, REDIS_CHECK_TIMEOUT / 2
-            )
+            client = bounded_redis_client(parts.client, check_timeout, check_timeout / 2)
             facts = read_facts(client)
     except CachekitError as error:
         return [
@@ -211,6 +234,7 @@ def _redis(backend: Any) -> list[Finding]:
                 PROBLEM,
                 f"Redis does not answer: {error}",
                 "start Redis or correct CACHE_REDIS_URL / CACHE_REDIS_HOST",
+                UNREACHABLE,
             )
         ]
     finally:

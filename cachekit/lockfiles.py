@@ -101,6 +101,8 @@ class LockFile(StripedLocks):
             except OSError as error:
                 if error.errno not in _CONTENDED:
                     raise
+            if not backoff.started:
+                self._contended()
             if not backoff.sleep():
                 return None
         self._busy[number] = 1

@@ -23,6 +23,7 @@ request once the cache is initialised.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from typing import Any, Final, TypeVar
@@ -34,8 +35,15 @@ from .strategy import LockHandle, Timeout, Transaction, check_key
 
 T = TypeVar("T")
 
-#: Default longest wait, in seconds, for :func:`lock`.
-LOCK_TIMEOUT: Final = 10.0
+
+class _Configured(enum.Enum):
+    """The default of :func:`lock`'s wait: the strategy's ``lock_timeout`` setting."""
+
+    WAIT = "CACHEKIT_LOCK_TIMEOUT"
+
+
+#: ``lock(cache, name)`` waits ``CACHEKIT_LOCK_TIMEOUT`` (default 10 s).
+CONFIGURED: Final = _Configured.WAIT
 
 
 def incr(cache: Any, key: str, delta: int = 1, timeout: Timeout = None) -> int:
@@ -83,11 +91,12 @@ def transaction(
 
 
 def lock(
-    cache: Any, name: str, timeout: Timeout = LOCK_TIMEOUT
+    cache: Any, name: str, timeout: Timeout | _Configured = CONFIGURED
 ) -> AbstractContextManager[LockHandle]:
     """Mutual exclusion across threads, processes and hosts for the block, by ``name``.
 
-    Waits at most ``timeout`` seconds (``None``: no limit), then raises
+    Waits at most ``timeout`` seconds (``None``: no limit; by default the
+    ``CACHEKIT_LOCK_TIMEOUT`` setting, 10 s), then raises
     :class:`~cachekit.errors.LockTimeout`. Re-entrant within a thread. A
     process that dies holding it releases it at once (on Redis: at once on
     the same machine, after the lease from another). The block gets a
@@ -95,7 +104,10 @@ def lock(
     if the lock was lost while held (a holder paused past its lease), leaving
     the block raises :class:`~cachekit.errors.LeaseLost`.
     """
-    return strategy_for(cache).lock(name, timeout)
+    strategy = strategy_for(cache)
+    if timeout is CONFIGURED:
+        return strategy.lock(name, strategy.settings.lock_timeout)
+    return strategy.lock(name, timeout)
 
 
 def get_or_compute(

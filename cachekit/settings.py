@@ -39,6 +39,15 @@ class Settings:
     redis_timeout: float = 5.0
     #: Redis: longest wait to open a connection.
     redis_connect_timeout: float = 1.0
+    #: ``lock()``'s wait when the call names none.
+    lock_timeout: float = 10.0
+    #: Longest time a process keeps its statistics before adding them to the shared cache
+    #: (a timer flushes idle processes too).
+    stats_interval: float = 1.0
+    #: After a storage error, how long memoized functions of this process skip the cache.
+    fail_open_pause: float = 1.0
+    #: Redis: longest wait for each reply of the start-up checks and of ``doctor``.
+    check_timeout: float = 2.0
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -77,6 +86,10 @@ CONFIG_KEYS: Final = {
     "lease": "CACHEKIT_LEASE",
     "redis_timeout": "CACHEKIT_REDIS_TIMEOUT",
     "redis_connect_timeout": "CACHEKIT_REDIS_CONNECT_TIMEOUT",
+    "lock_timeout": "CACHEKIT_LOCK_TIMEOUT",
+    "stats_interval": "CACHEKIT_STATS_INTERVAL",
+    "fail_open_pause": "CACHEKIT_FAIL_OPEN_PAUSE",
+    "check_timeout": "CACHEKIT_CHECK_TIMEOUT",
 }
 
 #: The settings of a strategy created without an app's configuration.

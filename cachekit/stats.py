@@ -1,16 +1,30 @@
 """Statistics of cachekit's operations, per process and merged across workers.
 
-Every statistic is a counter: operations by kind, lock waits (in buckets of
-duration, from which p50 and p99 are read), lock timeouts, retries of an
-optimistic update, computations by ``get_or_compute`` and the computations it
-saved. A process counts in memory and, at most once per
-:data:`FLUSH_INTERVAL` and when it exits, adds what it counted since to keys
-``cachekit:stats:<name>`` of the shared cache with cachekit's own ``incr``. So
-the merged figures are exact sums over every worker (of every host, on Redis),
-behind by at most the interval for workers still running; a worker killed
-with SIGKILL loses its last interval of statistics, never any state.
+Every statistic is a counter: operations by kind, locks taken, lock waits
+(only the takings that found the lock held, in buckets of duration, from
+which the bounds of p50 and p99 are read, and their total time), lock
+timeouts, retries of an optimistic update, computations by
+``get_or_compute`` and the computations it saved. A process counts in memory
+and adds what it counted since its last flush to keys
+``cachekit:stats:<name>`` of the shared cache with cachekit's own ``incr``:
+after an operation once ``CACHEKIT_STATS_INTERVAL`` (1 s) has passed, from a
+timer thread (a greenlet under gevent) when the process is idle, and when
+it exits. So the merged figures are exact sums over every worker (of every
+host, on Redis), behind by at most about the interval for workers still
+running; a worker killed with SIGKILL loses its last interval of
+statistics, never any state.
 
+Invariants: a count is taken from the pending ones and added to the flushed
+ones in one step under the process's lock, so no count is flushed twice or
+lost by a flush racing another; one flush of a strategy runs at a time, so a
+reader that flushes first sees every count this process made before it.
 Statistics never fail an operation: a flush that fails is dropped.
+
+>>> figures = summary({"operations:incr": 3, "locks_uncontended": 2, "wait:4": 1})
+>>> figures["locks_taken"], figures["lock_waits"], figures["lock_wait_p99_at_most_ms"]
+(3, 1, 1.0)
+>>> bound_text(0.001), bound_text(3.0), bound_text(None)
+('<= 1 ms', '<= 3 s', 'none')
 """
 
 from __future__ import annotations
@@ -21,14 +35,16 @@ import time
 from collections import Counter
 from typing import Any, Final
 
-#: Longest time, in seconds, a process keeps counts before adding them to the cache.
-FLUSH_INTERVAL: Final = 1.0
 #: Upper bounds, in seconds, of the lock-wait buckets (the last bucket has none).
 WAIT_BUCKETS: Final = (
     0.00001, 0.00003, 0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0,
 )  # fmt: skip
 OPERATIONS: Final = ("incr", "update", "transaction", "lock", "get_or_compute")
 COUNTERS: Final = ("lock_timeouts", "retries", "computes", "computes_saved")
+#: Takings of a lock that found it free; the waits are the ``wait:<bucket>`` counts.
+UNCONTENDED: Final = "locks_uncontended"
+#: The total time of the lock waits, in microseconds.
+WAITED_US: Final = "lock_wait_us"
 PREFIX: Final = "cachekit:stats:"
 
 
@@ -37,6 +53,7 @@ def names() -> list[str]:
     return (
         [f"operations:{op}" for op in OPERATIONS]
         + list(COUNTERS)
+        + [UNCONTENDED, WAITED_US]
         + [f"wait:{i}" for i in range(len(WAIT_BUCKETS) + 1)]
     )
 
@@ -46,6 +63,9 @@ class Stats:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        #: Held by the one flush running (taken after the pending counts, released after
+        #: they reached the shared cache).
+        self.flushing = threading.Lock()
         self._flushed: Counter[str] = Counter()
         self._pending: Counter[str] = Counter()
         self._last_flush = time.monotonic()
@@ -60,10 +80,13 @@ class Stats:
             self._pending[name] += amount
 
     def waited(self, seconds: float) -> None:
-        self.count(f"wait:{bisect.bisect_left(WAIT_BUCKETS, seconds)}")
+        """A taking that found the lock held and waited ``seconds`` for it."""
+        with self._lock:
+            self._pending[f"wait:{bisect.bisect_left(WAIT_BUCKETS, seconds)}"] += 1
+            self._pending[WAITED_US] += round(seconds * 1_000_000)
 
-    def due(self) -> bool:
-        return bool(self._pending) and time.monotonic() - self._last_flush >= FLUSH_INTERVAL
+    def due(self, interval: float) -> bool:
+        return bool(self._pending) and time.monotonic() - self._last_flush >= interval
 
     def take_pending(self) -> Counter[str]:
         with self._lock:
@@ -73,28 +96,37 @@ class Stats:
         return pending
 
     def after_fork(self) -> None:
-        """A forked child starts with no counts: the parent's are its own to flush."""
+        """A forked child starts with no counts (the parent's to flush) and with free locks."""
         self._lock = threading.Lock()
+        self.flushing = threading.Lock()
         self._flushed = Counter()
         self._pending = Counter()
 
 
 def summary(counts: Counter[str] | dict[str, int]) -> dict[str, Any]:
-    """Readable figures from raw counts: operations, waits with p50/p99, the rest.
+    """Readable figures from raw counts: operations, locks and their waits, the rest.
 
-    Every value is finite (valid JSON): a percentile is the upper bound, in
-    ms, of the bucket that holds it, and ``None`` when there was no wait or
-    when it lies beyond the largest bound (then ``lock_waits_over_10s`` counts
-    those waits).
+    ``locks_taken`` counts every taking of a lock; ``lock_waits`` only those
+    that found it held. A percentile is known only as the bucket that holds
+    it: ``lock_wait_p50_at_most_ms`` is that bucket's upper bound, in ms
+    (``None`` when there was no wait, or when it lies beyond the largest
+    bound; ``lock_waits_over_10s`` counts those). ``lock_wait_buckets`` is
+    the whole distribution. Every value is finite: the figures are valid JSON.
     """
     buckets = [int(counts.get(f"wait:{i}", 0)) for i in range(len(WAIT_BUCKETS) + 1)]
     waits = sum(buckets)
     return {
         "operations": {op: int(counts.get(f"operations:{op}", 0)) for op in OPERATIONS},
+        "locks_taken": int(counts.get(UNCONTENDED, 0)) + waits,
         "lock_waits": waits,
-        "lock_wait_p50_ms": _percentile_ms(buckets, 0.50),
-        "lock_wait_p99_ms": _percentile_ms(buckets, 0.99),
+        "lock_wait_seconds": round(int(counts.get(WAITED_US, 0)) / 1_000_000, 6),
+        "lock_wait_p50_at_most_ms": _percentile_ms(buckets, 0.50),
+        "lock_wait_p99_at_most_ms": _percentile_ms(buckets, 0.99),
         "lock_waits_over_10s": buckets[-1],
+        "lock_wait_buckets": [
+            {"at_most_ms": round(bound * 1000, 6), "waits": count}
+            for bound, count in zip(WAIT_BUCKETS, buckets, strict=False)
+        ],
         **{name: int(counts.get(name, 0)) for name in COUNTERS},
     }
 
@@ -108,3 +140,13 @@ def _percentile_ms(buckets: list[int], fraction: float) -> float | None:
         if total and seen >= fraction * total:
             return round(bound * 1000, 6)
     return None
+
+
+def bound_text(seconds: float | None) -> str:
+    """A bucket bound for people: ``<= 30 us``, ``<= 1 ms``, ``<= 3 s``; ``none`` for None."""
+    if seconds is None:
+        return "none"
+    for unit, scale in (("s", 1.0), ("ms", 0.001), ("us", 0.000001)):
+        if seconds >= scale:
+            return f"<= {seconds / scale:g} {unit}"
+    return f"<= {seconds / 0.000001:g} us"

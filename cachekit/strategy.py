@@ -53,7 +53,7 @@ from .errors import (
 )
 from .settings import DEFAULTS, Settings
 from .stats import PREFIX as STATS_PREFIX
-from .stats import Stats, summary
+from .stats import UNCONTENDED, Stats, summary
 from .stats import names as stat_names
 from .threadlocks import COMPUTE, KEYS, LOCKS, PerProcessValue, StripedLocks
 
@@ -254,12 +254,17 @@ class Strategy(ABC):
     ) -> Iterator[int]:
         began = time.monotonic()
         counted = not self._local.__dict__.get("flushing")  # a flush counts nothing of its own
+        contentions = self._locks.contentions()
         entered = False
         try:
             with self._locks.hold(domain, names, timeout, what) as token:
                 entered = True
-                if counted:
+                if not counted:
+                    pass
+                elif self._locks.contentions() != contentions:
                     self.stats.waited(time.monotonic() - began)
+                else:
+                    self.stats.count(UNCONTENDED)
                 yield token
         except LockTimeout:
             if counted and not entered:
@@ -274,19 +279,27 @@ class Strategy(ABC):
 
     def _finished(self) -> None:
         """Flush the statistics if due, unless this thread holds a lock (no nesting)."""
-        if self.stats.due() and not self._locks.holds_any():
+        if not _timer.started:
+            _timer.start()
+        if self.stats.due(self.settings.stats_interval) and not self._locks.holds_any():
             self.flush_stats()
 
     def flush_stats(self) -> None:
-        """Add this process's counts since the last flush to the shared cache; never raises."""
+        """Add this process's counts since the last flush to the shared cache; never raises.
+
+        One flush of this strategy runs at a time: a caller that flushes before
+        reading the merged figures waits for a flush in flight (the timer's)
+        to land.
+        """
         if self._local.__dict__.get("flushing"):
             return
-        pending = self.stats.take_pending()
         self._local.flushing = True
         try:
-            for name, amount in pending.items():
-                if amount:
-                    self.incr(STATS_PREFIX + name, amount, None)
+            with self.stats.flushing:
+                pending = self.stats.take_pending()
+                for name, amount in pending.items():
+                    if amount:
+                        self.incr(STATS_PREFIX + name, amount, None)
         except Exception:  # statistics must never fail the app
             log.debug("could not flush cachekit statistics", exc_info=True)
         finally:
@@ -540,7 +553,48 @@ def flush_all_stats() -> None:
         strategy.flush_stats()
 
 
+class _Timer:
+    """One daemon thread per process that flushes the statistics of idle strategies.
+
+    Started at the first operation of a process (so under gevent, after the
+    worker patched ``threading``, it is a greenlet); a forked child starts its
+    own, since threads do not survive a fork. A race may start two: harmless,
+    since flushes of one strategy take turns.
+    """
+
+    def __init__(self) -> None:
+        self.started = False
+        self._generation = 0
+
+    def start(self) -> None:
+        self.started = True
+        self._generation += 1
+        thread = threading.Thread(
+            target=self._run, args=(self._generation,), name="cachekit statistics", daemon=True
+        )
+        try:
+            thread.start()
+        except RuntimeError:  # interpreter shutdown: the exit flush will do
+            pass
+
+    def _run(self, generation: int) -> None:
+        while generation == self._generation:
+            time.sleep(min((s.settings.stats_interval for s in list(_live)), default=1.0) / 2)
+            _flush_due()  # (a function: no strategy is kept alive while this one sleeps)
+
+
+def _flush_due() -> None:
+    for strategy in list(_live):
+        if strategy.stats.due(strategy.settings.stats_interval):
+            strategy.flush_stats()
+
+
+_timer = _Timer()
+
+
 def _reset_stats_after_fork() -> None:
+    _timer.started = False
+    _timer._generation += 1  # the parent's thread is gone; this one's starts afresh
     for strategy in list(_live):
         strategy.stats.after_fork()
 

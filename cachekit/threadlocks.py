@@ -168,6 +168,15 @@ class StripedLocks:
         """Whether this process still holds stripe ``number`` (a lease may say no)."""
         return True
 
+    def _contended(self) -> None:
+        """Note that this thread found a stripe held and had to wait (for the statistics)."""
+        held = self._held.get()
+        held.contended = getattr(held, "contended", 0) + 1
+
+    def contentions(self) -> int:
+        """How many times this thread has found a stripe held; compare before and after."""
+        return int(getattr(self._held.get(), "contended", 0))
+
     # -- holding -------------------------------------------------------------
 
     @contextmanager
@@ -227,10 +236,12 @@ class StripedLocks:
             raise error
 
     def _enter(self, number: int, stripe: _Stripe, deadline: float | None) -> bool:
-        if deadline is None:
-            stripe.mutex.acquire()
-        elif not stripe.mutex.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            return False
+        if not stripe.mutex.acquire(blocking=False):
+            self._contended()
+            if deadline is None:
+                stripe.mutex.acquire()
+            elif not stripe.mutex.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                return False
         if stripe.depth == 0:
             try:
                 token = self._acquire_outer(number, deadline)

@@ -23,6 +23,11 @@ class Backoff:
         self._deadline = deadline
         self._delay = 0.0
 
+    @property
+    def started(self) -> bool:
+        """Whether this waiter has slept (or tried to) at least once."""
+        return self._delay > 0
+
     def sleep(self) -> bool:
         """Sleep the next delay, never past the deadline; False (at once) if it has passed."""
         delay = self._delay = min(self._cap, self._delay * 2 or self._first)

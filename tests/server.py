@@ -68,6 +68,8 @@ def gunicorn(
             try:
                 with urllib.request.urlopen(base + "/", timeout=2):
                     break
+            except urllib.error.HTTPError:  # an answer all the same (an app without "/")
+                break
             except (urllib.error.URLError, ConnectionError):
                 if time.monotonic() > deadline:
                     raise RuntimeError(
@@ -91,8 +93,19 @@ PLAIN = urllib.request.build_opener()
 
 def get(url: str, opener: urllib.request.OpenerDirector | None = None) -> tuple[int, Any]:
     """GET ``url``; return the status and the decoded JSON body (errors included)."""
+    return send(urllib.request.Request(url), opener)
+
+
+def post(url: str, opener: urllib.request.OpenerDirector | None = None) -> tuple[int, Any]:
+    """POST to ``url`` (its input in the query string); the status and the decoded JSON body."""
+    return send(urllib.request.Request(url, data=b"", method="POST"), opener)
+
+
+def send(
+    request: urllib.request.Request, opener: urllib.request.OpenerDirector | None
+) -> tuple[int, Any]:
     try:
-        with (opener or PLAIN).open(url, timeout=60) as response:
+        with (opener or PLAIN).open(request, timeout=60) as response:
             return response.status, json.load(response)
     except urllib.error.HTTPError as error:
         return error.code, json.load(error)
@@ -100,6 +113,12 @@ def get(url: str, opener: urllib.request.OpenerDirector | None = None) -> tuple[
 
 def get_ok(url: str, opener: urllib.request.OpenerDirector | None = None) -> Any:
     status, body = get(url, opener)
+    assert status == 200, body
+    return body
+
+
+def post_ok(url: str, opener: urllib.request.OpenerDirector | None = None) -> Any:
+    status, body = post(url, opener)
     assert status == 200, body
     return body
 

@@ -17,7 +17,7 @@ from urllib.request import OpenerDirector
 
 import pytest
 
-from .server import client, concurrently, get, get_ok, gunicorn
+from .server import client, concurrently, get, get_ok, gunicorn, post, post_ok
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -37,16 +37,16 @@ def hammer(*bases: str) -> None:
     """
     sessions = [client() for _ in range(SESSIONS)]
     for i, session in enumerate(sessions):  # a first request gives each session its client id
-        assert get_ok(bases[i % len(bases)] + "/reset", session) == {"count": 0}
+        assert post_ok(bases[i % len(bases)] + "/reset", session) == {"count": 0}
     requests: list[tuple[str, str, OpenerDirector | None]] = []
     requests += [("hit", "/hits", None)] * HITS
-    requests += [("note", f"/notes/add?item=n{i}", None) for i in range(NOTES)]
+    requests += [("note", f"/notes?item=n{i}", None) for i in range(NOTES)]
     requests += [("inc", "/inc", session) for session in sessions for _ in range(PER_CLIENT)]
     requests += [("transfer", "/transfer?amount=1", None)] * TRANSFERS
 
     def send(i: int) -> tuple[str, int, Any]:
         kind, path, session = requests[i]
-        return kind, id(session), get_ok(bases[i % len(bases)] + path, session)
+        return kind, id(session), post_ok(bases[i % len(bases)] + path, session)
 
     results = concurrently(CLIENTS, [partial(send, i) for i in range(len(requests))])
     hits = [body["hits"] for kind, _, body in results if kind == "hit"]
@@ -109,7 +109,7 @@ def test_expensive_value_is_computed_once_for_concurrent_clients(tmp_path: Path)
 
 def test_lock_around_update_under_gunicorn(tmp_path: Path) -> None:
     with gunicorn(tmp_path, "-w", "4", "-k", "gthread", "--threads", "4") as base:
-        runs = concurrently(50, [lambda: get_ok(base + "/report")["runs"]] * 300)
+        runs = concurrently(50, [lambda: post_ok(base + "/report")["runs"]] * 300)
     assert sorted(runs) == list(range(1, 301))
 
 
@@ -118,7 +118,7 @@ def test_simple_cache_under_several_workers_is_refused(
     tmp_path: Path, args: tuple[str, ...]
 ) -> None:
     with gunicorn(tmp_path, *args, env={"FLASK_CACHE_TYPE": "SimpleCache"}) as base:
-        status, body = get(base + "/hits")
+        status, body = post(base + "/hits")
     assert status == 503
     assert body["error"] == "PerProcessBackend"
     assert "FileSystemCache" in body["message"]
@@ -197,9 +197,9 @@ def test_workers_recycled_under_load_lose_nothing(tmp_path: Path, backend: str) 
 
 def test_a_server_restart_continues_where_it_stopped(tmp_path: Path) -> None:
     with gunicorn(tmp_path, "-w", "4") as base:
-        first = concurrently(50, [lambda: get_ok(base + "/hits")["hits"]] * 200)
+        first = concurrently(50, [lambda: post_ok(base + "/hits")["hits"]] * 200)
     with gunicorn(tmp_path, "-w", "2", "-k", "gthread", "--threads", "4") as base:
-        second = concurrently(50, [lambda: get_ok(base + "/hits")["hits"]] * 200)
+        second = concurrently(50, [lambda: post_ok(base + "/hits")["hits"]] * 200)
     assert sorted(first + second) == list(range(1, 401))
 
 
@@ -253,7 +253,7 @@ def test_gevent_workers_are_exact(
     with gunicorn(tmp_path, *args, *(["--preload"] if preload else []), env=env) as base:
         hammer(base)
         computed = concurrently(60, [lambda: get_ok(base + "/expensive")] * 60)
-        runs = concurrently(30, [lambda: get_ok(base + "/report")["runs"]] * 100)
+        runs = concurrently(30, [lambda: post_ok(base + "/report")["runs"]] * 100)
         assert get_ok(base + "/boots") == {"boots": 1 if preload else 2}
     assert computed == [{"answer": 42, "computation": 1}] * 60
     assert sorted(runs) == list(range(1, 101))

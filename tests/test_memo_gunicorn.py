@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from .server import concurrently, get_ok, gunicorn
+from .server import concurrently, get_ok, gunicorn, post_ok
 from .test_gunicorn import EMBEDDED, backend_env, worker_timeouts
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -49,7 +49,7 @@ def invalidate_computes_once(base: str, symbol: str, clients: int = 64) -> None:
     """
     time.sleep(2 * COMPUTATION)
     before = computations(base, symbol)
-    get_ok(f"{base}/quote/invalidate")
+    post_ok(f"{base}/quote/invalidate")
     results = concurrently(clients, [lambda: get_ok(f"{base}/quote?symbol={symbol}")] * clients)
     assert {result["computation"] for result in results} == {before + 1}
     assert computations(base, symbol) == before + 1

@@ -248,6 +248,8 @@ class RedisLeases(StripedLocks):
                 self._renewed[number] = sent
                 self._start_renewer()
                 return int(detail)
+            if not backoff.started:
+                self._contended()
             now = time.monotonic()
             if now >= check_at:
                 check_at = now + HOLDER_CHECK
