@@ -392,8 +392,9 @@ td.what { color: #555; font-size: 90%; }
 </style>
 <h1>cachekit statistics</h1>
 <p>Every worker's figures, merged in the shared cache (each worker adds its counts at most
-{{ interval }} s after making them, idle or not), beside those of the worker that answered
-(pid {{ pid }}). This page refreshes every {{ refresh }} s. <a href="/">Back to the demo</a>.</p>
+{{ "{:g}".format(interval) }} s after making them, idle or not), beside those of the worker
+that answered (pid {{ pid }}). This page refreshes every {{ refresh }} s.
+<a href="/">Back to the demo</a>.</p>
 <h2>Operations</h2>
 <table id="operations"><tr><th>helper</th><th>all workers</th><th>this worker</th></tr>
 {% for name, n in all_workers.operations.items() %}
@@ -441,7 +442,7 @@ def wait_chart(buckets: list[dict[str, Any]], over: int) -> str:
     labels = [bound_text(bound) for bound in WAIT_BUCKETS] + ["> 10 s"]
     counts = [bucket["waits"] for bucket in buckets] + [over]
     top = max(counts) or 1
-    bar_width, gap, height = 44, 6, 120
+    bar_width, gap, height = 54, 6, 120
     width = len(counts) * (bar_width + gap)
     parts = [
         f'<svg id="wait-chart" xmlns="http://www.w3.org/2000/svg" width="{width}"'

@@ -48,7 +48,6 @@ def rendered(browser: str, url: str) -> str:
                 "--disable-dev-shm-usage",
                 "--no-first-run",
                 f"--user-data-dir={profile}",
-                "--virtual-time-budget=3000",
                 "--dump-dom",
                 url,
             ],
