@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from html import escape
 from typing import Any
 
-WIDTH = 860
-LABEL = 250  # width of the contender names
+WIDTH = 900
+LABEL = 275  # width of the contender names
 BAR = 380  # longest bar
 ROW = 26
 GAP = 34
@@ -29,6 +30,17 @@ def colour(row: dict[str, Any]) -> str:
     return "#9aa5b1"
 
 
+def without_paths(title: str) -> str:
+    """A title with any absolute path taken out (results of older runs carried one).
+
+    >>> without_paths("shared counter, /work/main")
+    'shared counter'
+    >>> without_paths("dict read-modify-write")
+    'dict read-modify-write'
+    """
+    return re.sub(r",?\s*/[^\s,]*", "", title).strip()
+
+
 def draw(tables: list[dict[str, Any]]) -> str:
     height = 60 + sum(GAP + ROW * len(table["rows"]) for table in tables)
     out = [
@@ -38,12 +50,16 @@ def draw(tables: list[dict[str, Any]]) -> str:
         '<text x="10" y="24" font-size="16" font-weight="bold">Shared state under 4 processes'
         " (reads: one): throughput (ops/s) and lost updates</text>",
         '<text x="10" y="44" fill="#555">green: cachekit; red: loses updates; grey: exact'
-        " baselines. Medians of interleaved rounds.</text>",
+        " baselines. Medians of interleaved rounds. Each section has its own scale.</text>",
     ]
     y = 60
     for table in tables:
         y += GAP - 10
-        out.append(f'<text x="10" y="{y}" font-weight="bold">{escape(table["title"])}</text>')
+        title = escape(without_paths(table["title"]))
+        out.append(
+            f'<text x="10" y="{y}"><tspan font-weight="bold">{title}</tspan>'
+            '<tspan fill="#555"> (bars scaled to this section\'s largest)</tspan></text>'
+        )
         y += 10
         top = max(row["median_ops"] for row in table["rows"])
         for row in table["rows"]:

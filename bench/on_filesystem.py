@@ -25,6 +25,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.harness import Contender, compare, parser, save  # noqa: E402
+from cachekit.lmdb.store import filesystem_type  # noqa: E402
 
 
 def flask_caching_backend(directory: str) -> Any:
@@ -106,7 +107,7 @@ def main() -> None:
     root = tempfile.mkdtemp(prefix="cachekit-bench-", dir=args.dir)
     try:
         table = compare(
-            f"shared counter on FileSystemCache, {os.path.abspath(args.dir)}",
+            f"shared counter on FileSystemCache, on {filesystem_type(args.dir)}",
             CONTENDERS,
             {name: LOSSY for name in CONTENDERS if name != LOSSY},
             lambda name: tempfile.mkdtemp(prefix="round-", dir=root),

@@ -31,6 +31,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.harness import Contender, compare, parser, save  # noqa: E402
+from cachekit.lmdb.store import filesystem_type  # noqa: E402
 
 LMDB = "cachekit.LMDBCache"
 
@@ -215,7 +216,7 @@ def main() -> None:
     def fresh(name: str) -> str:
         return tempfile.mkdtemp(prefix="round-", dir=root)
 
-    where = os.path.abspath(args.dir)
+    where = f"on {filesystem_type(args.dir)}"  # the kind of disk, never a machine's path
     try:
         tables = [
             compare(f"shared counter, {where}", COUNTERS,

@@ -332,8 +332,8 @@ def draw(table: dict[str, Any]) -> str:
         f'<text x="10" y="40" fill="#555">{escape(table["title"])}</text>',
     ]
     panels = [
-        ("computations_per_window", "computations per expiry window (1 is ideal)", "{:.2f}"),
-        ("slow_percent", "% of calls slower than the computation", "{:.2f}%"),
+        ("computations_per_window", "computations per window (1 is ideal; own scale)", "{:.2f}"),
+        ("slow_percent", "% of calls slower than the computation (own scale)", "{:.2f}%"),
     ]
     for p, (field, heading, fmt) in enumerate(panels):
         x0 = label + p * (bar + 120)
