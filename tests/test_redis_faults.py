@@ -149,7 +149,9 @@ def test_fencing_tokens_increase_across_processes_and_a_lost_counter(redis_url: 
 
 
 @pytest.mark.redis_args("--maxmemory", "20mb", "--maxmemory-policy", "allkeys-lru")
-def test_an_allkeys_policy_is_refused_at_first_use_and_by_doctor(own_server: RedisServer) -> None:
+def test_an_allkeys_policy_is_refused_at_start_up_first_use_and_by_doctor(
+    own_server: RedisServer,
+) -> None:
     cache = open_cache(own_server.url, "evict:")
     with pytest.raises(cachekit.ConfigurationError, match="maxmemory-policy allkeys-lru"):
         cachekit.incr(cache, "n")
@@ -158,6 +160,10 @@ def test_an_allkeys_policy_is_refused_at_first_use_and_by_doctor(own_server: Red
     Cache(app, config={"CACHE_TYPE": "RedisCache", "CACHE_REDIS_URL": own_server.url})
     findings = diagnose(app)
     assert findings[0].level == PROBLEM and "maxmemory-policy" in findings[0].what
+    app = Flask(__name__)
+    shared = Cache(app, config={"CACHE_TYPE": "RedisCache", "CACHE_REDIS_URL": own_server.url})
+    with pytest.raises(cachekit.ConfigurationError, match="maxmemory-policy"):
+        cachekit.CacheKit(shared, app)  # at start-up: the app is never served
 
 
 @pytest.mark.parametrize(
