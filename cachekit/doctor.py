@@ -194,19 +194,19 @@ def _lmdb(backend: LMDBCache) -> list[Finding]:
             )
         )
     try:
-        figures = backend._store.statistics()  # the store the app opened; one read
+        used, map_size = backend._store.fullness()  # no transaction: see its docstring
     except CachekitError as error:
         fix = (
             "make the directory the app's own (chown, chmod 700) and its files readable"
             " by it; a store that reads as corrupt must be moved aside (its state is lost)"
         )
         return [*findings, Finding(PROBLEM, f"the LMDB store cannot be read: {error}", fix)]
-    if figures["used_bytes"] > LMDB_FULL_WARNING * figures["map_size"]:
+    if used > LMDB_FULL_WARNING * map_size:
         findings.append(
             Finding(
                 WARNING,
-                f"the LMDB store {directory} uses {figures['used_bytes']:,} of its"
-                f" {figures['map_size']:,} bytes: past map_size every write fails",
+                f"the LMDB store {directory} uses {used:,} of its"
+                f" {map_size:,} bytes: past map_size every write fails",
                 "raise CACHE_OPTIONS['map_size'] (and restart every worker), or delete entries",
             )
         )

@@ -588,6 +588,23 @@ class Store:
         txn.put(_SWEEP_POSITION, cursor.key() if found else b"", db=opened.meta)
         return removed
 
+    def fullness(self) -> tuple[int, int]:
+        """Bytes in use and the map's size, read without a transaction (for the start-up checks).
+
+        No reader slot is taken: a read transaction of a process that later
+        forks (gunicorn's master under ``--preload``, which runs the start-up
+        checks) broke its children's reads with ``MDB_BAD_RSLOT`` on py-lmdb
+        1.6 (tests/test_gunicorn.py's preload cases).
+        """
+        opened = self._environment()
+        thread = get_ident()
+        _in_flight.add(thread)
+        try:
+            info = opened.env.info()
+        finally:
+            _in_flight.discard(thread)
+        return (info["last_pgno"] + 1) * opened.page, info["map_size"]
+
     def statistics(self) -> dict[str, int]:
         """Entries, pages in use and the map's size, for doctor."""
         opened = self._environment()
