@@ -30,15 +30,33 @@ def colour(row: dict[str, Any]) -> str:
     return "#9aa5b1"
 
 
+# An absolute path as a word of a title (``/a/b``, ``~/a``, ``C:\a``), with what joins it to the
+# title (", ", " on ", ...). One segment (``/hits``) is a URL more likely than a machine's path;
+# a slash inside a word (``ops/s``, ``get/set``) is no path at all.
+ABSOLUTE_PATH = re.compile(
+    r"(?:,\s*|\s+(?:on|in|at|under)\s+|\s+)?"
+    r"(?<![^\s,(])(?:(?:/[^\s,;()/]+){2,}/?|~[/\\][^\s,;()]*|[A-Za-z]:[/\\][^\s,;()]*)"
+)
+
+
 def without_paths(title: str) -> str:
     """A title with any absolute path taken out (results of older runs carried one).
 
     >>> without_paths("shared counter, /work/main")
     'shared counter'
-    >>> without_paths("dict read-modify-write")
-    'dict read-modify-write'
+    >>> without_paths("shared counter on FileSystemCache, /work/main")
+    'shared counter on FileSystemCache'
+    >>> without_paths("counter on /home/me/src/cachekit/, 4 processes")
+    'counter, 4 processes'
+    >>> without_paths("counter (/tmp/cachekit-bench-x1y2)")
+    'counter'
+    >>> without_paths("dict read-modify-write, on ext4")
+    'dict read-modify-write, on ext4'
+    >>> without_paths("throughput (ops/s): get/set beside POST /hits")
+    'throughput (ops/s): get/set beside POST /hits'
     """
-    return re.sub(r",?\s*/[^\s,]*", "", title).strip()
+    bare = re.sub(r"\(\s*\)", "", ABSOLUTE_PATH.sub("", title))  # "(/a/b)" leaves "()"
+    return re.sub(r"\s{2,}", " ", bare).strip(" ,;:")
 
 
 def draw(tables: list[dict[str, Any]]) -> str:

@@ -104,10 +104,12 @@ def main() -> None:
     options.add_argument("--dir", default=os.getcwd(), help="where to create the cache directories")
     args = options.parse_args()
 
+    kind = filesystem_type(args.dir)  # the kind of disk, never a machine's path
+    where = f", on {kind}" if kind else ""
     root = tempfile.mkdtemp(prefix="cachekit-bench-", dir=args.dir)
     try:
         table = compare(
-            f"shared counter on FileSystemCache, on {filesystem_type(args.dir)}",
+            f"shared counter on FileSystemCache{where}",
             CONTENDERS,
             {name: LOSSY for name in CONTENDERS if name != LOSSY},
             lambda name: tempfile.mkdtemp(prefix="round-", dir=root),

@@ -216,10 +216,11 @@ def main() -> None:
     def fresh(name: str) -> str:
         return tempfile.mkdtemp(prefix="round-", dir=root)
 
-    where = f"on {filesystem_type(args.dir)}"  # the kind of disk, never a machine's path
+    kind = filesystem_type(args.dir)  # the kind of disk, never a machine's path
+    where = f", on {kind}" if kind else ""
     try:
         tables = [
-            compare(f"shared counter, {where}", COUNTERS,
+            compare(f"shared counter{where}", COUNTERS,
                     {name: DISKCACHE_INCR for name in COUNTERS if name != DISKCACHE_INCR},
                     fresh, args.processes, args.ops, args.rounds),
             compare("dict read-modify-write", DOCUMENTS,
