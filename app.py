@@ -7,7 +7,7 @@ the Flask way (``Flask.config.from_prefixed_env``): ``FLASK_CACHE_TYPE=RedisCach
 
 State changes are POST (a form on ``/``, or ``curl -X POST``); their input
 comes from the form or the query string. Bad input answers 400 with the
-reason, storage trouble 503 with the reason (``CACHEKIT_JSON_ERRORS``).
+reason, storage trouble 503 with the reason in the log (``CACHEKIT_JSON_ERRORS``).
 
 - ``/``: this page's index: links and forms;
 - ``POST /hits`` (``GET``: read): the global counter a module global gets wrong
@@ -353,7 +353,9 @@ def stats() -> ResponseReturnValue:
 
 #: What each figure of the statistics page means.
 EXPLAINED = {
-    "locks_taken": "takings of a cachekit lock: of a key (incr, update, transaction),"
+    "locks_taken": "takings of a cachekit lock: of a key (on FileSystemCache and SimpleCache"
+    " for incr, update and transaction; Redis and LMDBCache change a key with their own atomic"
+    " operations and lock it only for a transaction or an update that kept losing races),"
     " of a computation (get_or_compute, memoize) or of lock()",
     "lock_waits": "of those, the takings that found the lock held and had to wait",
     "lock_wait_seconds": "the time those waits took, in all",
@@ -429,6 +431,8 @@ def figure_rows(all_workers: dict[str, Any], this_worker: dict[str, Any]) -> lis
     def shown(figures: dict[str, Any], name: str) -> str:
         if name in ("lock_wait_p50", "lock_wait_p99"):
             at_most = figures[f"{name}_at_most_ms"]
+            if at_most is None and figures["lock_waits"]:  # past the last bucket's bound
+                return f"> {bound_text(WAIT_BUCKETS[-1])[3:]}"
             return bound_text(None if at_most is None else at_most / 1000)
         if name == "lock_wait_seconds":
             return f"{figures[name]:,.3f} s"

@@ -116,6 +116,14 @@ def doctor_command(info: ScriptInfo) -> None:
     token = deferred_checks.set(True)
     try:
         app = info.load_app()
+    except click.ClickException:  # Flask's own "could not locate a Flask application"
+        raise
+    except Exception as error:  # a cache client that connects when built (RedisClusterCache)
+        raise click.ClickException(
+            f"the app could not be created, so nothing was checked: {type(error).__name__}:"
+            f" {error}\n   fix: if it names the cache server, start it or correct its address"
+            " (CACHE_REDIS_URL, CACHE_REDIS_CLUSTER, ...)"
+        ) from None
     finally:
         deferred_checks.reset(token)
     with app.app_context():

@@ -140,16 +140,16 @@ def _filesystem(backend: Any) -> list[Finding]:
                 f"chown it to uid {os.geteuid()} (the app's user) and chmod 700 {directory}",
             )
         )
-    try:
-        names = os.listdir(directory)
+    try:  # (scandir: the kind of each entry comes with its name, no stat per entry at boot)
+        with os.scandir(directory) as entries:
+            foreign = sorted(
+                entry.name
+                for entry in entries
+                if not entry.name.endswith(CACHELIB_SKIPS)
+                and (not entry.is_file() or _looks_like_lock(entry.name))
+            )
     except OSError:
         return findings  # a missing or unreadable directory was reported just above
-    foreign = sorted(
-        name
-        for name in names
-        if not name.endswith(CACHELIB_SKIPS)
-        and (not os.path.isfile(os.path.join(directory, name)) or _looks_like_lock(name))
-    )
     if foreign:
         findings.append(
             Finding(

@@ -27,10 +27,12 @@ In ``common.py``, beside the cache, and in the app factory after it::
    back. A per-process backend (SimpleCache) and the warnings are logged;
 3. registers the app's state in ``app.extensions["cachekit"]``;
 4. with ``CACHEKIT_JSON_ERRORS`` (default off) registers JSON error
-   handlers: 400 for :class:`InvalidArgument`, 503 with ``Retry-After`` for
-   storage trouble (:class:`StorageError`, :class:`LockTimeout`,
-   :class:`LeaseLost`, a per-process or unsupported backend, and a Redis
-   error met by a plain ``cache.get``), 500 for the rest of cachekit's errors;
+   handlers (:func:`register_error_handlers`): 400 for
+   :class:`InvalidArgument`, 503 with ``Retry-After`` when the shared state
+   is unreachable or too busy and nothing changed (:class:`StorageError`,
+   :class:`LockTimeout`, :class:`LeaseLost`, :class:`ConcurrentUpdateError`,
+   and Redis connection trouble met by a plain ``cache.get``), 500 for the
+   rest of cachekit's errors, logged;
 5. with ``CACHEKIT_METRICS_PATH`` (say ``"/metrics"``) serves every
    worker's merged statistics there in Prometheus's text format
    (:mod:`cachekit.metrics`, the ``prometheus`` extra).
@@ -45,25 +47,25 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import sys
 from dataclasses import dataclass
 from typing import Final
 
 import flask_caching
-from flask import Flask, jsonify
+from flask import Flask, got_request_exception, jsonify
 from flask.typing import ResponseReturnValue
 
 from .doctor import CONFIGURATION, PER_PROCESS, PROBLEM, UNREACHABLE, Finding, diagnose
 from .errors import (
     CachekitError,
+    ConcurrentUpdateError,
     ConfigurationError,
     InvalidArgument,
     LeaseLost,
     LockTimeout,
-    PerProcessBackend,
     StorageError,
-    UnsupportedBackend,
 )
-from .settings import Settings
+from .settings import DEFAULTS, Settings
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +74,9 @@ deferred_checks: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "cachekit_deferred_checks", default=False
 )
 
-#: Errors that mean "the shared state is not reachable now": 503, try again.
-UNAVAILABLE: Final = (StorageError, LockTimeout, LeaseLost, PerProcessBackend, UnsupportedBackend)
+#: Errors that mean "the shared state is not reachable or too busy now, nothing was
+#: changed": 503, try again.
+UNAVAILABLE: Final = (StorageError, LockTimeout, LeaseLost, ConcurrentUpdateError)
 #: Seconds a client is asked to wait before retrying after a 503.
 RETRY_AFTER: Final = 1
 
@@ -112,7 +115,12 @@ class CacheKit:
                 "call cache.init_app(app) before CacheKit(cache).init_app(app): cachekit"
                 " checks the backend Flask-Caching builds"
             )
-        settings = Settings.from_config(app.config)
+        try:
+            settings = Settings.from_config(app.config)
+        except ConfigurationError:
+            if not deferred_checks.get():
+                raise
+            settings = DEFAULTS  # doctor reports the bad setting with the rest
         findings: tuple[Finding, ...] = ()
         if not deferred_checks.get():
             findings = tuple(diagnose(app, self.cache))
@@ -151,14 +159,34 @@ def _report(app: Flask, findings: tuple[Finding, ...]) -> None:
 
 
 def register_error_handlers(app: Flask) -> None:
-    """JSON answers for cachekit's errors: 400 bad input, 503 storage trouble, 500 the rest.
+    """JSON answers for cachekit's errors: 400 bad input, 503 try again, 500 the rest.
 
-    The body is ``{"error": <class name>, "message": <the reason>}``; a 503
-    carries ``Retry-After``. Messages name hosts and keys, never passwords.
+    - 400: :class:`InvalidArgument`, with its message (it is about the input);
+    - 503 with ``Retry-After``: the shared state is not reachable or too busy
+      now and nothing was changed (:data:`UNAVAILABLE`; and a Redis
+      connection error, timeout, read-only replica or cluster reconfiguration
+      met by a plain ``cache.get``), logged as a warning;
+    - 500: the rest of cachekit's errors (a configuration refused late, a
+      value that cannot be decoded or stored), logged with the traceback as
+      Flask logs an unhandled error, and sent as ``got_request_exception``.
+
+    The body is ``{"error": <class name>, "message": ...}``. Outside debug
+    mode a 503 or 500 carries a generic message: the reason (paths, keys,
+    hosts) is in the log, not in the answer to a client. Any other Redis
+    error is left to Flask (a 500).
     """
 
     def answer(error: Exception, status: int) -> ResponseReturnValue:
-        response = jsonify(error=type(error).__name__, message=str(error))
+        if status == 500:
+            got_request_exception.send(app, exception=error)
+            app.log_exception(sys.exc_info())  # (a handler runs inside Flask's except block)
+        elif status == 503:
+            app.logger.warning("cachekit: answering 503: %s: %s", type(error).__name__, error)
+        if status == 400 or app.debug:
+            message = str(error)
+        else:
+            message = GENERIC[status]
+        response = jsonify(error=type(error).__name__, message=message)
         response.status_code = status
         if status == 503:
             response.headers["Retry-After"] = str(RETRY_AFTER)
@@ -168,16 +196,30 @@ def register_error_handlers(app: Flask) -> None:
     for unavailable in UNAVAILABLE:
         app.register_error_handler(unavailable, lambda error: answer(error, 503))
     app.register_error_handler(CachekitError, lambda error: answer(error, 500))
+    for transient in redis_unavailable():
+        app.register_error_handler(transient, lambda error: answer(error, 503))
+
+
+#: The message of a 503 or 500 outside debug mode.
+GENERIC: Final = {
+    503: "the shared cache is unavailable or busy; nothing was changed, try again",
+    500: "the shared cache could not serve this request",
+}
+
+
+def redis_unavailable() -> tuple[type[Exception], ...]:
+    """Redis errors that mean "not now" rather than a bug; none without a Redis client."""
     try:
-        from redis.exceptions import RedisError
-    except ImportError:  # no Redis client installed: no Redis errors to meet
-        return
-
-    def unreachable(error: Exception) -> ResponseReturnValue:
-        reason = f"the cache server did not answer ({type(error).__name__}: {error})"
-        return answer(StorageError(reason), 503)
-
-    app.register_error_handler(RedisError, unreachable)
+        from redis import exceptions
+    except ImportError:
+        return ()
+    return (
+        exceptions.ConnectionError,  # also BusyLoadingError, Sentinel's MasterNotFoundError
+        exceptions.TimeoutError,
+        exceptions.ReadOnlyError,  # a replica promoted away from under us
+        exceptions.ClusterDownError,
+        exceptions.TryAgainError,
+    )
 
 
 def state_of(app: Flask) -> AppState | None:

@@ -22,7 +22,7 @@ from typing import Any
 
 from flask import Flask, Response
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, StorageError
 from .stats import WAIT_BUCKETS
 
 try:
@@ -33,7 +33,15 @@ except ImportError:  # pragma: no cover - the extra is not installed
 
 
 def register_endpoint(app: Flask, cache: Any, path: str) -> None:
-    """Serve ``cache``'s merged statistics at ``path``; refused at once without the extra."""
+    """Serve ``cache``'s merged statistics at ``path``; refused at once without the extra.
+
+    A scrape that cannot read the shared cache answers 503 in plain text with
+    ``Retry-After`` (JSON error handlers or not), and the worker logs why.
+    """
+    from .extension import RETRY_AFTER, redis_unavailable
+
+    unavailable: tuple[type[Exception], ...] = (StorageError, *redis_unavailable())
+
     if CollectorRegistry is None:
         raise ConfigurationError(
             f"CACHEKIT_METRICS_PATH={path!r} needs prometheus-client:"
@@ -47,7 +55,17 @@ def register_endpoint(app: Flask, cache: Any, path: str) -> None:
         )
 
     def metrics() -> Response:
-        return Response(exposition(cache), mimetype=None, content_type=CONTENT_TYPE_LATEST)
+        try:
+            body = exposition(cache)
+        except unavailable as error:  # the cache is down: say so
+            app.logger.warning("cachekit: %s answers 503: %s", path, error)
+            return Response(
+                "cachekit: the shared cache is unavailable; try again\n",
+                status=503,
+                headers={"Retry-After": str(RETRY_AFTER)},
+                content_type="text/plain; charset=utf-8",
+            )
+        return Response(body, mimetype=None, content_type=CONTENT_TYPE_LATEST)
 
     app.add_url_rule(path, "cachekit_metrics", metrics, methods=["GET"])
 

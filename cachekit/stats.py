@@ -8,16 +8,18 @@ timeouts, retries of an optimistic update, computations by
 and adds what it counted since its last flush to keys
 ``cachekit:stats:<name>`` of the shared cache with cachekit's own ``incr``:
 after an operation once ``CACHEKIT_STATS_INTERVAL`` (1 s) has passed, from a
-timer thread (a greenlet under gevent) when the process is idle, and when
-it exits. So the merged figures are exact sums over every worker (of every
-host, on Redis), behind by at most about the interval for workers still
-running; a worker killed with SIGKILL loses its last interval of
-statistics, never any state.
+timer thread (a greenlet under gevent) when the process is idle, and when it
+exits. So the merged figures are exact sums over every worker (of every host,
+on Redis), behind by at most about 1.5 intervals (the timer wakes every half
+interval) for workers still running; a worker killed with SIGKILL loses its
+last interval of statistics, never any state.
 
 Invariants: a count is taken from the pending ones and added to the flushed
 ones in one step under the process's lock, so no count is flushed twice or
-lost by a flush racing another; one flush of a strategy runs at a time, so a
-reader that flushes first sees every count this process made before it.
+lost by a flush racing another; one flush of a strategy runs at a time (an
+operation's or the timer's skips when one is in flight, a reader's waits for
+it), so a reader that flushes first sees every count this process made before
+it.
 Statistics never fail an operation: a flush that fails is dropped.
 
 >>> figures = summary({"operations:incr": 3, "locks_uncontended": 2, "wait:4": 1})
@@ -34,6 +36,8 @@ import threading
 import time
 from collections import Counter
 from typing import Any, Final
+
+from .threadlocks import PerProcessValue
 
 #: Upper bounds, in seconds, of the lock-wait buckets (the last bucket has none).
 WAIT_BUCKETS: Final = (
@@ -62,13 +66,24 @@ class Stats:
     """The counts of one strategy in this process: all since start, and those not yet flushed."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        #: Held by the one flush running (taken after the pending counts, released after
-        #: they reached the shared cache).
-        self.flushing = threading.Lock()
+        # Both locks are made in the process that uses them, after gevent (if any) patched
+        # ``threading``: a real lock made in a --preload master would block a gevent worker's
+        # whole hub while one greenlet holds ``flushing`` across the network.
+        self._guard = PerProcessValue(lambda: threading.Lock())
+        self._flushing = PerProcessValue(lambda: threading.Lock())
         self._flushed: Counter[str] = Counter()
         self._pending: Counter[str] = Counter()
         self._last_flush = time.monotonic()
+
+    @property
+    def flushing(self) -> threading.Lock:
+        """Held by the one flush running (taken before the pending counts, released after
+        they reached the shared cache)."""
+        return self._flushing.get()
+
+    @property
+    def _lock(self) -> threading.Lock:
+        return self._guard.get()
 
     @property
     def total(self) -> Counter[str]:
@@ -96,9 +111,8 @@ class Stats:
         return pending
 
     def after_fork(self) -> None:
-        """A forked child starts with no counts (the parent's to flush) and with free locks."""
-        self._lock = threading.Lock()
-        self.flushing = threading.Lock()
+        """A forked child starts with no counts (the parent's to flush); its locks are made anew
+        at first use (:class:`PerProcessValue`)."""
         self._flushed = Counter()
         self._pending = Counter()
 

@@ -282,28 +282,32 @@ class Strategy(ABC):
         if not _timer.started:
             _timer.start()
         if self.stats.due(self.settings.stats_interval) and not self._locks.holds_any():
-            self.flush_stats()
+            self.flush_stats(wait=False)
 
-    def flush_stats(self) -> None:
+    def flush_stats(self, *, wait: bool = True) -> None:
         """Add this process's counts since the last flush to the shared cache; never raises.
 
         One flush of this strategy runs at a time: a caller that flushes before
         reading the merged figures waits for a flush in flight (the timer's)
-        to land.
+        to land; with ``wait=False`` (an operation's own, the timer's) it
+        leaves the counts to that flush's successor instead of queueing.
         """
         if self._local.__dict__.get("flushing"):
             return
+        flushing = self.stats.flushing
+        if not flushing.acquire(blocking=wait):
+            return
         self._local.flushing = True
         try:
-            with self.stats.flushing:
-                pending = self.stats.take_pending()
-                for name, amount in pending.items():
-                    if amount:
-                        self.incr(STATS_PREFIX + name, amount, None)
+            pending = self.stats.take_pending()
+            for name, amount in pending.items():
+                if amount:
+                    self.incr(STATS_PREFIX + name, amount, None)
         except Exception:  # statistics must never fail the app
             log.debug("could not flush cachekit statistics", exc_info=True)
         finally:
             self._local.flushing = False
+            flushing.release()
 
     def merged_stats(self) -> dict[str, Any]:
         """The statistics of every process, as flushed to the shared cache."""
@@ -559,7 +563,13 @@ class _Timer:
     Started at the first operation of a process (so under gevent, after the
     worker patched ``threading``, it is a greenlet); a forked child starts its
     own, since threads do not survive a fork. A race may start two: harmless,
-    since flushes of one strategy take turns.
+    since a flush that finds another in flight leaves its counts to the next.
+
+    Invariant: no fork happens while the timer flushes. Its flushes hold the
+    fork gate, which ``os.fork`` takes first (for at most
+    :data:`FORK_WAIT`): so gunicorn's ``--preload`` master, whose timer
+    flushes the counts of its start-up, never forks a worker while that flush
+    is inside the store (a child forked mid-call would refuse LMDB).
     """
 
     def __init__(self) -> None:
@@ -579,20 +589,51 @@ class _Timer:
 
     def _run(self, generation: int) -> None:
         while generation == self._generation:
-            time.sleep(min((s.settings.stats_interval for s in list(_live)), default=1.0) / 2)
-            _flush_due()  # (a function: no strategy is kept alive while this one sleeps)
+            try:
+                time.sleep(min((s.settings.stats_interval for s in list(_live)), default=1.0) / 2)
+                _flush_due()  # (a function: no strategy is kept alive while this one sleeps)
+            except Exception:  # the timer outlives any one failure (flushes never raise)
+                log.debug("cachekit statistics timer", exc_info=True)
+                time.sleep(1.0)
 
 
 def _flush_due() -> None:
-    for strategy in list(_live):
-        if strategy.stats.due(strategy.settings.stats_interval):
-            strategy.flush_stats()
+    gate = _fork_gate.get()
+    if not gate.acquire(blocking=False):  # a fork is under way: flush after it
+        return
+    try:
+        for strategy in list(_live):
+            if strategy.stats.due(strategy.settings.stats_interval):
+                strategy.flush_stats(wait=False)
+    finally:
+        gate.release()
+
+
+#: Held by the timer while it flushes, and by a fork (see :class:`_Timer`).
+_fork_gate = PerProcessValue(lambda: threading.Lock())
+#: The longest a fork waits for the timer's flush (a Redis that does not answer).
+FORK_WAIT: Final = 10.0
+_gate_held_by_fork = False
+
+
+def _gate_before_fork() -> None:
+    global _gate_held_by_fork
+    _gate_held_by_fork = _fork_gate.get().acquire(timeout=FORK_WAIT)
+
+
+def _gate_after_fork_in_parent() -> None:
+    global _gate_held_by_fork
+    if _gate_held_by_fork:
+        _gate_held_by_fork = False
+        _fork_gate.get().release()
 
 
 _timer = _Timer()
 
 
 def _reset_stats_after_fork() -> None:
+    global _gate_held_by_fork
+    _gate_held_by_fork = False  # the child's gate is made anew (PerProcessValue)
     _timer.started = False
     _timer._generation += 1  # the parent's thread is gone; this one's starts afresh
     for strategy in list(_live):
@@ -600,4 +641,8 @@ def _reset_stats_after_fork() -> None:
 
 
 atexit.register(flush_all_stats)
-os.register_at_fork(after_in_child=_reset_stats_after_fork)
+os.register_at_fork(
+    before=_gate_before_fork,
+    after_in_parent=_gate_after_fork_in_parent,
+    after_in_child=_reset_stats_after_fork,
+)

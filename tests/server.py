@@ -28,11 +28,16 @@ def free_port() -> int:
 
 @contextmanager
 def gunicorn(
-    tmp_path: Path, *args: str, env: dict[str, str] | None = None, app: str = "app:app"
+    tmp_path: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    app: str = "app:app",
+    umask: int = -1,
 ) -> Iterator[str]:
     """Serve ``app`` with gunicorn ``args``; yield its base URL, stop it afterwards.
 
-    The cache directory is ``tmp_path / "cache"`` unless ``env`` says otherwise.
+    The cache directory is ``tmp_path / "cache"`` unless ``env`` says otherwise;
+    ``umask`` (if not -1) is the server's.
     """
     port = free_port()
     log_path = tmp_path / f"gunicorn-{port}.log"
@@ -56,7 +61,9 @@ def gunicorn(
         app,
     ]
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            command, env=environment, stdout=log, stderr=subprocess.STDOUT, umask=umask
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -12,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flask import Flask
+from flask import Flask, got_request_exception
 from flask_caching import Cache
 from prometheus_client.parser import text_string_to_metric_families
 
 import cachekit
-from cachekit.extension import state_of
+from cachekit.extension import GENERIC, state_of
 
 from .server import ROOT, concurrently, get, gunicorn, post, post_ok
 
@@ -101,7 +103,7 @@ def test_a_per_process_backend_is_warned_about(
         assert cachekit.incr(cache, "n") == 1  # one process: it works
 
 
-def test_json_errors_400_and_503(tmp_path: Path) -> None:
+def test_json_errors_400_503_and_500(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     app, cache = make_app(tmp_path, CACHEKIT_JSON_ERRORS=True)
 
     @app.get("/bad")
@@ -116,15 +118,32 @@ def test_json_errors_400_and_503(tmp_path: Path) -> None:
     def corrupt() -> Any:
         raise cachekit.CorruptValue("entry 'x' cannot be decoded")
 
+    @app.get("/contended")
+    def contended() -> Any:
+        raise cachekit.ConcurrentUpdateError("update of 'x' lost 8 races")
+
+    logged: list[Exception] = []
+
+    def record(sender: Flask, exception: Exception, **extra: Any) -> None:
+        logged.append(exception)
+
+    got_request_exception.connect(record, app)  # (weakly: ``record`` lives as long as the test)
     client = app.test_client()
     response = client.get("/bad")
     assert response.status_code == 400 and response.json is not None
-    assert response.json["error"] == "InvalidArgument" and response.json["message"]
+    assert response.json["error"] == "InvalidArgument" and "key" in response.json["message"]
     response = client.get("/busy")
     assert response.status_code == 503 and response.headers["Retry-After"] == "1"
-    assert response.json == {"error": "LockTimeout", "message": "could not lock it within 1 s"}
-    assert client.get("/corrupt").status_code == 500
-    assert client.get("/corrupt").json["error"] == "CorruptValue"  # type: ignore[index]
+    assert response.json == {"error": "LockTimeout", "message": GENERIC[503]}
+    assert client.get("/contended").status_code == 503
+    with caplog.at_level(logging.ERROR):
+        response = client.get("/corrupt")
+    assert response.status_code == 500
+    assert response.json == {"error": "CorruptValue", "message": GENERIC[500]}
+    assert "entry 'x' cannot be decoded" in caplog.text and "Traceback" in caplog.text
+    assert [type(e) for e in logged] == [cachekit.CorruptValue]
+    app.debug = True  # in debug mode the client sees the reason
+    assert client.get("/busy").json["message"] == "could not lock it within 1 s"  # type: ignore[index]
 
 
 def test_unreachable_redis_starts_and_answers_503(
@@ -137,6 +156,7 @@ def test_unreachable_redis_starts_and_answers_503(
             CACHE_TYPE="RedisCache",
             CACHE_REDIS_URL="redis://127.0.0.1:1/0",
             CACHEKIT_JSON_ERRORS=True,
+            CACHEKIT_METRICS_PATH="/metrics",
         )
     assert "Redis does not answer" in caplog.text
 
@@ -150,9 +170,15 @@ def test_unreachable_redis_starts_and_answers_503(
 
     client = app.test_client()
     for path in ("/n", "/plain"):
-        response = client.get(path)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            response = client.get(path)
         assert response.status_code == 503, response.data
-        assert response.json is not None and "127.0.0.1:1" in response.json["message"]
+        assert response.json is not None and response.json["message"] == GENERIC[503]
+        assert "127.0.0.1:1" in caplog.text  # the reason is in the log, not in the answer
+    response = client.get("/metrics")
+    assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+    assert response.mimetype == "text/plain"
 
 
 def test_the_demo_refuses_to_boot_under_gunicorn_with_the_reason(tmp_path: Path) -> None:
@@ -258,6 +284,23 @@ def test_doctor_reports_problems_first_and_changes_nothing(tmp_path: Path) -> No
     assert snapshot(tmp_path / "cache") == before  # doctor wrote nothing, created nothing
 
 
+def test_doctor_reports_what_would_stop_the_app_from_starting(tmp_path: Path) -> None:
+    """A bad setting is a finding; an app that cannot be created is one clear line, no trace."""
+    from .test_resources_and_cli import flask
+
+    result = flask(tmp_path, "cachekit", "doctor", env={"FLASK_CACHEKIT_LEASE": "-1"})
+    assert result.returncode == 1, result.stderr
+    assert "CACHEKIT_LEASE must be a finite number" in result.stdout
+    assert "Traceback" not in result.stderr
+
+    env = {"FLASK_CACHE_TYPE": "RedisClusterCache", "FLASK_CACHE_REDIS_CLUSTER": "127.0.0.1:1"}
+    result = flask(tmp_path, "cachekit", "doctor", env=env)
+    assert result.returncode == 1
+    assert "the app could not be created, so nothing was checked" in result.stderr
+    assert "127.0.0.1:1" in result.stderr or "Cluster" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_doctor_adds_nothing_to_an_lmdb_store(tmp_path: Path) -> None:
     """Loading the app opens the store (LMDBCache opens it at start-up); doctor adds nothing."""
     from .test_resources_and_cli import flask
@@ -292,8 +335,59 @@ def test_the_readmes_setup_works_on_the_first_request(tmp_path: Path) -> None:
     (project / "common.py").write_text(common)
     (project / "myapp.py").write_text(factory)
     # (The helper sets FLASK_CACHE_DIR, which from_prefixed_env reads: a directory under
-    # tmp_path that nothing has created; cachelib creates it, 0755 under the usual umask.)
-    with gunicorn(tmp_path, "-w", "2", "--chdir", str(project), app="myapp:create_app()") as base:
+    # tmp_path that nothing has created; the factory creates it 0700 under a umask of 002.)
+    assert not (tmp_path / "cache").exists()
+    args = ("-w", "2", "--chdir", str(project))
+    with gunicorn(tmp_path, *args, app="myapp:create_app()", umask=0o002) as base:
         answers = concurrently(8, [lambda: post(base + "/hits")] * 40)
     assert sorted(body["hits"] for _, body in answers) == list(range(1, 41))
     assert {status for status, _ in answers} == {200}
+    assert (tmp_path / "cache").stat().st_mode & 0o777 == 0o700
+
+
+FORK_STORM = """
+import os, sys, threading
+from flask import Flask
+from flask_caching import Cache
+import cachekit
+
+app = Flask(__name__)
+app.config.update(CACHE_TYPE="cachekit.LMDBCache", CACHE_DIR=sys.argv[1],
+                  CACHE_DEFAULT_TIMEOUT=0, CACHEKIT_STATS_INTERVAL=0.0005)
+cache = Cache(app)
+cachekit.CacheKit(cache, app)
+refused = 0
+with app.app_context():
+    for round in range(300):
+        cachekit.incr(cache, "master")  # counts to flush: the timer flushes all the time
+        pid = os.fork()
+        if pid == 0:
+            try:
+                cachekit.incr(cache, "children")
+            except cachekit.StorageError:
+                os._exit(3)
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        refused += os.waitstatus_to_exitcode(status) == 3
+    print(refused, cache.get("children"))
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_fork_never_lands_in_the_middle_of_the_timers_flush(tmp_path: Path) -> None:
+    """As gunicorn's --preload master forks workers while its timer flushes its start-up counts.
+
+    A child forked while another thread of its parent was inside an LMDB call
+    must refuse the store; the timer's flushes hold the fork gate, so no child
+    of this storm (300 forks while the timer flushes every 0.25 ms) is refused.
+    """
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir(mode=0o700)
+    ran = subprocess.run(
+        [sys.executable, "-c", FORK_STORM, str(cache_dir)],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=True,
+    )
+    assert ran.stdout.split() == ["0", "300"], ran.stderr
