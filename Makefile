@@ -25,7 +25,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.demo-stamp: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
-	$(PIP) -e '.[redis,prometheus]'
+	$(PIP) -e '.[redis,prometheus,limiter]'
 	touch $@
 
 $(VENV)/.test-stamp: pyproject.toml $(CONSTRAINTS) | $(BIN)/python

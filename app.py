@@ -27,6 +27,9 @@ reason, storage trouble 503 with the reason in the log (``CACHEKIT_JSON_ERRORS``
   ``quotes``), ``/quote/computations?symbol=X`` counts the computations;
 - ``/page``: a view cached with ``cachekit.cached``, keyed by path and query;
 - ``POST /report``: a ``lock`` held around an ``update``;
+- ``/limited``: a route rate limited by Flask-Limiter with ``cachekit://``
+  (``DEMO_LIMIT``, 10 per minute; the strategy is ``RATELIMIT_STRATEGY``):
+  exact across workers, with Flask-Limiter's headers;
 - ``/boots``: how many times gunicorn created the app (once per worker, or
   once in the master with ``--preload``, which uses cachekit before forking);
   the ``flask`` commands do not count;
@@ -54,7 +57,7 @@ import cachekit
 from cachekit.extension import state_of
 from cachekit.resources import PerProcess, PerRequest
 from cachekit.stats import WAIT_BUCKETS, bound_text
-from common import cache, kit
+from common import cache, kit, limiter
 
 demo = Blueprint("demo", __name__)
 
@@ -101,6 +104,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         CACHE_THRESHOLD=0,  # pruning would delete state; cachekit refuses a threshold
         CACHE_DEFAULT_TIMEOUT=0,  # plain cache.set keeps values too; caches name their timeouts
         CACHEKIT_JSON_ERRORS=True,  # 400 for bad input, 503 for storage trouble, as JSON
+        RATELIMIT_STORAGE_URI="cachekit://",  # Flask-Limiter counts in the same cache
+        RATELIMIT_HEADERS_ENABLED=True,  # X-RateLimit-Limit, -Remaining, -Reset, Retry-After
+        DEMO_LIMIT="10 per minute",  # /limited's (FLASK_DEMO_LIMIT)
     )
     if importlib.util.find_spec("prometheus_client") is not None:
         app.config["CACHEKIT_METRICS_PATH"] = "/metrics"
@@ -112,6 +118,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         os.makedirs(app.config["CACHE_DIR"], mode=0o700, exist_ok=True)  # private: pickles
     cache.init_app(app)
     kit.init_app(app)
+    limiter.init_app(app)
     app.register_blueprint(demo)
     request_audit.init_app(app)
     if os.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn/"):
@@ -194,6 +201,7 @@ LINKS = [
     ("/quote?symbol=ACME", "a memoized slow call: stale while one worker refreshes it"),
     ("/quote/computations?symbol=ACME", "how many times that quote was computed"),
     ("/page?a=1", "a view cached with cachekit.cached"),
+    ("/limited", "a route limited by Flask-Limiter on cachekit:// (see its X-RateLimit headers)"),
     ("/boots", "how many times gunicorn created the app"),
     ("/resource", "a per-process client and a per-request resource"),
     ("/stats/page", "cachekit's statistics, explained"),
@@ -209,6 +217,20 @@ def index() -> ResponseReturnValue:
         links.append((metrics, "the same for Prometheus"))
     return render_template_string(
         INDEX, backend=type(cache.cache).__name__, pid=os.getpid(), links=links, max_note=MAX_NOTE
+    )
+
+
+@demo.get("/limited")
+@limiter.limit(lambda: str(current_app.config["DEMO_LIMIT"]))
+def limited() -> ResponseReturnValue:
+    """Rate limited by Flask-Limiter on ``cachekit://``: exact across every worker."""
+    current = limiter.current_limit
+    assert current is not None  # (this view has a limit)
+    return jsonify(
+        limit=str(current.limit),
+        remaining=current.remaining,
+        reset_at=current.reset_at,
+        headers="X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset; 429s add Retry-After",
     )
 
 
@@ -367,6 +389,9 @@ EXPLAINED = {
     "retries": "optimistic updates (Redis, LMDBCache) tried again after a concurrent write",
     "computes": "values computed by get_or_compute",
     "computes_saved": "get_or_compute calls answered without computing",
+    "limit_hits": "rate limit hits counted by Flask-Limiter through cachekit://",
+    "limit_refusals": "of those, the hits refused (by a moving window or a sliding window"
+    " counter; a fixed window's refusals are Flask-Limiter's reading of the count)",
 }
 MEMO_EXPLAINED = {
     "hits": "calls served a fresh value",

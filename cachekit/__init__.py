@@ -5,6 +5,8 @@ dict or list in the cache stays exact across threads, gunicorn worker
 processes and, with Redis, hosts.
 """
 
+from importlib.util import find_spec
+
 from .errors import (
     CachekitError,
     ConcurrentUpdateError,
@@ -25,6 +27,9 @@ from .lmdb import LMDBCache
 from .memo import cached, invalidate, memoize
 from .operations import get_or_compute, incr, lock, statistics, transaction, update
 from .strategy import LockHandle, Transaction
+
+if find_spec("limits") is not None:  # registers cachekit:// with limits (Flask-Limiter)
+    from . import limits_storage as limits_storage
 
 __all__ = [
     "CacheKit",

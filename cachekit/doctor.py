@@ -71,7 +71,27 @@ def diagnose(app: Flask, cache: Any = None) -> list[Finding]:
         timeout = DEFAULTS.check_timeout
     for backend in {id(b): b for b in backends}.values():
         findings += diagnose_backend(backend, timeout)
+    findings += _rate_limiters(app)
     return sorted(findings, key=lambda finding: finding.level != PROBLEM)
+
+
+def _rate_limiters(app: Flask) -> list[Finding]:
+    """Flask-Limiters that count per process (``memory://``, its default)."""
+    findings = []
+    for limiter in app.extensions.get("limiter", ()):
+        storage = getattr(limiter, "_storage", None)
+        if type(storage).__name__ == "MemoryStorage":
+            findings.append(
+                Finding(
+                    PROBLEM,
+                    "Flask-Limiter counts in memory://, a separate count in each worker"
+                    " process: a limit of N lets up to N times the workers through",
+                    "set RATELIMIT_STORAGE_URI = 'cachekit://' (the app's own cache, exact"
+                    " across workers)",
+                    PER_PROCESS,
+                )
+            )
+    return findings
 
 
 def diagnose_backend(backend: Any, check_timeout: float = DEFAULTS.check_timeout) -> list[Finding]:

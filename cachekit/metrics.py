@@ -101,6 +101,8 @@ class _Collector:
             ("retries", "optimistic updates tried again after a concurrent write"),
             ("computes", "computations by get_or_compute"),
             ("computes_saved", "get_or_compute calls served without computing"),
+            ("limit_hits", "rate limit hits counted through cachekit:// (Flask-Limiter)"),
+            ("limit_refusals", "rate limit hits refused (moving and sliding windows)"),
         ):
             yield CounterMetricFamily(f"cachekit_{name}", documentation, value=figures[name])
         waits = HistogramMetricFamily(

@@ -44,7 +44,14 @@ WAIT_BUCKETS: Final = (
     0.00001, 0.00003, 0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0,
 )  # fmt: skip
 OPERATIONS: Final = ("incr", "update", "transaction", "lock", "get_or_compute")
-COUNTERS: Final = ("lock_timeouts", "retries", "computes", "computes_saved")
+COUNTERS: Final = (
+    "lock_timeouts",
+    "retries",
+    "computes",
+    "computes_saved",
+    "limit_hits",  # rate limit hits through cachekit:// (limits_storage)
+    "limit_refusals",
+)
 #: Takings of a lock that found it free; the waits are the ``wait:<bucket>`` counts.
 UNCONTENDED: Final = "locks_uncontended"
 #: The total time of the lock waits, in microseconds.

@@ -21,6 +21,9 @@ NAMES: Final = (
     "incr_expire",
     "compare_and_set",
     "commit",
+    "limit_fixed",
+    "limit_moving",
+    "limit_sliding",
 )
 
 
@@ -46,3 +49,6 @@ class Scripts:
     incr_expire: Any
     compare_and_set: Any
     commit: Any
+    limit_fixed: Any
+    limit_moving: Any
+    limit_sliding: Any
