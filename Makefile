@@ -56,5 +56,6 @@ bench: $(VENV)/.bench-stamp
 	$(BIN)/python bench/on_filesystem.py --json bench/results/filesystem.json
 	$(BIN)/python bench/on_redis.py --json bench/results/redis.json
 	$(BIN)/python bench/on_gunicorn.py --json bench/results/gunicorn.json
+	$(BIN)/python bench/on_limits.py --json bench/results/limits.json
 	$(BIN)/python bench/chart.py bench/results/lmdb.json bench/results/filesystem.json \
 		bench/results/redis.json --out docs/benchmark.svg

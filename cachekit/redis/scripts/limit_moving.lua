@@ -15,11 +15,16 @@ if ARGV[1] == 'acquire' then
   redis.call('PEXPIRE', KEYS[1], window)
   return 1
 end
-local entries = redis.call('LRANGE', KEYS[1], 0, limit - 1)
-local oldest, count = now, 0
-for _, entry in ipairs(entries) do
-  local at = tonumber(entry)
-  if at <= now - window then break end
-  oldest, count = at, count + 1
+-- The entries are newest first: binary search for the last one still in the window
+-- (O(log limit) LINDEX calls, not the whole list).
+local low, high, last = 0, math.min(limit, redis.call('LLEN', KEYS[1])) - 1, -1
+while low <= high do
+  local middle = math.floor((low + high) / 2)
+  if tonumber(redis.call('LINDEX', KEYS[1], middle)) > now - window then
+    last, low = middle, middle + 1
+  else
+    high = middle - 1
+  end
 end
-return {oldest, count, now}
+if last < 0 then return {now, 0, now} end
+return {tonumber(redis.call('LINDEX', KEYS[1], last)), last + 1, now}
