@@ -24,6 +24,7 @@ import cachekit
 from cachekit.limits_storage import CachekitStorage
 
 from .conftest import BACKENDS
+from .server import free_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -132,8 +133,8 @@ def make_app(tmp_path: Path, strategy: str, **config: Any) -> Flask:
         RATELIMIT_STORAGE_URI="cachekit://",
         RATELIMIT_STRATEGY=strategy,
         RATELIMIT_HEADERS_ENABLED=True,
-        **config,
     )
+    app.config.update(config)
     limiter = Limiter(lambda: "everyone", app=app)
     cache = Cache(app)
     cachekit.CacheKit(cache, app)
@@ -157,6 +158,28 @@ def test_flask_limiter_answers_429_with_its_headers(tmp_path: Path, strategy: st
     assert 0 <= retry_after <= 60
     reset = int(answers[-1].headers["X-RateLimit-Reset"])
     assert time.time() - 1 <= reset <= time.time() + 61
+
+
+@pytest.mark.parametrize("swallow", [False, True])
+def test_an_unreachable_redis_answers_503_or_lets_through_as_asked(
+    tmp_path: Path, swallow: bool
+) -> None:
+    """Redis down: a clear 503 (CACHEKIT_JSON_ERRORS), or through if Flask-Limiter swallows."""
+    app = make_app(
+        tmp_path,
+        "moving-window",
+        CACHE_TYPE="RedisCache",
+        CACHE_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+        CACHE_OPTIONS={"socket_timeout": 1},
+        CACHEKIT_JSON_ERRORS=True,
+        RATELIMIT_SWALLOW_ERRORS=swallow,
+    )
+    answer = app.test_client().get("/limited")
+    if swallow:
+        assert answer.status_code == 200 and answer.json == {"ok": "yes"}
+    else:
+        assert answer.status_code == 503
+        assert answer.json is not None and answer.json["error"] == "StorageError"
 
 
 def test_rate_limit_statistics_are_counted(tmp_path: Path) -> None:
