@@ -123,7 +123,7 @@ def dogpile_redis(redis_url: str) -> Setup:
             },
         )
 
-        @region.cache_on_arguments()
+        @region.cache_on_arguments()  # type: ignore[untyped-decorator,unused-ignore]
         def value(x: int) -> float:
             return _work(compute)
 

@@ -274,14 +274,14 @@ def _bounded_sentinel_master(manager: Any, pool: Any, kwargs: dict[str, Any]) ->
         if issubclass(sentinel_pool.connection_class, redis.SSLConnection):
             sentinel_kwargs["ssl"] = True  # a pool keeps TLS as its class, not as an option
     bounded = {key: kwargs[key] for key in ("socket_timeout", "socket_connect_timeout", "retry")}
-    own = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+    own = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
         sentinels,
         min_other_sentinels=getattr(manager, "min_other_sentinels", 0),
         sentinel_kwargs={**sentinel_kwargs, **bounded},
         force_master_ip=getattr(manager, "_force_master_ip", None),
         **kwargs,
     )
-    return own.master_for(  # type: ignore[no-untyped-call]
+    return own.master_for(  # type: ignore[no-untyped-call,unused-ignore]
         _get(pool, "service_name", "redis"),
         connection_class=_get(pool, "connection_class", "redis"),  # TLS or not, as the user's
     )

@@ -36,7 +36,14 @@ restart at 1).
 
 Pruning: cachelib prunes a directory over ``CACHE_THRESHOLD`` files, removing
 entries that never expire first, so cachekit refuses a FileSystemCache whose
-threshold is not 0.
+threshold is not 0. With 0 cachelib never deletes an expired file, so
+cachekit sweeps instead: every ``SWEEP_EVERY`` writes a process examines the
+next ``SWEEP_BATCH`` names of the directory (going on where its last sweep
+stopped) and deletes the entries that have expired, with the temporary files
+of writers that died. It takes each file's key stripe only on a try, and the
+stripe of a key is that of its file's name (the sweep knows no key), so a
+file is deleted only while no cachekit writer holds it; a plain ``cache.set``
+that replaced the file meanwhile (cachelib takes no lock) is put back.
 
 Security: a directory of pickles is code execution for whoever can write to
 it, so cachekit refuses a cache directory owned by another user or writable by
@@ -51,24 +58,42 @@ import errno
 import io
 import os
 import pickle
+import re
 import stat
 import struct
+import threading
 import time
-from collections.abc import Collection, Mapping
+import weakref
+from collections.abc import Collection, Iterator, Mapping
+from contextlib import AbstractContextManager
 from typing import Any, Final
 
 from cachelib.serializers import BaseSerializer
 
 from .compat import filesystem_parts
-from .errors import ConfigurationError, CorruptValue, StorageError, WriteError
+from .errors import ConfigurationError, CorruptValue, LockTimeout, StorageError, WriteError
 from .lockfiles import lock_file, stat_directory
 from .settings import DEFAULTS, Settings
 from .strategy import Entry, Strategy
+from .threadlocks import KEYS
 
 _HEADER: Final = struct.Struct("I")
 TEMP_SUFFIX: Final = ".cachekit.__wz_cache"
 #: cachelib's suffix of management files: clear(), pruning and counting skip them.
 CACHELIB_SKIPS: Final = ".__wz_cache"
+
+#: The sweep's cadence and reach (see the module's docstring). A sweep that finds more
+#: than a quarter of its names expired runs again at the next write, so the sweep keeps
+#: up with a flood of one-off keys (a name examined per write and more) and costs about a
+#: microsecond per write otherwise.
+SWEEP_EVERY: Final = 256
+SWEEP_BATCH: Final = 64
+#: How many keys' file names a strategy remembers (a hash each) before it starts over.
+_NAMES_KEPT: Final = 4096
+#: Where the sweep puts a file while it checks that the file is the expired one it read.
+SWEPT_SUFFIX: Final = ".cachekit-swept.__wz_cache"
+#: cachelib's entry names: a hex digest of the key (md5 unless CACHE_OPTIONS says otherwise).
+_ENTRY_NAME: Final = re.compile(r"[0-9a-f]{16,128}")
 
 _AT_FDCWD: Final = -100
 _RENAME_EXCHANGE: Final = 2
@@ -102,6 +127,25 @@ def _exchange(tmp: str, path: str) -> bool:
     elif code != errno.ENOENT:
         raise OSError(code, os.strerror(code), path)
     return False
+
+
+def _expired_header(header: bytes, now: float) -> bool:
+    if len(header) < _HEADER.size:
+        return False  # (truncated: left for CorruptValue to name, never swept)
+    (expires,) = _HEADER.unpack_from(header)
+    return bool(expires) and expires < now
+
+
+def _expired(path: str, now: float) -> bool:
+    """Whether the entry file at ``path`` says it expired before ``now`` (False if unreadable)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return _expired_header(os.pread(fd, _HEADER.size, 0), now)
+    finally:
+        os.close(fd)
 
 
 def _unlink_quietly(path: str) -> None:
@@ -159,6 +203,142 @@ class FileSystemStrategy(Strategy):
         self._filename = parts.filename
         self._mode = parts.mode or 0o600
         self._pickle = _uses_pickle(backend.serializer)
+        self._names_of: dict[str, str] = {}  # key -> its file's name, see _file_name
+        self._writes = 0  # this process's commits, for the sweep's cadence
+        self._sweeping = threading.Lock()  # only ever tried: one sweep at a time, never a wait
+        self._names: Iterator[os.DirEntry[str]] | None = None  # where the sweep goes on
+        self._names_closer: weakref.finalize[Any, Any] | None = None
+        self._names_pid = 0
+
+    def _file_name(self, key: str) -> str:
+        """The name of ``key``'s file in the directory (a hash of it: remembered, bounded)."""
+        name = self._names_of.get(key)
+        if name is None:
+            if len(self._names_of) >= _NAMES_KEPT:
+                self._names_of.clear()
+            name = self._names_of[key] = os.path.basename(self._filename(key))
+        return name
+
+    def _hold(
+        self, domain: int, names: Collection[str], timeout: float | None, what: str
+    ) -> AbstractContextManager[int]:
+        """Hold a key's stripe by its file's name, which the sweep can know too."""
+        if domain == KEYS:
+            names = [self._file_name(name) for name in names]
+        return self._timed_hold(domain, names, timeout, what)
+
+    def _finished(self) -> None:
+        super()._finished()
+        if self._writes >= SWEEP_EVERY and not self._locks.holds_any():
+            self._writes = 0
+            if self.sweep() * 4 > SWEEP_BATCH:  # a flood of expired files: again next write
+                self._writes = SWEEP_EVERY
+
+    def sweep(self, batch: int = SWEEP_BATCH) -> int:
+        """Examine the directory's next ``batch`` names and delete what expired; how many.
+
+        Never raises and never waits: a file whose stripe is held, or that
+        cannot be read, is left for a later sweep. Another thread's sweep in
+        progress makes this one return 0 at once.
+        """
+        if not self._sweeping.acquire(blocking=False):
+            return 0
+        try:
+            deleted = 0
+            now = time.time()
+            try:
+                names = self._next_names(batch)
+            except OSError:
+                return 0
+            for name in names:
+                try:
+                    deleted += self._sweep_name(name, now)
+                except OSError:
+                    continue
+            return deleted
+        finally:
+            self._sweeping.release()
+
+    def _next_names(self, batch: int) -> list[str]:
+        """The next ``batch`` names of the directory, starting over after its end."""
+        if self._names_pid != os.getpid():  # a fork's child reads the directory afresh
+            self._forget_names()
+            self._names_pid = os.getpid()
+        names: list[str] = []
+        for _ in range(2):
+            if self._names is None:
+                self._names = os.scandir(self.directory)
+                self._names_closer = weakref.finalize(self, self._names.close)
+            for entry in self._names:
+                names.append(entry.name)
+                if len(names) >= batch:
+                    return names
+            self._forget_names()
+            if names:
+                break
+        return names
+
+    def _forget_names(self) -> None:
+        if self._names is not None:
+            if self._names_closer is not None:
+                self._names_closer()  # (closes this process's copy only: a child's is its own)
+            self._names = None
+
+    def _sweep_name(self, name: str, now: float) -> int:
+        """Delete ``name`` if it is an expired entry or a dead writer's leftover; 1 if so."""
+        for suffix in (TEMP_SUFFIX, SWEPT_SUFFIX):
+            if name.endswith(suffix):
+                base = name[: -len(suffix)]
+                if not _ENTRY_NAME.fullmatch(base):
+                    return 0
+                try:
+                    with self._locks.hold(KEYS, (base,), 0, "the sweep"):
+                        os.unlink(os.path.join(self.directory, name))  # (no writer is on it)
+                except (LockTimeout, FileNotFoundError):
+                    return 0
+                return 1
+        if not _ENTRY_NAME.fullmatch(name):
+            return 0
+        path = os.path.join(self.directory, name)
+        if not _expired(path, now):  # (a first look without the lock: most files are live)
+            return 0
+        try:
+            with self._locks.hold(KEYS, (name,), 0, "the sweep"):
+                return self._unlink_expired(path, now)
+        except LockTimeout:
+            return 0
+
+    @staticmethod
+    def _unlink_expired(path: str, now: float) -> int:
+        """Unlink the entry at ``path`` if it has expired; its stripe is held. 1 if so.
+
+        No cachekit writer can replace it now, but cachelib's own ``set``
+        takes no lock: the file is moved aside first, and put back unless it
+        is the very file found expired.
+        """
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return 0
+        try:
+            found = os.fstat(fd)
+            header = os.pread(fd, _HEADER.size, 0)
+        finally:
+            os.close(fd)
+        if not stat.S_ISREG(found.st_mode) or not _expired_header(header, now):
+            return 0
+        aside = path + SWEPT_SUFFIX
+        os.rename(path, aside)
+        moved = os.lstat(aside)
+        if (moved.st_dev, moved.st_ino) != (found.st_dev, found.st_ino):
+            try:
+                os.link(aside, path)  # a newer value set meanwhile: back, unless another came
+            except FileExistsError:
+                pass
+            os.unlink(aside)
+            return 0
+        os.unlink(aside)
+        return 1
 
     def _path(self, key: str) -> str:
         """The key's file, under the directory's real path (resolved once, at first use).
@@ -168,7 +348,7 @@ class FileSystemStrategy(Strategy):
         a working directory left later cannot move cachekit's writes away
         from its lock.
         """
-        return os.path.join(self.directory, os.path.basename(self._filename(key)))
+        return os.path.join(self.directory, self._file_name(key))
 
     def _load(self, key: str) -> Entry | None:
         path = self._path(key)
@@ -228,6 +408,7 @@ class FileSystemStrategy(Strategy):
         deletes: Collection[str],
         read: Mapping[str, Entry | None],
     ) -> None:
+        self._writes += 1
         staged: list[tuple[str, str, str]] = []
         try:
             for key, (raw, expires) in writes.items():

@@ -12,7 +12,11 @@ cache outright (for use outside an app context).
 All three strategies of ``limits`` are exact across threads, processes and
 (on Redis) hosts: each hit is one atomic step that reads the window, decides
 and records, so a limit of 100 lets exactly 100 of 300 concurrent hits
-through.
+through. (The sliding window counter is, by design, an approximation of a
+sliding window: its windows are aligned to the clock, and a hit just past an
+edge weighs the previous window's count by the share of it still in view,
+rounded down, as ``limits``' own storages do. Exact here means no hit is lost
+or counted twice.)
 
 - **Redis** (and Sentinel, Cluster): one Lua script per hit
   (``scripts/limit_*.lua``), no lock, on the strategy's own client, under
@@ -26,15 +30,19 @@ through.
   keys, and the sliding window never over-admits and then takes a hit back,
   as two counters would.
 
-Keys are ``limits:<key>#fixed``, ``#moving`` and ``#sliding``, stored with a
-timeout a little past their window so that the backend drops what no one
-reads again. :meth:`CachekitStorage.reset` deletes every key of
-``limits:`` by ``SCAN`` on Redis; elsewhere (no way to list keys) it bumps a
-generation that is part of every key (``limits:<generation>:<key>#...``),
-so the old entries are never read again and expire on their own.
+Keys are ``cachekit:limits:<key>#fixed``, ``#moving`` and ``#sliding``,
+stored with a timeout a little past their window so that the backend drops
+what no one reads again (Redis and LMDB by expiry, FileSystemCache by its
+sweep). :meth:`CachekitStorage.reset` deletes every key of
+``cachekit:limits:`` by ``SCAN`` on Redis; elsewhere (no way to list keys)
+it bumps a generation that is part of every key
+(``cachekit:limits:<generation>:<key>#...``), so the old entries are never
+read again and expire on their own.
 
-Invariant: an acquire that answers False has changed nothing, and one that
-answers True has recorded its hit before answering.
+Invariant: an acquire that answers False has recorded no hit (on the
+backends other than Redis it may write back its record with the entries that
+left the window dropped), and one that answers True has recorded its hit
+before answering.
 """
 
 from __future__ import annotations
@@ -52,10 +60,10 @@ from limits.storage.base import MovingWindowSupport, SlidingWindowCounterSupport
 from .errors import CachekitError, ConfigurationError, InvalidArgument
 from .extension import state_of
 from .resolve import strategy_for
-from .strategy import Strategy
+from .strategy import Strategy, check_key
 
 #: Every key of this storage starts with this (after the cache's own prefix).
-PREFIX: Final = "limits:"
+PREFIX: Final = "cachekit:limits:"
 #: The generation of the keys on backends that cannot list them (see the module's docstring).
 GENERATION: Final = PREFIX + "generation"
 #: Statistics: every hit checked against a limit, and those refused (by a moving window or a
@@ -113,6 +121,7 @@ class CachekitStorage(Storage, MovingWindowSupport, SlidingWindowCounterSupport)
     def _key(self, strategy: Strategy, key: str, suffix: str) -> str:
         if not isinstance(key, str) or not key:
             raise InvalidArgument(f"a rate limit key is a non-empty string, not {key!r}")
+        check_key(key)  # (UTF-8 encodable: Redis's keys are bytes too)
         if _native(strategy) is not None:
             return f"{PREFIX}{key}{suffix}"
         entry = strategy.read(GENERATION)
@@ -132,7 +141,6 @@ class CachekitStorage(Storage, MovingWindowSupport, SlidingWindowCounterSupport)
         """Add ``amount`` to the window of ``key`` (opened now for ``expiry`` s if none is)."""
         strategy = self._strategy()
         name = self._key(strategy, key, "#fixed")
-        strategy.stats.count(HITS)
         if (redis := _native(strategy)) is not None:
             with _redis_errors(strategy, "counting a rate limit hit", key):
                 count = int(
@@ -141,6 +149,7 @@ class CachekitStorage(Storage, MovingWindowSupport, SlidingWindowCounterSupport)
                         args=[amount, _ms(expiry)],
                     )
                 )
+            strategy.stats.count(HITS)
             return count
 
         def hit(record: list[float] | None) -> list[float]:
@@ -150,6 +159,7 @@ class CachekitStorage(Storage, MovingWindowSupport, SlidingWindowCounterSupport)
             return [record[0] + amount, record[1]]
 
         record = strategy.update(name, hit, None, _keep(expiry))
+        strategy.stats.count(HITS)
         return int(record[0])
 
     def get(self, key: str) -> int:
@@ -179,9 +189,9 @@ class CachekitStorage(Storage, MovingWindowSupport, SlidingWindowCounterSupport)
     def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
         """Record ``amount`` entries if they fit in the last ``expiry`` s, with ``limit``."""
         strategy = self._strategy()
+        name = self._key(strategy, key, "#moving")
         if amount > limit:
             return self._counted(strategy, False)
-        name = self._key(strategy, key, "#moving")
         if (redis := _native(strategy)) is not None:
             with _redis_errors(strategy, "counting a rate limit hit", key):
                 acquired = redis._scripts.limit_moving(
@@ -224,9 +234,9 @@ class CachekitStorage(Storage, MovingWindowSupport, SlidingWindowCounterSupport)
     ) -> bool:
         """Count ``amount`` hits if the weighted count of both windows leaves room."""
         strategy = self._strategy()
+        name = self._key(strategy, key, "#sliding")
         if amount > limit:
             return self._counted(strategy, False)
-        name = self._key(strategy, key, "#sliding")
         if (redis := _native(strategy)) is not None:
             with _redis_errors(strategy, "counting a rate limit hit", key):
                 acquired = redis._scripts.limit_sliding(

@@ -81,6 +81,7 @@ class SimpleStrategy(Strategy):
                     item = entries.pop(key, None)
                     if item is not None and (item[0] == 0 or item[0] > now):
                         kept[key] = item
+                managed.intersection_update(kept)  # (what expired is gone: forget its name)
                 try:
                     prune()
                 finally:

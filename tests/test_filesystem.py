@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import stat
 import struct
@@ -14,7 +15,7 @@ import pytest
 from cachelib import FileSystemCache
 
 import cachekit
-from cachekit.filesystem import TEMP_SUFFIX
+from cachekit.filesystem import SWEEP_EVERY, SWEPT_SUFFIX, TEMP_SUFFIX
 from cachekit.lockfiles import LOCK_NAME
 from cachekit.resolve import strategy_for
 
@@ -397,3 +398,134 @@ def test_two_spellings_in_one_process_share_the_thread_stripes(tmp_path: Path) -
     for thread in threads:
         thread.join(60)
     assert sorted(results) == list(range(1, 1201))
+
+
+# -- the sweep of expired files ---------------------------------------------
+
+
+def write_expired(cache: Any, key: str, value: Any = "old") -> Path:
+    """Store ``value`` under ``key`` in cachelib's format, expired 10 s ago."""
+    path = file_of(cache, key)
+    path.write_bytes(struct.pack("I", int(time.time()) - 10) + pickle.dumps(value))
+    path.chmod(0o600)
+    return path
+
+
+def entry_names(cache: Any) -> set[str]:
+    return {name for name in os.listdir(cache._path) if name != LOCK_NAME}
+
+
+def test_the_sweep_deletes_expired_entries_and_dead_writers_leftovers_only(
+    fs_backend: Any,
+) -> None:
+    expired = [write_expired(fs_backend, f"gone-{i}") for i in range(50)]
+    cachekit.incr(fs_backend, "live")  # never expires
+    fs_backend.set("later", "kept", timeout=3600)
+    leftover = Path(str(file_of(fs_backend, "live")) + TEMP_SUFFIX)
+    leftover.write_bytes(b"left by a writer killed mid-write")
+    moved = Path(str(file_of(fs_backend, "elsewhere")) + SWEPT_SUFFIX)
+    moved.write_bytes(b"left by a sweep killed mid-way")
+    directory = Path(fs_backend._path)
+    (directory / "notes.txt").write_bytes(struct.pack("I", 1))  # not an entry's name
+    (directory / ("ab" * 16)).symlink_to(expired[1])  # never followed
+    strategy = strategy_for(fs_backend)
+    assert strategy.sweep(batch=1000) == 52  # type: ignore[attr-defined]
+    assert entry_names(fs_backend) == {
+        file_of(fs_backend, "live").name,
+        file_of(fs_backend, "later").name,
+        "notes.txt",
+        "ab" * 16,
+    }
+    assert cachekit.incr(fs_backend, "live") == 2 and fs_backend.get("later") == "kept"
+    assert cachekit.incr(fs_backend, "gone-3") == 1  # expired is missing, swept or not
+
+
+def test_writes_sweep_expired_files_on_their_own(fs_backend: Any) -> None:
+    """Every SWEEP_EVERY writes examine SWEEP_BATCH names: a flood of one-off keys is bounded."""
+    for i in range(300):
+        write_expired(fs_backend, f"client-{i}")
+    for _ in range(2 * SWEEP_EVERY):
+        cachekit.incr(fs_backend, "n")
+    assert entry_names(fs_backend) == {file_of(fs_backend, "n").name}
+    assert fs_backend.get("n") == 2 * SWEEP_EVERY
+
+
+def hold_key_in_an_update(directory: str, ready: Any, go: Any) -> None:
+    cache = FileSystemCache(directory, threshold=0)
+    cachekit.update(cache, "k", lambda _: (ready.set(), go.wait(20), 7)[2])
+
+
+def test_the_sweep_never_deletes_a_file_a_writer_of_another_process_holds(
+    fs_backend: Any,
+) -> None:
+    """The sweep knows file names, not keys: a key's stripe is its file's, in every process."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    path = write_expired(fs_backend, "k")
+    ready, go = ctx.Event(), ctx.Event()
+    child = ctx.Process(target=hold_key_in_an_update, args=(fs_backend._path, ready, go))
+    child.start()
+    try:
+        assert ready.wait(20)
+        assert strategy_for(fs_backend).sweep(batch=1000) == 0  # type: ignore[attr-defined]
+        assert path.exists()
+    finally:
+        go.set()
+        child.join(20)
+    assert child.exitcode == 0
+    assert strategy_for(fs_backend).sweep(batch=1000) == 0  # type: ignore[attr-defined]
+    assert fs_backend.get("k") == 7
+
+
+def test_a_plain_set_landing_while_the_sweep_moves_a_file_is_put_back(
+    fs_backend: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cachelib's own set takes no lock: the sweep deletes only the very file it found expired."""
+
+    write_expired(fs_backend, "k")
+    rename = os.rename
+
+    def set_then_rename(source: str, target: str) -> None:
+        fs_backend.set("k", "fresh")  # lands between the sweep's look and its move
+        rename(source, target)
+
+    monkeypatch.setattr(os, "rename", set_then_rename)
+    assert strategy_for(fs_backend).sweep(batch=1000) == 0  # type: ignore[attr-defined]
+    monkeypatch.undo()
+    assert fs_backend.get("k") == "fresh"
+    assert entry_names(fs_backend) == {file_of(fs_backend, "k").name}
+
+
+def sweep_dying_at(directory: str, step: int) -> None:
+    import cachekit.filesystem as filesystem
+
+    cache = FileSystemCache(directory, threshold=0)
+    cachekit.incr(cache, "warm-up")  # opens the lock file before the steps are counted
+    vars(filesystem)["os"] = DieAtStep(step)
+    strategy_for(cache).sweep(batch=1000)  # type: ignore[attr-defined]
+
+
+def test_a_sweep_killed_between_any_two_steps_loses_no_live_entry(fs_backend: Any) -> None:
+    """Kill a sweep at its 1st, 2nd, ... system call: live entries stay, the next sweep ends it."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    cachekit.incr(fs_backend, "live")
+    for step in range(1, 200):
+        write_expired(fs_backend, "gone-a")
+        write_expired(fs_backend, "gone-b")
+        child = ctx.Process(target=sweep_dying_at, args=(fs_backend._path, step))
+        child.start()
+        child.join(20)
+        assert fs_backend.get("live") == 1 and cachekit.incr(fs_backend, "warm-up") >= 1
+        strategy_for(fs_backend).sweep(batch=1000)  # type: ignore[attr-defined]
+        assert entry_names(fs_backend) == {
+            file_of(fs_backend, name).name for name in ("live", "warm-up")
+        }
+        if child.exitcode == 0:
+            assert step > 10  # it really was killed at several steps before completing
+            break
+        assert child.exitcode == -signal.SIGKILL
+    else:
+        pytest.fail("the sweep never completed")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import clear_of_a_window_edge
 from .server import concurrently, gunicorn
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -80,6 +81,7 @@ def test_exactly_the_limit_gets_through_four_workers(
         "FLASK_DEMO_LIMIT": "100 per minute",
     }
     with gunicorn(tmp_path, "-w", "4", "-k", "gthread", "--threads", "4", env=env) as base:
+        clear_of_a_window_edge(60, 15)
         answers = concurrently(16, [lambda: fetch(base + "/limited")] * 300)
     statuses = [status for status, _ in answers]
     assert statuses.count(200) == 100 and statuses.count(429) == 200, sorted(set(statuses))

@@ -23,7 +23,7 @@ from limits.strategies import STRATEGIES
 import cachekit
 from cachekit.limits_storage import CachekitStorage
 
-from .conftest import BACKENDS
+from .conftest import BACKENDS, clear_of_a_window_edge
 from .server import free_port
 
 pytestmark = pytest.mark.timeout(120)
@@ -65,6 +65,7 @@ def test_exactly_the_limit_of_concurrent_hits_gets_through(backend: Any, strateg
     """100 per minute, 300 hits from 16 threads: exactly 100 let through, then stats agree."""
     limiter = STRATEGIES[strategy](storage_for(backend))
     item = RateLimitItemPerMinute(100)
+    clear_of_a_window_edge(60, 10)
     results = hit_concurrently(limiter, item, "client-a", 300, 16)
     assert results.count(True) == 100 and results.count(False) == 200
     assert not limiter.test(item, "client-a")
@@ -81,6 +82,7 @@ def test_windows_end(tmp_path: Path, kind: str, request: pytest.FixtureRequest) 
     """A spent 1-second limit lets hits through again once its window has passed."""
     storage = storage_for(BACKENDS[kind](request, tmp_path))
     item = RateLimitItemPerSecond(3)
+    clear_of_a_window_edge(1, 0.5)
     for strategy in STRATEGY_NAMES:
         limiter = STRATEGIES[strategy](storage)
         assert [limiter.hit(item, strategy) for _ in range(5)] == [True] * 3 + [False] * 2
@@ -90,6 +92,7 @@ def test_windows_end(tmp_path: Path, kind: str, request: pytest.FixtureRequest) 
 
 
 def test_a_cost_larger_than_the_limit_is_refused_and_changes_nothing(backend: Any) -> None:
+    clear_of_a_window_edge(60, 5)
     for strategy in ("moving-window", "sliding-window-counter"):
         limiter = STRATEGIES[strategy](storage_for(backend))
         item = RateLimitItemPerMinute(5)
@@ -101,6 +104,7 @@ def test_reset_forgets_every_limit(backend: Any) -> None:
     storage = storage_for(backend)
     item = RateLimitItemPerMinute(2)
     limiters = {name: STRATEGIES[name](storage) for name in STRATEGY_NAMES}
+    clear_of_a_window_edge(60, 5)
     for limiter in limiters.values():
         assert [limiter.hit(item, "k") for _ in range(3)] == [True, True, False]
     assert storage.check()
@@ -119,6 +123,89 @@ def test_bad_uri_options_and_keys_are_refused(tmp_path: Path) -> None:
         storage_for(backend).incr("", 60)
     with pytest.raises(cachekit.ConfigurationError, match="inside an app context"):
         storage_from_string("cachekit://").incr("k", 60)
+
+
+def test_odd_keys_are_refused_on_every_backend_before_anything_else(backend: Any) -> None:
+    """A key UTF-8 cannot encode is cachekit's InvalidArgument (Flask-Limiter's storage error)."""
+    storage = storage_for(backend)
+    for call in (
+        lambda: storage.incr("\ud800", 60),
+        lambda: storage.acquire_entry("\ud800", 5, 60, amount=6),  # (past the limit too)
+        lambda: storage.acquire_sliding_window_entry("\ud800", 5, 60),
+        lambda: storage.get_moving_window("\ud800", 5, 60),
+    ):
+        with pytest.raises(cachekit.InvalidArgument):
+            call()
+    assert STRATEGIES["fixed-window"](storage).hit(RateLimitItemPerMinute(1), "\u00e9\u6f22#:*")
+
+
+def test_a_fixed_window_counts_costs(backend: Any) -> None:
+    limiter = STRATEGIES["fixed-window"](storage_for(backend))
+    item = RateLimitItemPerMinute(5)
+    assert limiter.hit(item, "k", cost=3) and not limiter.hit(item, "k", cost=3)
+    assert not limiter.hit(item, "k")
+    assert limiter.get_window_stats(item, "k")[1] == 0
+    assert limiter.hit(item, "other", cost=5) and not limiter.hit(item, "other")
+
+
+@pytest.mark.parametrize("strategy", STRATEGY_NAMES)
+def test_redis_windows_ignore_the_hosts_clock(
+    tmp_path: Path, strategy: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two hosts whose clocks differ by 2 minutes share one window: the server's clock rules."""
+    storage = storage_for(BACKENDS["RedisCache"](request, tmp_path))
+    limiter = STRATEGIES[strategy](storage)
+    item = RateLimitItemPerMinute(5)
+    clear_of_a_window_edge(60, 5)
+    hits = [limiter.hit(item, "k") for _ in range(3)]
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 120)
+    hits += [limiter.hit(item, "k") for _ in range(3)]
+    assert hits == [True] * 5 + [False]
+
+
+def test_redis_keys_are_cachekits_own_and_reset_leaves_the_apps(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    backend = BACKENDS["RedisCache"](request, tmp_path)
+    storage = storage_for(backend)
+    backend.set("limits:mine", "the app's")
+    item = RateLimitItemPerMinute(5)
+    for name in STRATEGY_NAMES:
+        assert STRATEGIES[name](storage).hit(item, "k")
+    limit = item.key_for("k")
+    client, prefix = backend._write_client, backend.key_prefix
+    keys = sorted(key.decode() for key in client.scan_iter(match=f"{prefix}*limits:*"))
+    assert keys == sorted(
+        [f"{prefix}limits:mine"]
+        + [f"{prefix}cachekit:limits:{limit}#{kind}" for kind in ("fixed", "moving", "sliding")]
+    )
+    assert storage.reset() == 3
+    assert backend.get("limits:mine") == "the app's"
+
+
+def use_in_a_fork(backend: Any, out: Any) -> None:
+    try:
+        STRATEGIES["fixed-window"](storage_for(backend)).hit(RateLimitItemPerMinute(10), "k")
+    except cachekit.PerProcessBackend as error:
+        out.put(str(error))
+    else:
+        out.put("counted")
+
+
+def test_a_simple_cache_used_by_a_fork_is_refused(tmp_path: Path) -> None:
+    """SimpleCache under several processes: the usual clear error, not a count per process."""
+    import multiprocessing
+
+    backend = BACKENDS["SimpleCache"](None, tmp_path)  # type: ignore[arg-type]
+    assert STRATEGIES["fixed-window"](storage_for(backend)).hit(RateLimitItemPerMinute(10), "k")
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    child = ctx.Process(target=use_in_a_fork, args=(backend, out))
+    child.start()
+    message = out.get(timeout=20)
+    child.join(20)
+    assert "a fork of it" in message
 
 
 def make_app(tmp_path: Path, strategy: str, **config: Any) -> Flask:
@@ -150,6 +237,7 @@ def make_app(tmp_path: Path, strategy: str, **config: Any) -> Flask:
 @pytest.mark.parametrize("strategy", STRATEGY_NAMES)
 def test_flask_limiter_answers_429_with_its_headers(tmp_path: Path, strategy: str) -> None:
     client = make_app(tmp_path, strategy).test_client()
+    clear_of_a_window_edge(60, 5)
     answers = [client.get("/limited") for _ in range(7)]
     assert [a.status_code for a in answers] == [200] * 5 + [429] * 2
     assert [a.headers["X-RateLimit-Remaining"] for a in answers[:5]] == ["4", "3", "2", "1", "0"]

@@ -551,7 +551,7 @@ def test_sentinel_keeps_the_database_and_never_hangs(
     sentinel_server = RedisServer(tmp_path, binary=redis_binary(), sentinel_of=redis_server.port)
     sentinel_server.start()
     try:
-        sentinel: Any = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        sentinel: Any = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
             [("127.0.0.1", sentinel_server.port)]
         )
         cache = RedisCache(host=sentinel.master_for("mymaster", db=3), key_prefix="s3:")
@@ -608,7 +608,7 @@ def test_the_sentinel_client_keeps_tls_credentials_database_and_master_ip(tls: b
 
     from cachekit.compat import bounded_redis_client
 
-    sentinel: Any = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+    sentinel: Any = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
         [("127.0.0.1", 1)], sentinel_kwargs={"ssl": tls}, force_master_ip="10.9.9.9", ssl=tls
     )
     user = sentinel.master_for("mymaster", password="pw", db=3)

@@ -25,6 +25,24 @@ def test_pruning_never_evicts_cachekit_state() -> None:
     assert cachekit.incr(cache, "state-0") == 11
 
 
+def test_pruning_forgets_expired_cachekit_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per-client keys with a timeout (rate limits) leave nothing behind once pruned."""
+    import time
+
+    from cachekit.resolve import strategy_for
+
+    cache = SimpleCache(threshold=5)
+    for i in range(100):
+        cachekit.incr(cache, f"client-{i}", 1, timeout=60)
+    cachekit.incr(cache, "state", 1)
+    later = time.time() + 120
+    monkeypatch.setattr(time, "time", lambda: later)  # cachelib's clock and cachekit's
+    for i in range(10):
+        cache.set(f"page-{i}", i, timeout=0)  # past the threshold: a prune
+    assert strategy_for(cache)._managed == {"state"}  # type: ignore[attr-defined]
+    assert cache.get("state") == 1
+
+
 def incr_in_child(cache: Any, out: Any) -> None:
     try:
         cachekit.incr(cache, "n")
