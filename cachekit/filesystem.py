@@ -43,7 +43,10 @@ stopped) and deletes the entries that have expired, with the temporary files
 of writers that died. It takes each file's key stripe only on a try, and the
 stripe of a key is that of its file's name (the sweep knows no key), so a
 file is deleted only while no cachekit writer holds it; a plain ``cache.set``
-that replaced the file meanwhile (cachelib takes no lock) is put back.
+that replaced the file meanwhile (cachelib takes no lock) is put back, and so
+is a live value a killed sweep left aside. (A plain ``cache.delete`` of that
+set's value, landing within the same microseconds, can be undone by the put
+back: losing no set costs that.)
 
 Security: a directory of pickles is code execution for whoever can write to
 it, so cachekit refuses a cache directory owned by another user or writable by
@@ -75,7 +78,7 @@ from .errors import ConfigurationError, CorruptValue, LockTimeout, StorageError,
 from .lockfiles import lock_file, stat_directory
 from .settings import DEFAULTS, Settings
 from .strategy import Entry, Strategy
-from .threadlocks import KEYS
+from .threadlocks import KEYS, PerProcessValue
 
 _HEADER: Final = struct.Struct("I")
 TEMP_SUFFIX: Final = ".cachekit.__wz_cache"
@@ -136,14 +139,20 @@ def _expired_header(header: bytes, now: float) -> bool:
     return bool(expires) and expires < now
 
 
+#: How the sweep opens a file: never through a symlink, never waiting (a FIFO).
+_SWEEP_OPEN: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+
 def _expired(path: str, now: float) -> bool:
     """Whether the entry file at ``path`` says it expired before ``now`` (False if unreadable)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, _SWEEP_OPEN)
     except OSError:
         return False
     try:
-        return _expired_header(os.pread(fd, _HEADER.size, 0), now)
+        return stat.S_ISREG(os.fstat(fd).st_mode) and _expired_header(
+            os.pread(fd, _HEADER.size, 0), now
+        )
     finally:
         os.close(fd)
 
@@ -205,7 +214,9 @@ class FileSystemStrategy(Strategy):
         self._pickle = _uses_pickle(backend.serializer)
         self._names_of: dict[str, str] = {}  # key -> its file's name, see _file_name
         self._writes = 0  # this process's commits, for the sweep's cadence
-        self._sweeping = threading.Lock()  # only ever tried: one sweep at a time, never a wait
+        # Only ever tried: one sweep at a time in a process, never a wait. Per process: a
+        # child forked during a sweep must not inherit it held.
+        self._sweeping = PerProcessValue(lambda: threading.Lock())
         self._names: Iterator[os.DirEntry[str]] | None = None  # where the sweep goes on
         self._names_closer: weakref.finalize[Any, Any] | None = None
         self._names_pid = 0
@@ -241,7 +252,8 @@ class FileSystemStrategy(Strategy):
         cannot be read, is left for a later sweep. Another thread's sweep in
         progress makes this one return 0 at once.
         """
-        if not self._sweeping.acquire(blocking=False):
+        sweeping = self._sweeping.get()
+        if not sweeping.acquire(blocking=False):
             return 0
         try:
             deleted = 0
@@ -257,7 +269,7 @@ class FileSystemStrategy(Strategy):
                     continue
             return deleted
         finally:
-            self._sweeping.release()
+            sweeping.release()
 
     def _next_names(self, batch: int) -> list[str]:
         """The next ``batch`` names of the directory, starting over after its end."""
@@ -270,6 +282,8 @@ class FileSystemStrategy(Strategy):
                 self._names = os.scandir(self.directory)
                 self._names_closer = weakref.finalize(self, self._names.close)
             for entry in self._names:
+                if not entry.is_file(follow_symlinks=False):
+                    continue  # (a directory, a symlink, a FIFO: never cachelib's or cachekit's)
                 names.append(entry.name)
                 if len(names) >= batch:
                     return names
@@ -291,9 +305,12 @@ class FileSystemStrategy(Strategy):
                 base = name[: -len(suffix)]
                 if not _ENTRY_NAME.fullmatch(base):
                     return 0
+                leftover = os.path.join(self.directory, name)
                 try:
-                    with self._locks.hold(KEYS, (base,), 0, "the sweep"):
-                        os.unlink(os.path.join(self.directory, name))  # (no writer is on it)
+                    with self._locks.hold(KEYS, (base,), 0, "the sweep"):  # (no writer is on it)
+                        if suffix == SWEPT_SUFFIX and not _expired(leftover, now):
+                            self._put_back(leftover, os.path.join(self.directory, base))
+                        os.unlink(leftover)
                 except (LockTimeout, FileNotFoundError):
                     return 0
                 return 1
@@ -309,36 +326,44 @@ class FileSystemStrategy(Strategy):
             return 0
 
     @staticmethod
-    def _unlink_expired(path: str, now: float) -> int:
+    def _put_back(aside: str, path: str) -> None:
+        """Link the live value moved to ``aside`` back to ``path``, unless a newer one is there."""
+        try:
+            os.link(aside, path)
+        except FileExistsError:
+            pass
+
+    @classmethod
+    def _unlink_expired(cls, path: str, now: float) -> int:
         """Unlink the entry at ``path`` if it has expired; its stripe is held. 1 if so.
 
         No cachekit writer can replace it now, but cachelib's own ``set``
         takes no lock: the file is moved aside first, and put back unless it
-        is the very file found expired.
+        is the very file found expired. That file stays open until the
+        comparison, so that its inode number cannot be reused meanwhile by a
+        file created in its place.
         """
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(path, _SWEEP_OPEN)
         except FileNotFoundError:
             return 0
         try:
             found = os.fstat(fd)
-            header = os.pread(fd, _HEADER.size, 0)
+            if not stat.S_ISREG(found.st_mode):
+                return 0
+            if not _expired_header(os.pread(fd, _HEADER.size, 0), now):
+                return 0
+            aside = path + SWEPT_SUFFIX
+            os.rename(path, aside)
+            moved = os.lstat(aside)
+            if (moved.st_dev, moved.st_ino) != (found.st_dev, found.st_ino):
+                cls._put_back(aside, path)  # a newer value was set meanwhile
+                os.unlink(aside)
+                return 0
+            os.unlink(aside)
+            return 1
         finally:
             os.close(fd)
-        if not stat.S_ISREG(found.st_mode) or not _expired_header(header, now):
-            return 0
-        aside = path + SWEPT_SUFFIX
-        os.rename(path, aside)
-        moved = os.lstat(aside)
-        if (moved.st_dev, moved.st_ino) != (found.st_dev, found.st_ino):
-            try:
-                os.link(aside, path)  # a newer value set meanwhile: back, unless another came
-            except FileExistsError:
-                pass
-            os.unlink(aside)
-            return 0
-        os.unlink(aside)
-        return 1
 
     def _path(self, key: str) -> str:
         """The key's file, under the directory's real path (resolved once, at first use).

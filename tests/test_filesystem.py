@@ -158,7 +158,7 @@ def test_writes_leave_no_temporary_files(fs_backend: Any) -> None:
         with cachekit.transaction(fs_backend, "a", "b") as txn:
             txn["a"] = txn.get("a", 0) + 1
             txn["b"] = txn.get("b", 0) - 1
-    names = [name for name in os.listdir(fs_backend._path) if name != LOCK_NAME]
+    names = entry_names(fs_backend)
     assert not [name for name in names if name.endswith(TEMP_SUFFIX)]
     assert len(names) == 7
 
@@ -412,7 +412,11 @@ def write_expired(cache: Any, key: str, value: Any = "old") -> Path:
 
 
 def entry_names(cache: Any) -> set[str]:
-    return {name for name in os.listdir(cache._path) if name != LOCK_NAME}
+    """The directory's names but the lock file's and the statistics' (a timer flushes them)."""
+    from cachekit import stats
+
+    skipped = {LOCK_NAME} | {file_of(cache, stats.PREFIX + name).name for name in stats.names()}
+    return set(os.listdir(cache._path)) - skipped
 
 
 def test_the_sweep_deletes_expired_entries_and_dead_writers_leftovers_only(
@@ -423,8 +427,8 @@ def test_the_sweep_deletes_expired_entries_and_dead_writers_leftovers_only(
     fs_backend.set("later", "kept", timeout=3600)
     leftover = Path(str(file_of(fs_backend, "live")) + TEMP_SUFFIX)
     leftover.write_bytes(b"left by a writer killed mid-write")
-    moved = Path(str(file_of(fs_backend, "elsewhere")) + SWEPT_SUFFIX)
-    moved.write_bytes(b"left by a sweep killed mid-way")
+    moved = write_expired(fs_backend, "elsewhere")  # left aside by a sweep killed mid-way
+    moved.rename(str(moved) + SWEPT_SUFFIX)
     directory = Path(fs_backend._path)
     (directory / "notes.txt").write_bytes(struct.pack("I", 1))  # not an entry's name
     (directory / ("ab" * 16)).symlink_to(expired[1])  # never followed
@@ -478,23 +482,76 @@ def test_the_sweep_never_deletes_a_file_a_writer_of_another_process_holds(
     assert fs_backend.get("k") == 7
 
 
+@pytest.mark.parametrize("sets", [1, 2])
 def test_a_plain_set_landing_while_the_sweep_moves_a_file_is_put_back(
-    fs_backend: Any, monkeypatch: pytest.MonkeyPatch
+    fs_backend: Any, monkeypatch: pytest.MonkeyPatch, sets: int
 ) -> None:
-    """cachelib's own set takes no lock: the sweep deletes only the very file it found expired."""
+    """cachelib's own set takes no lock: the sweep deletes only the very file it found expired.
+
+    Two sets: the first frees the expired file's inode and the second's file
+    would get its number (ext4 reuses it at once), were the sweep not holding
+    the expired file open until it compares.
+    """
 
     write_expired(fs_backend, "k")
     rename = os.rename
 
     def set_then_rename(source: str, target: str) -> None:
-        fs_backend.set("k", "fresh")  # lands between the sweep's look and its move
+        for i in range(1, sets + 1):
+            fs_backend.set("k", f"fresh-{i}")  # lands between the sweep's look and its move
         rename(source, target)
 
     monkeypatch.setattr(os, "rename", set_then_rename)
     assert strategy_for(fs_backend).sweep(batch=1000) == 0  # type: ignore[attr-defined]
     monkeypatch.undo()
-    assert fs_backend.get("k") == "fresh"
+    assert fs_backend.get("k") == f"fresh-{sets}"
     assert entry_names(fs_backend) == {file_of(fs_backend, "k").name}
+
+
+def test_a_live_value_a_killed_sweep_left_aside_is_put_back(fs_backend: Any) -> None:
+    """A sweep killed after moving a plain set's value aside: the next sweep puts it back."""
+    for key in ("alone", "replaced"):
+        fs_backend.set(key, f"{key}-moved", timeout=3600)
+        path = file_of(fs_backend, key)
+        path.rename(str(path) + SWEPT_SUFFIX)
+    fs_backend.set("replaced", "newer", timeout=3600)  # set again since: the newer one stays
+    assert strategy_for(fs_backend).sweep(batch=1000) == 2  # type: ignore[attr-defined]
+    assert fs_backend.get("alone") == "alone-moved" and fs_backend.get("replaced") == "newer"
+    assert entry_names(fs_backend) == {file_of(fs_backend, k).name for k in ("alone", "replaced")}
+
+
+def test_the_sweep_never_waits_on_a_fifo(fs_backend: Any) -> None:
+    import threading
+
+    fifo = file_of(fs_backend, "k")
+    os.mkfifo(fifo, 0o600)
+    os.mkfifo(str(file_of(fs_backend, "j")) + SWEPT_SUFFIX, 0o600)
+    sweep = threading.Thread(target=strategy_for(fs_backend).sweep, args=(1000,), daemon=True)  # type: ignore[attr-defined]
+    sweep.start()
+    sweep.join(10)
+    assert not sweep.is_alive(), "the sweep waits on a FIFO"
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+
+
+def sweep_in_a_child(strategy: Any, out: Any) -> None:
+    out.put(strategy.sweep(batch=1000))  # the parent's strategy, as the fork copied it
+
+
+def test_a_child_forked_during_a_sweep_sweeps(fs_backend: Any) -> None:
+    """The one-sweep-at-a-time lock is per process: a fork never inherits it held."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    strategy: Any = strategy_for(fs_backend)
+    strategy.sweep(batch=1)  # (the lock exists)
+    write_expired(fs_backend, "gone")
+    out = ctx.Queue()
+    with strategy._sweeping.get():  # a sweep of another thread, in progress
+        assert strategy.sweep(batch=1000) == 0
+        child = ctx.Process(target=sweep_in_a_child, args=(strategy, out))
+        child.start()
+        child.join(20)
+    assert child.exitcode == 0 and out.get(timeout=5) == 1
 
 
 def sweep_dying_at(directory: str, step: int) -> None:
