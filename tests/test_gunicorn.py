@@ -22,8 +22,8 @@ from .server import client, concurrently, get, get_ok, gunicorn, post, post_ok
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 CLIENTS = 200
-HITS = 2000
-NOTES = 400
+HITS = 1200
+NOTES = 300
 PER_CLIENT = 10
 SESSIONS = 20
 TRANSFERS = 300

@@ -24,7 +24,7 @@ from .test_processes import FORK, open_cache, run_workers
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 #: Each case's length; ``SOAK_SECONDS=120 make test`` soaks longer.
-SECONDS = float(os.environ.get("SOAK_SECONDS", "8"))
+SECONDS = float(os.environ.get("SOAK_SECONDS", "6"))
 PROCESSES, THREADS = 4, 3
 COUNTERS, LISTS, ACCOUNTS, PAGES = 10, 5, 6, 8
 OPENING = 1000

@@ -24,7 +24,7 @@ from .history import OK, Op
 from .runner import Target, run_http, run_processes
 from .workloads import KINDS, OPENING, open_cache
 
-SECONDS = float(os.environ.get("NEMESIS_SECONDS", "8"))
+SECONDS = float(os.environ.get("NEMESIS_SECONDS", "6"))
 LEASE = 1.5
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(int(SECONDS * 6 + 120))]
 
