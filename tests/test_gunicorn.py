@@ -22,11 +22,11 @@ from .server import client, concurrently, get, get_ok, gunicorn, post, post_ok
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 CLIENTS = 200
-HITS = 1200
-NOTES = 300
+HITS = 800
+NOTES = 200
 PER_CLIENT = 10
 SESSIONS = 20
-TRANSFERS = 300
+TRANSFERS = 200
 
 
 def hammer(*bases: str) -> None:

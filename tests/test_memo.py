@@ -264,6 +264,7 @@ def test_stale_values_are_served_at_once_while_one_thread_refreshes(backend: Any
     assert slow() == (1, ())
     age(backend, key_of(slow), 61)
     origin.gate = gate
+    origin.started.clear()  # (set by the first computation: wait for the refresh's)
     try:
         results = run_threads(16, lambda i: slow())  # the refresh is held at the gate
         assert results == [(1, ())] * 16

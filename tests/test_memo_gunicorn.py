@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 COMPUTATION = 0.3  # seconds
 TIMEOUT = 1.0
 STALE = 2.0
-LOAD_SECONDS = 4.0
+LOAD_SECONDS = 3.0
 LOAD_CLIENTS = 32
 QUOTE_ENV = {
     "DEMO_QUOTE_SECONDS": str(COMPUTATION),
