@@ -150,7 +150,9 @@ def use_settings(monkeypatch: pytest.MonkeyPatch, **changes: float) -> None:
 
 
 def clear_of_a_window_edge(window: float, needed: float) -> None:
-    """Sleep, if need be, until ``needed`` s are left before the next multiple of ``window``.
+    """Make sure at least ``needed`` s are left before the next multiple of ``window``.
+
+    If fewer are left, sleep past that edge (a whole window is then left).
 
     A sliding window counter's windows are aligned to the clock, and just past
     an edge it lets a spent limit admit one more hit, by design (the README
