@@ -87,8 +87,8 @@ CACHELIB_SKIPS: Final = ".__wz_cache"
 
 #: The sweep's cadence and reach (see the module's docstring). A sweep that finds more
 #: than a quarter of its names expired runs again at the next write, so the sweep keeps
-#: up with a flood of one-off keys (a name examined per write and more) and costs about a
-#: microsecond per write otherwise.
+#: up with a flood of one-off keys (a name examined per write and more) and costs a few
+#: microseconds per write otherwise (measured: 52 to 54 us per FileSystemCache incr).
 SWEEP_EVERY: Final = 256
 SWEEP_BATCH: Final = 64
 #: How many keys' file names a strategy remembers (a hash each) before it starts over.
@@ -132,15 +132,20 @@ def _exchange(tmp: str, path: str) -> bool:
     return False
 
 
-def _expired_header(header: bytes, now: float) -> bool:
-    if len(header) < _HEADER.size:
-        return False  # (truncated: left for CorruptValue to name, never swept)
-    (expires,) = _HEADER.unpack_from(header)
-    return bool(expires) and expires < now
-
-
 #: How the sweep opens a file: never through a symlink, never waiting (a FIFO).
 _SWEEP_OPEN: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+
+def _expired_entry(fd: int, now: float) -> os.stat_result | None:
+    """The open file's status if it is a regular file whose header expired before ``now``."""
+    found = os.fstat(fd)
+    if not stat.S_ISREG(found.st_mode):
+        return None
+    header = os.pread(fd, _HEADER.size, 0)
+    if len(header) < _HEADER.size:
+        return None  # (truncated: left for CorruptValue to name, never swept)
+    (expires,) = _HEADER.unpack_from(header)
+    return found if expires and expires < now else None
 
 
 def _expired(path: str, now: float) -> bool:
@@ -150,9 +155,7 @@ def _expired(path: str, now: float) -> bool:
     except OSError:
         return False
     try:
-        return stat.S_ISREG(os.fstat(fd).st_mode) and _expired_header(
-            os.pread(fd, _HEADER.size, 0), now
-        )
+        return _expired_entry(fd, now) is not None
     finally:
         os.close(fd)
 
@@ -348,10 +351,8 @@ class FileSystemStrategy(Strategy):
         except FileNotFoundError:
             return 0
         try:
-            found = os.fstat(fd)
-            if not stat.S_ISREG(found.st_mode):
-                return 0
-            if not _expired_header(os.pread(fd, _HEADER.size, 0), now):
+            found = _expired_entry(fd, now)
+            if found is None:
                 return 0
             aside = path + SWEPT_SUFFIX
             os.rename(path, aside)

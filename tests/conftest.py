@@ -161,3 +161,12 @@ def clear_of_a_window_edge(window: float, needed: float) -> None:
     left = window - time.time() % window
     if left < needed:
         time.sleep(left + 0.01)
+
+
+def clear_of_an_edge_for(strategy: str, window: float, needed: float) -> None:
+    """:func:`clear_of_a_window_edge` where it matters: the sliding window counter.
+
+    (A fixed window opens at its first hit, and a moving window has no edge.)
+    """
+    if strategy == "sliding-window-counter":
+        clear_of_a_window_edge(window, needed)

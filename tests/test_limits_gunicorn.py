@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import clear_of_a_window_edge
+from .conftest import clear_of_an_edge_for
 from .server import concurrently, gunicorn
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -81,8 +81,7 @@ def test_exactly_the_limit_gets_through_four_workers(
         "FLASK_DEMO_LIMIT": "100 per minute",
     }
     with gunicorn(tmp_path, "-w", "4", "-k", "gthread", "--threads", "4", env=env) as base:
-        if strategy == "sliding-window-counter":  # (its windows are aligned to the clock)
-            clear_of_a_window_edge(60, 8)
+        clear_of_an_edge_for(strategy, 60, 8)
         answers = concurrently(16, [lambda: fetch(base + "/limited")] * 300)
     statuses = [status for status, _ in answers]
     assert statuses.count(200) == 100 and statuses.count(429) == 200, sorted(set(statuses))

@@ -23,21 +23,12 @@ from limits.strategies import STRATEGIES
 import cachekit
 from cachekit.limits_storage import CachekitStorage
 
-from .conftest import BACKENDS, clear_of_a_window_edge
+from .conftest import BACKENDS, clear_of_a_window_edge, clear_of_an_edge_for
 from .server import free_port
 
 pytestmark = pytest.mark.timeout(120)
 
 STRATEGY_NAMES = sorted(STRATEGIES)
-
-
-def clear_of_an_edge_for(strategy: str, window: float, needed: float) -> None:
-    """:func:`clear_of_a_window_edge` where it matters: the sliding window counter.
-
-    (A fixed window opens at its first hit, and a moving window has no edge.)
-    """
-    if strategy == "sliding-window-counter":
-        clear_of_a_window_edge(window, needed)
 
 
 def storage_for(backend: Any) -> CachekitStorage:
