@@ -569,6 +569,59 @@ def test_a_child_forked_during_a_sweep_sweeps(fs_backend: Any) -> None:
     assert child.exitcode == 0 and out.get(timeout=5) == 1
 
 
+CHURN_SECONDS = 3.0
+
+
+def count_and_churn(directory: str, out: Any) -> None:
+    """Count on 4 lasting keys while writing one-off keys that expire in a second, sweeping
+    at every write (SWEEP_EVERY 1 in this process): the sweep races writers all along."""
+    import cachekit.filesystem as filesystem
+
+    vars(filesystem)["SWEEP_EVERY"] = 1
+    cache = FileSystemCache(directory, threshold=0)
+    counted = [0] * 4
+    once = 0
+    deadline = time.monotonic() + CHURN_SECONDS
+    try:
+        while time.monotonic() < deadline:
+            cachekit.incr(cache, f"n{once % 4}")
+            counted[once % 4] += 1
+            cachekit.incr(cache, f"once-{os.getpid()}-{once}", timeout=1)
+            once += 1
+    except Exception as error:  # (a writer whose file the sweep took: say so, at once)
+        out.put(repr(error))
+        raise
+    out.put((counted, once))
+
+
+def test_sweeps_racing_writers_of_other_processes_lose_no_count(fs_backend: Any) -> None:
+    """Three processes count exactly while their sweeps delete the expiring keys they write."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    children = [ctx.Process(target=count_and_churn, args=(fs_backend._path, out)) for _ in range(3)]
+    for child in children:
+        child.start()
+    results = [out.get(timeout=60) for _ in children]
+    assert all(isinstance(result, tuple) for result in results), results
+    for child in children:
+        child.join(20)
+        assert child.exitcode == 0
+    assert [fs_backend.get(f"n{i}") for i in range(4)] == [
+        sum(counted[i] for counted, _ in results) for i in range(4)
+    ]
+    created = sum(once for _, once in results)
+    left = len(entry_names(fs_backend)) - 4
+    # Those written in the last second or two have not expired yet; the others are swept.
+    assert left < created * 3 / 4, (left, created)
+    time.sleep(2.1)  # every one-off key has expired
+    strategy: Any = strategy_for(fs_backend)
+    while strategy.sweep(batch=10_000):
+        pass
+    assert entry_names(fs_backend) == {file_of(fs_backend, f"n{i}").name for i in range(4)}
+
+
 def sweep_dying_at(directory: str, step: int) -> None:
     import cachekit.filesystem as filesystem
 
