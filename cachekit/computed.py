@@ -105,9 +105,10 @@ from typing import Any, Final, NamedTuple, TypeVar
 
 from flask import copy_current_request_context, current_app, has_app_context, has_request_context
 
-from .errors import CorruptValue, InvalidArgument, LockTimeout, StorageError
+from .errors import CorruptValue, InvalidArgument, LockTimeout, StorageError, TamperedValue
+from .resolve import CacheLike, strategy_for
 from .settings import DEFAULTS
-from .strategy import MAX_EXPIRES, Entry, Strategy, Timeout, check_key, seconds
+from .strategy import MAX_EXPIRES, Entry, Strategy, Timeout, absolute_expiry, check_key, seconds
 from .threadlocks import COMPUTE, PerProcessValue
 
 T = TypeVar("T")
@@ -131,9 +132,16 @@ COUNTERS: Final = (
     "refresh_errors",
     "errors",
     "bypassed",
+    "tampered",  # values refused by their signature check, recomputed (cachekit.signing)
 )
 #: Stats counter prefix of the per-function figures: ``memo:<name>:<counter>``.
 STATS_PREFIX: Final = "memo:"
+#: What plain ``get_or_compute`` counts, in the strategy's figures, for each event.
+_BARE_COUNTERS: Final = {
+    "hits": "computes_saved",
+    "joined": "computes_saved",
+    "computations": "computes",
+}
 
 #: Every name :func:`fetch` counted under in this process, for :func:`statistics`.
 NAMES: set[str] = set()
@@ -148,6 +156,9 @@ class Policy:
     stale: float = 0.0
     beta: float = 0.0
     fail_open: bool = True
+    #: The stored form is the value itself, not a record (plain ``get_or_compute``:
+    #: ``cache.get`` reads it); fresh until the backend expires it. No tags, stale or beta.
+    bare: bool = False
 
     @classmethod
     def of(
@@ -175,6 +186,11 @@ class Policy:
         NAMES.add(name)
         return cls(name, fresh, stale_s, float(beta), fail_open)
 
+    @classmethod
+    def plain(cls, timeout: Timeout) -> Policy:
+        """Plain ``get_or_compute``: the bare value, never failing open, counted as before."""
+        return cls("get_or_compute", seconds(timeout), fail_open=False, bare=True)
+
 
 class Record:
     """A decoded record: what :func:`fetch` serves from."""
@@ -198,6 +214,23 @@ class Record:
         if is_record(stored):
             return cls(stored[1], stored[2], stored[3], stored[4])
         return None
+
+    @classmethod
+    def bare(cls, key: str, entry: Entry | None) -> Record | None:
+        """A plain value as a record fresh for ever (its backend expiry governs it).
+
+        A record where a plain value belongs is refused: it was written by
+        ``memoize`` or ``get_or_compute`` with ``stale``, ``beta`` or ``tags``.
+        """
+        if entry is None:
+            return None
+        if is_record(entry.value):
+            raise InvalidArgument(
+                f"key {key!r} holds a value of memoize or of get_or_compute with stale, beta"
+                " or tags: read it the way it was written",
+                key=key,
+            )
+        return cls(entry.value, 0.0, 0.0, ())
 
     def stored(self) -> tuple[Any, ...]:
         return (MARK, self.value, self.fresh_until, self.delta, self.generations)
@@ -229,6 +262,11 @@ class Call(NamedTuple):
 
     def tally(self, counter: str) -> None:
         """Count one event of this call's function (see :func:`count`)."""
+        if self.policy.bare:  # plain get_or_compute: the strategy's own figures
+            name = _BARE_COUNTERS.get(counter)
+            if name is not None:
+                self.strategy.stats.count(name)
+            return
         count(self.strategy, self.policy, counter)
 
     def keeps(self, value: Any) -> bool:
@@ -246,16 +284,22 @@ def _lookup(call: Call) -> tuple[Record | None, dict[str, Any]]:
     is ``None``.
     """
     strategy, tags = call.strategy, call.tags
+    if call.policy.bare:  # (a corrupt value raises: plain get_or_compute never hides one)
+        return Record.bare(call.key, strategy.load(call.key)), {}
     keys = [call.key, *(TAG_PREFIX + tag for tag in tags)]
     try:
-        entries = strategy._load_many(keys)
-    except CorruptValue:  # rare: read each key alone, a corrupt one as missing (replaced)
+        entries = strategy.load_many(keys)
+    except CorruptValue as first:  # rare: read each key alone, a corrupt one as missing (replaced)
         entries = []
         for one in keys:
             try:
-                entries.append(strategy._load(one))
+                if one == first.context.get("key"):
+                    raise first  # (not read twice: a refusal is counted once)
+                entries.append(strategy.load(one))
             except CorruptValue as error:
                 log.warning("replacing the undecodable value at %r: %s", one, error)
+                if one == call.key and isinstance(error, TamperedValue):
+                    call.tally("tampered")
                 entries.append(None)
     generations = {
         tag: (None if entry is None else entry.value)
@@ -287,16 +331,16 @@ def _set_generation(strategy: Strategy, key: str, replace: bool) -> int:
     A plain write under the key's lock, so that racing creators agree on one,
     and a generation that cannot be decoded is replaced rather than raised.
     """
-    with strategy._modifying((key,)):
+    with strategy.modifying((key,)):
         try:
-            entry = strategy._load(key)
+            entry = strategy.load(key)
         except CorruptValue as error:
             log.warning("replacing the tag generation at %r: %s", key, error)
             entry = None
         if not replace and entry is not None and _is_generation(entry.value):
             return entry.value  # type: ignore[no-any-return]
         generation = new_generation()
-        strategy._commit({key: (strategy._encode(key, generation), 0)}, (), {})
+        strategy.commit({key: (strategy.encode(key, generation), 0)}, (), {})
         return generation
 
 
@@ -307,15 +351,20 @@ def _store(call: Call, value: Any, delta: float, generations: tuple[tuple[str, i
     """Store ``value``'s record under the call's key; the caller holds its COMPUTE stripe."""
     strategy, key, policy = call.strategy, call.key, call.policy
     timeout = strategy.default_timeout() if policy.timeout is None else policy.timeout
+    if policy.bare:
+        raw = strategy.encode(key, value)
+        with strategy.modifying((key,)):
+            strategy.commit({key: (raw, absolute_expiry(timeout))})
+        return
     now = time.time()
     if timeout == 0:
         fresh_until, expires = 0.0, 0
     else:
         fresh_until = now + timeout
         expires = min(math.ceil(fresh_until + policy.stale), MAX_EXPIRES)
-    raw = strategy._encode(key, Record(value, fresh_until, delta, generations).stored())
-    with strategy._modifying((key,)):
-        strategy._commit({key: (raw, expires)}, (), {})
+    raw = strategy.encode(key, Record(value, fresh_until, delta, generations).stored())
+    with strategy.modifying((key,)):
+        strategy.commit({key: (raw, expires)}, (), {})
 
 
 # -- serving ---------------------------------------------------------------------------
@@ -373,13 +422,33 @@ class Outage:
 outage = Outage()
 
 
+def resolved(cache: CacheLike, policy: Policy) -> Strategy | None:
+    """The strategy of ``cache``; None (fail open) if it cannot be made for want of a server.
+
+    The one fail-open policy of the decorators, with :func:`_fail_open`: for
+    ``CACHEKIT_FAIL_OPEN_PAUSE`` after a failure the cache is not tried again.
+    """
+    if outage.skip(id(cache)):
+        return None
+    try:
+        return strategy_for(cache)
+    except StorageError as error:
+        if not policy.fail_open:
+            raise
+        outage.begin(id(cache))
+        log.warning("serving %s uncached: %s", policy.name, error)
+        return None
+
+
 def _fail_open(call: Call, error: Exception) -> None:
     """Count a backend failure that will be served uncached; raise it if not failing open."""
     if not call.policy.fail_open:
         raise error
     call.tally("errors")
     if isinstance(error, StorageError):
-        outage.begin(id(call.strategy), call.strategy.settings.fail_open_pause)
+        pause = call.strategy.settings.fail_open_pause
+        outage.begin(id(call.strategy), pause)
+        call.strategy.stats.hold_off(pause)  # (no second wait to flush the statistics)
     log.warning("serving %s uncached: %s", call.policy.name, error)
 
 
@@ -408,8 +477,10 @@ class _Flight:
         # A caller that already holds a cachekit lock (a memoized call inside an update, or
         # inside another computation) does not wait: waiting against the lock order could
         # deadlock. It computes uncached if another caller is computing.
-        wait = 0.0 if strategy._locks.holds_any() else strategy.settings.compute_wait
-        hold = strategy._hold(COMPUTE, (call.key,), wait, f"computation of {call.key!r}")
+        # (Plain get_or_compute waits as it always did: it never computes uncached.)
+        nested = strategy.holds_lock() and not call.policy.bare
+        wait = 0.0 if nested else strategy.settings.compute_wait
+        hold = strategy.hold(COMPUTE, (call.key,), wait, f"computation of {call.key!r}")
         try:
             hold.__enter__()
         except (StorageError, LockTimeout) as error:
@@ -555,7 +626,7 @@ def _refresh(call: Call, compute: Callable[[], Any], seen: float, early: bool) -
     """Recompute the call's key if no one else is (a try of the stripe); False if that failed."""
     strategy = call.strategy
     try:
-        hold = strategy._hold(COMPUTE, (call.key,), 0.0, f"refresh of {call.key!r}")
+        hold = strategy.hold(COMPUTE, (call.key,), 0.0, f"refresh of {call.key!r}")
         try:
             hold.__enter__()
         except LockTimeout:
@@ -586,7 +657,7 @@ def _refresh(call: Call, compute: Callable[[], Any], seen: float, early: bool) -
         call.tally("refresh_errors")
         return False
     finally:
-        strategy._finished()
+        strategy.finished()
 
 
 # -- the entry points ------------------------------------------------------------------
@@ -601,7 +672,7 @@ def _at_once(call: Call, compute: Callable[[], Any]) -> Any:
     ``compute`` is what a background refresh runs; _UNCACHED means the cache
     failed (fail open: compute and return, storing nothing).
     """
-    if outage.skip(id(call.strategy)):
+    if call.policy.fail_open and outage.skip(id(call.strategy)):
         call.tally("errors")
         return _UNCACHED
     try:
@@ -641,7 +712,7 @@ def fetch(
             flight.done(value, time.monotonic() - started)
             return value
     finally:
-        strategy._finished()
+        strategy.finished()
 
 
 async def fetch_async(
@@ -706,7 +777,7 @@ async def fetch_async(
         finally:
             del flights[mine]
     finally:
-        strategy._finished()
+        strategy.finished()
 
 
 #: Per event loop, the misses its coroutines are computing: (id(strategy), key) -> result.
@@ -730,11 +801,11 @@ def forget(strategy: Strategy, key: str) -> None:
     """Delete ``key``'s value, after any computation of it in flight has stored its own."""
     check_key(key)
     with (
-        strategy._hold(COMPUTE, (key,), strategy.settings.compute_wait, f"computation of {key!r}"),
-        strategy._modifying((key,)),
+        strategy.hold(COMPUTE, (key,), strategy.settings.compute_wait, f"computation of {key!r}"),
+        strategy.modifying((key,)),
     ):
-        if strategy._load_many([key])[0] is not None:
-            strategy._commit({}, (key,), {})
+        if strategy.load_many([key])[0] is not None:
+            strategy.commit({}, (key,), {})
 
 
 def invalidate(strategy: Strategy, tags: Iterable[str]) -> None:
@@ -749,7 +820,7 @@ def invalidate(strategy: Strategy, tags: Iterable[str]) -> None:
         for key in keys:
             _set_generation(strategy, key, replace=True)
     finally:
-        strategy._finished()
+        strategy.finished()
 
 
 def statistics(strategy: Strategy, merged: bool) -> dict[str, dict[str, int]]:
@@ -758,7 +829,7 @@ def statistics(strategy: Strategy, merged: bool) -> dict[str, dict[str, int]]:
     if merged:
         names = sorted(NAMES.copy())
         keys = [f"cachekit:stats:{STATS_PREFIX}{n}:{c}" for n in names for c in COUNTERS]
-        entries = iter(strategy._load_many(keys)) if keys else iter(())
+        entries = iter(strategy.load_many(keys)) if keys else iter(())
         for name in names:
             figures[name] = {
                 counter: int(entry.value) if (entry := next(entries)) is not None else 0

@@ -13,43 +13,38 @@ checks change nothing on the system they look at.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Any
 
-import cachelib
+import flask_caching
 from flask import Flask
 
-from .compat import (
-    app_backends,
-    bounded_redis_client,
-    filesystem_parts,
-    redis_parts,
-    socket_timeout_of,
+from .backends import ADVICE, strategy_class
+from .compat import app_backends
+from .errors import ConfigurationError, UnsupportedBackend
+from .findings import (
+    CONFIGURATION,
+    PER_PROCESS,
+    PROBLEM,
+    UNREACHABLE,
+    WARNING,
+    Finding,
 )
-from .errors import CachekitError, ConfigurationError
-from .filesystem import CACHELIB_SKIPS, check_private_directory
-from .lmdb import LMDBCache
-from .settings import DEFAULTS, Settings
+from .settings import DEFAULTS, Settings, unknown_keys
+from .strategy import Strategy
 
-PROBLEM = "problem"
-WARNING = "warning"
-#: What kind of problem a finding is: the configuration (refused at start-up), the server
-#: not answering (logged at start-up: not configuration), or a per-process backend (warned
-#: at start-up: right for one process, refused at first use under several workers).
-CONFIGURATION = "configuration"
-UNREACHABLE = "unreachable"
-PER_PROCESS = "per-process"
-
-
-@dataclass(frozen=True)
-class Finding:
-    level: str  # PROBLEM (exit status 1) or WARNING
-    what: str
-    fix: str
-    kind: str = CONFIGURATION
+__all__ = [
+    "CONFIGURATION",
+    "PER_PROCESS",
+    "PROBLEM",
+    "UNREACHABLE",
+    "WARNING",
+    "Finding",
+    "diagnose",
+    "diagnose_backend",
+]
 
 
-def diagnose(app: Flask, cache: Any = None) -> list[Finding]:
+def diagnose(app: Flask, cache: flask_caching.Cache | None = None) -> list[Finding]:
     """Every finding about the app's caches (or only ``cache``'s), problems first.
 
     Empty: nothing in the setup would lose state. The Redis checks wait at
@@ -64,15 +59,108 @@ def diagnose(app: Flask, cache: Any = None) -> list[Finding]:
         return [Finding(PROBLEM, "the app has no Flask-Caching cache", "call cache.init_app(app)")]
     findings: list[Finding] = []
     try:
-        timeout = Settings.from_config(app.config).check_timeout
+        settings = Settings.from_config(app.config)
     except ConfigurationError as error:
         setting = error.context.get("setting", "the setting")
-        findings.append(Finding(PROBLEM, str(error), f"set {setting} to a number of seconds > 0"))
-        timeout = DEFAULTS.check_timeout
+        findings.append(Finding(PROBLEM, str(error), f"set {setting} to a valid value"))
+        settings = DEFAULTS
+    for key, near in unknown_keys(app.config, os.environ):
+        findings.append(
+            Finding(
+                WARNING,
+                f"{key} is not a cachekit setting: it changes nothing"
+                + (f" (did you mean {near}?)" if near else ""),
+                f"rename it to {near}" if near else "remove it (the settings: README)",
+            )
+        )
     for backend in {id(b): b for b in backends}.values():
-        findings += diagnose_backend(backend, timeout)
+        found = diagnose_backend(backend, settings)
+        findings += found
+        findings += _signing(app, backend, reachable=all(f.kind != UNREACHABLE for f in found))
     findings += _rate_limiters(app)
     return sorted(findings, key=lambda finding: finding.level != PROBLEM)
+
+
+def _signing(app: Flask, backend: Any, reachable: bool) -> list[Finding]:
+    """Whether the backend's values are signed (:mod:`cachekit.signing`), and what was refused.
+
+    Values not signed: a warning naming ``SECRET_KEY`` and ``CACHEKIT_SIGN_VALUES``;
+    a setting that cannot work: a problem; values refused so far (the merged
+    ``tampered`` count, read from the live cache): a warning.
+    """
+    try:
+        kind = strategy_class(backend)
+        settings = Settings.from_config(app.config)
+    except (UnsupportedBackend, ConfigurationError):
+        return []  # (reported above)
+    if not kind.signing:
+        return []  # SimpleCache: nothing outside its process can write it
+    secret = app.config.get("SECRET_KEY")
+    sign = settings.sign_values if settings.sign_values is not None else bool(secret)
+    if sign and not secret:
+        return [
+            Finding(
+                PROBLEM,
+                "CACHEKIT_SIGN_VALUES is on but the app has no SECRET_KEY to sign values with",
+                "set SECRET_KEY, the same in every worker",
+            )
+        ]
+    if settings.serializer == "json" and not sign:
+        return [
+            Finding(
+                PROBLEM,
+                "CACHEKIT_SERIALIZER = 'json' stores signed values, and signing is off",
+                "set SECRET_KEY and leave CACHEKIT_SIGN_VALUES on, or use 'pickle'",
+            )
+        ]
+    if not sign:
+        why = "CACHEKIT_SIGN_VALUES is off" if secret else "the app has no SECRET_KEY"
+        return [
+            Finding(
+                WARNING,
+                f"the cache's values are not signed ({why}): whoever can write the cache"
+                " (its directory, the Redis server) can plant a pickle that runs code in every"
+                " worker that reads it",
+                "set SECRET_KEY (the same in every worker); CACHEKIT_SIGN_VALUES is then on"
+                " by default",
+            )
+        ]
+    findings: list[Finding] = []
+    if settings.unsigned == "accept":
+        findings.append(
+            Finding(
+                WARNING,
+                "CACHEKIT_UNSIGNED = 'accept' reads values without a signature unchecked: an"
+                " upgrade's setting, under which a planted pickle still runs",
+                "once the 'unsigned' statistic stops growing, set CACHEKIT_UNSIGNED = 'refuse'",
+            )
+        )
+    tampered = _tampered(backend) if reachable else 0
+    if tampered:
+        findings.append(
+            Finding(
+                WARNING,
+                f"{tampered} stored value(s) failed their signature check and were refused"
+                " unread (statistics: tampered; each key is in the workers' logs): someone"
+                " without the app's SECRET_KEY wrote to the cache",
+                "find who can write the cache (directory permissions, Redis ACLs and"
+                " password) and rotate SECRET_KEY if it may have leaked (SECRET_KEY_FALLBACKS"
+                " keeps the old one readable)",
+            )
+        )
+    return findings
+
+
+def _tampered(backend: Any) -> int:
+    """The merged count of refused values, as flushed to the cache (0 if it cannot be read)."""
+    from .signing import TAMPERED
+    from .stats import PREFIX
+
+    try:
+        count = backend.get(PREFIX + TAMPERED)
+    except Exception:  # (a check never fails on what it reads)
+        return 0
+    return count if isinstance(count, int) and not isinstance(count, bool) else 0
 
 
 def _rate_limiters(app: Flask) -> list[Finding]:
@@ -94,200 +182,14 @@ def _rate_limiters(app: Flask) -> list[Finding]:
     return findings
 
 
-def diagnose_backend(backend: Any, check_timeout: float = DEFAULTS.check_timeout) -> list[Finding]:
-    """The findings about one backend instance."""
-    findings: list[Finding] = []
-    if isinstance(backend, cachelib.SimpleCache):
-        findings.append(
-            Finding(
-                PROBLEM,
-                "SimpleCache keeps a separate copy in each worker process",
-                "set CACHE_TYPE=FileSystemCache (one machine) or RedisCache; SimpleCache"
-                " only suits a single process",
-                PER_PROCESS,
-            )
-        )
-    elif isinstance(backend, LMDBCache):
-        findings += _lmdb(backend)
-    elif isinstance(backend, cachelib.FileSystemCache):
-        findings += _filesystem(backend)
-    elif isinstance(backend, cachelib.RedisCache):
-        findings += _redis(backend, check_timeout)
-    else:
-        hint = " (NullCache stores nothing)" if isinstance(backend, cachelib.NullCache) else ""
-        findings.append(
-            Finding(
-                PROBLEM,
-                f"cachekit has no atomic strategy for {type(backend).__name__}{hint}",
-                "set CACHE_TYPE to cachekit.LMDBCache or FileSystemCache (one machine),"
-                " RedisCache (or RedisSentinelCache, RedisClusterCache) or, for one process,"
-                " SimpleCache",
-            )
-        )
-    timeout = getattr(backend, "default_timeout", 0)
-    if timeout:
-        findings.append(
-            Finding(
-                WARNING,
-                f"the default timeout is {timeout} s: what plain cache.set stores expires"
-                " after it (cachekit's helpers keep no expiry unless asked)",
-                "write shared state only through cachekit, or set CACHE_DEFAULT_TIMEOUT=0",
-            )
-        )
-    return findings
-
-
-def _filesystem(backend: Any) -> list[Finding]:
-    findings = []
-    parts = filesystem_parts(backend)
-    directory = os.path.realpath(parts.path)
-    if parts.threshold:
-        findings.append(
-            Finding(
-                PROBLEM,
-                f"CACHE_THRESHOLD={parts.threshold}: past that many files FileSystemCache"
-                " deletes entries, those that never expire first",
-                "set CACHE_THRESHOLD=0",
-            )
-        )
+def diagnose_backend(backend: Any, settings: Settings = DEFAULTS) -> list[Finding]:
+    """The findings about one backend instance: its strategy's own (:mod:`cachekit.backends`)."""
     try:
-        check_private_directory(directory)  # the very check cachekit makes at first use
-    except ConfigurationError as error:
-        findings.append(
-            Finding(
-                PROBLEM,
-                f"{error}; whoever can write its pickles can run code in every worker",
-                f"chown it to uid {os.geteuid()} (the app's user) and chmod 700 {directory}",
-            )
-        )
-    try:  # (scandir: the kind of each entry comes with its name, no stat per entry at boot)
-        with os.scandir(directory) as entries:
-            foreign = sorted(
-                entry.name
-                for entry in entries
-                if not entry.name.endswith(CACHELIB_SKIPS)
-                and (not entry.is_file() or _looks_like_lock(entry.name))
-            )
-    except OSError:
-        return findings  # a missing or unreadable directory was reported just above
-    if foreign:
-        findings.append(
-            Finding(
-                PROBLEM,
-                f"the cache directory {directory} holds lock files or folders"
-                f" ({', '.join(foreign[:5])}): FileSystemCache treats everything there as"
-                " entries, so clear() and pruning delete them (and clear() fails on folders)",
-                "keep other locks outside CACHE_DIR (cachekit's own lock file ends in"
-                f" {CACHELIB_SKIPS}, which cachelib skips)",
-            )
-        )
-    return findings
-
-
-#: A store fuller than this is reported: past its map_size, writes fail.
-LMDB_FULL_WARNING = 0.8
-
-
-def _lmdb(backend: LMDBCache) -> list[Finding]:
-    from .lmdb.store import NETWORK_FILESYSTEMS, filesystem_type
-
-    findings = []
-    directory = backend.directory
-    kind = filesystem_type(directory)
-    if kind in NETWORK_FILESYSTEMS:
-        findings.append(
-            Finding(
-                PROBLEM,
-                f"the LMDB store {directory} is on a {kind} network file system, where"
-                " LMDB's locks and shared memory do not work",
-                "put CACHE_DIR on a local disk, or use RedisCache to share between machines",
-            )
-        )
-    try:
-        check_private_directory(directory)
-    except ConfigurationError as error:
-        findings.append(
-            Finding(
-                PROBLEM,
-                f"{error}; whoever can write the store can plant pickles for every worker",
-                f"chown it to uid {os.geteuid()} (the app's user) and chmod 700 {directory}",
-            )
-        )
-    try:
-        used, map_size = backend._store.fullness()  # no transaction: see its docstring
-    except CachekitError as error:
-        fix = (
-            "make the directory the app's own (chown, chmod 700) and its files readable"
-            " by it; a store that reads as corrupt must be moved aside (its state is lost)"
-        )
-        return [*findings, Finding(PROBLEM, f"the LMDB store cannot be read: {error}", fix)]
-    if used > LMDB_FULL_WARNING * map_size:
-        findings.append(
-            Finding(
-                WARNING,
-                f"the LMDB store {directory} uses {used:,} of its"
-                f" {map_size:,} bytes: past map_size every write fails",
-                "raise CACHE_OPTIONS['map_size'] (and restart every worker), or delete entries",
-            )
-        )
-    return findings
-
-
-def _looks_like_lock(name: str) -> bool:
-    return name.endswith(".lock") or name.startswith(".lock")
-
-
-def _redis(backend: Any, check_timeout: float) -> list[Finding]:
-    from .redis.server import eviction_problem, persistence_warning, read_facts, version_problem
-    from .redis.translate import translated
-
-    parts = redis_parts(backend)
-    findings = []
-    client = None
-    try:
-        with translated("checking the server"):
-            client = bounded_redis_client(parts.client, check_timeout, check_timeout / 2)
-            facts = read_facts(client)
-    except CachekitError as error:
-        return [
-            Finding(
-                PROBLEM,
-                f"Redis does not answer: {error}",
-                "start Redis or correct CACHE_REDIS_URL / CACHE_REDIS_HOST",
-                UNREACHABLE,
-            )
-        ]
-    finally:
-        if client is not None:
-            client.close()
-    problem = eviction_problem(facts)
-    if problem:
-        findings.append(
-            Finding(PROBLEM, problem, "CONFIG SET maxmemory-policy noeviction (and in redis.conf)")
-        )
-    too_old = version_problem(facts)
-    if too_old:
-        findings.append(Finding(PROBLEM, too_old, "upgrade Redis to 6.2 or later"))
-    warning = persistence_warning(facts)
-    if warning:
-        findings.append(Finding(WARNING, warning, "CONFIG SET appendonly yes (and in redis.conf)"))
-    for refusal in facts.refused:
-        findings.append(
-            Finding(
-                WARNING,
-                f"the server refused a check ({refusal}): cachekit cannot tell whether it"
-                " evicts or persists state",
-                "allow INFO and CONFIG GET to the app's Redis user, or check by hand",
-            )
-        )
-    if socket_timeout_of(parts.client) is None:
-        findings.append(
-            Finding(
-                WARNING,
-                "the app's own Redis client waits forever for a reply: a plain cache.get"
-                " hangs while Redis does not answer (cachekit's helpers use a client of"
-                " their own, with CACHEKIT_REDIS_TIMEOUT)",
-                'set CACHE_OPTIONS={"socket_timeout": 5, "socket_connect_timeout": 1}',
-            )
-        )
-    return findings
+        kind = strategy_class(backend)
+    except UnsupportedBackend:
+        name = type(backend).__name__
+        null = any(cls.__name__ == "NullCache" for cls in type(backend).__mro__)
+        hint = " (NullCache stores nothing)" if null else ""
+        what = f"cachekit has no atomic strategy for {name}{hint}"
+        return [Finding(PROBLEM, what, ADVICE), *Strategy.diagnose(backend, settings)]
+    return kind.diagnose(backend, settings)

@@ -12,7 +12,10 @@ with nothing written.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
+
+#: Seconds a client is asked to wait before retrying after a 503 (``Retry-After``).
+RETRY_AFTER: Final = 1
 
 
 class CachekitError(Exception):
@@ -71,6 +74,19 @@ class CorruptValue(CachekitError):
     key: str
 
 
+class TamperedValue(CorruptValue):
+    """A stored value failed its signature check (:mod:`cachekit.signing`); nothing was decoded.
+
+    Its signature is missing, truncated, or made with a key the app does not
+    have or over other bytes. The value is left as it is, counted
+    (``tampered``) and logged once per key; ``memoize`` and ``cached``
+    recompute over it. ``reason`` says which check failed.
+    """
+
+    key: str
+    reason: str
+
+
 class ValueTypeError(CachekitError, TypeError):
     """The stored value has the wrong type for the operation (``incr`` on a string, say)."""
 
@@ -104,3 +120,8 @@ class LeaseLost(CachekitError):
     """A lock's lease ran out (its owner could not renew it in time); nothing was written."""
 
     name: str
+
+
+#: cachekit's errors that mean "the shared state is not reachable or too busy now, nothing
+#: was changed": 503, try again.
+UNAVAILABLE: Final = (StorageError, LockTimeout, LeaseLost, ConcurrentUpdateError)

@@ -16,7 +16,9 @@ In ``common.py``, beside the cache, and in the app factory after it::
 
 1. reads the ``CACHEKIT_*`` settings (:mod:`cachekit.settings`), each with
    its default, and refuses a bad one with :class:`ConfigurationError`
-   naming the key;
+   naming the key; then signs the backend's values with a key derived from
+   ``SECRET_KEY`` (:mod:`cachekit.signing`: installed on the backend's own
+   serializer, so plain ``cache.get`` and ``@cache.memoize`` are covered);
 2. checks the live backend with the checks of ``flask cachekit doctor``
    (:func:`cachekit.doctor.diagnose`). A setup that would lose or corrupt
    state raises :class:`ConfigurationError` listing every problem with its
@@ -55,16 +57,12 @@ import flask_caching
 from flask import Flask, got_request_exception, jsonify
 from flask.typing import ResponseReturnValue
 
-from .doctor import CONFIGURATION, PER_PROCESS, PROBLEM, UNREACHABLE, Finding, diagnose
-from .errors import (
-    CachekitError,
-    ConcurrentUpdateError,
-    ConfigurationError,
-    InvalidArgument,
-    LeaseLost,
-    LockTimeout,
-    StorageError,
-)
+from . import signing
+from .backends import unavailable as backends_unavailable
+from .compat import app_backends, boot_refusal, server_processes
+from .doctor import diagnose
+from .errors import RETRY_AFTER, UNAVAILABLE, CachekitError, ConfigurationError, InvalidArgument
+from .findings import CONFIGURATION, PER_PROCESS, PROBLEM, UNREACHABLE, Finding
 from .settings import DEFAULTS, Settings
 
 log = logging.getLogger(__name__)
@@ -73,12 +71,6 @@ log = logging.getLogger(__name__)
 deferred_checks: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "cachekit_deferred_checks", default=False
 )
-
-#: Errors that mean "the shared state is not reachable or too busy now, nothing was
-#: changed": 503, try again.
-UNAVAILABLE: Final = (StorageError, LockTimeout, LeaseLost, ConcurrentUpdateError)
-#: Seconds a client is asked to wait before retrying after a 503.
-RETRY_AFTER: Final = 1
 
 
 @dataclass(frozen=True)
@@ -121,6 +113,11 @@ class CacheKit:
             if not deferred_checks.get():
                 raise
             settings = DEFAULTS  # doctor reports the bad setting with the rest
+        try:
+            _install_signing(app, self.cache, settings)
+        except ConfigurationError:
+            if not deferred_checks.get():
+                raise  # (doctor reports it with the rest)
         findings: tuple[Finding, ...] = ()
         if not deferred_checks.get():
             findings = tuple(diagnose(app, self.cache))
@@ -135,14 +132,44 @@ class CacheKit:
             register_endpoint(app, self.cache, str(path))
 
 
+def _install_signing(app: Flask, cache: flask_caching.Cache, settings: Settings) -> None:
+    """Sign the values of the app's backend of ``cache`` (:mod:`cachekit.signing`).
+
+    Keys from ``SECRET_KEY`` and ``SECRET_KEY_FALLBACKS``; ``CACHEKIT_SIGN_VALUES``
+    (default: on when there is a ``SECRET_KEY``), ``CACHEKIT_UNSIGNED`` and
+    ``CACHEKIT_SERIALIZER``. A backend that is not signed (SimpleCache) is
+    left as it is; the start-up checks say why when it matters.
+    """
+    backend = app.extensions["cache"][cache]
+    codec = signing.codec_for(app.config, backend, settings)
+    reason = signing.install(backend, codec)
+    if reason is not None:
+        log.debug("cachekit does not sign the values of %s: %s", type(backend).__name__, reason)
+
+
 def _report(app: Flask, findings: tuple[Finding, ...]) -> None:
-    """Raise for the configuration problems; log the rest."""
-    refused = [f for f in findings if f.level == PROBLEM and f.kind == CONFIGURATION]
+    """Raise for the configuration problems; log the rest.
+
+    A per-process finding (SimpleCache, Flask-Limiter's ``memory://``) is
+    refused when the server runs several worker processes
+    (:func:`~cachekit.compat.server_processes`: gunicorn ``-w``, uWSGI
+    processes) and said nothing of in one process (``flask run``, ``-w 1``,
+    the CLI, tests), where it is right. Under gunicorn the refusal is one
+    message per worker, not a traceback.
+    """
+    processes = server_processes()
+    several = processes is not None and processes > 1
+    refused = [
+        f
+        for f in findings
+        if f.level == PROBLEM and (f.kind == CONFIGURATION or (f.kind == PER_PROCESS and several))
+    ]
     if refused:
         lines = "\n".join(f"- {f.what}\n  fix: {f.fix}" for f in refused)
-        raise ConfigurationError(
-            f"cachekit refuses this cache setup, which would lose or corrupt shared state:\n"
-            f"{lines}\n(flask cachekit doctor shows every finding)",
+        served = f" (the server runs {processes} worker processes)" if several else ""
+        raise boot_refusal(
+            f"cachekit refuses this cache setup, which would lose, split or corrupt shared"
+            f" state{served}:\n{lines}\n(flask cachekit doctor shows every finding)",
             problems=len(refused),
         )
     for finding in findings:
@@ -151,9 +178,7 @@ def _report(app: Flask, findings: tuple[Finding, ...]) -> None:
                 "cachekit: %s (fix: %s); until then requests answer 503", finding.what, finding.fix
             )
         elif finding.kind == PER_PROCESS:
-            app.logger.warning(
-                "cachekit: %s: right for one process only (fix: %s)", finding.what, finding.fix
-            )
+            continue  # one process (or one not yet known): right; several are refused above
         else:
             app.logger.warning("cachekit: %s (fix: %s)", finding.what, finding.fix)
 
@@ -196,7 +221,7 @@ def register_error_handlers(app: Flask) -> None:
     for unavailable in UNAVAILABLE:
         app.register_error_handler(unavailable, lambda error: answer(error, 503))
     app.register_error_handler(CachekitError, lambda error: answer(error, 500))
-    for transient in redis_unavailable():
+    for transient in backends_unavailable(app_backends(app)):  # each backend's own (Redis's)
         app.register_error_handler(transient, lambda error: answer(error, 503))
 
 
@@ -207,25 +232,17 @@ GENERIC: Final = {
 }
 
 
-def redis_unavailable() -> tuple[type[Exception], ...]:
-    """Redis errors that mean "not now" rather than a bug; none without a Redis client."""
-    try:
-        from redis import exceptions
-    except ImportError:
-        return ()
-    return (
-        exceptions.ConnectionError,  # also BusyLoadingError, Sentinel's MasterNotFoundError
-        exceptions.TimeoutError,
-        exceptions.ReadOnlyError,  # a replica promoted away from under us
-        exceptions.ClusterDownError,
-        exceptions.TryAgainError,
-    )
-
-
 def state_of(app: Flask) -> AppState | None:
     """The app's cachekit state, if :meth:`CacheKit.init_app` ran on it."""
     state = app.extensions.get("cachekit")
     return state if isinstance(state, AppState) else None
 
 
-__all__ = ["AppState", "CacheKit", "register_error_handlers", "state_of"]
+__all__ = [
+    "RETRY_AFTER",
+    "UNAVAILABLE",
+    "AppState",
+    "CacheKit",
+    "register_error_handlers",
+    "state_of",
+]

@@ -75,6 +75,7 @@ from cachelib.serializers import BaseSerializer
 
 from .compat import filesystem_parts
 from .errors import ConfigurationError, CorruptValue, LockTimeout, StorageError, WriteError
+from .findings import PROBLEM, Finding
 from .lockfiles import lock_file, stat_directory
 from .settings import DEFAULTS, Settings
 from .strategy import Entry, Strategy
@@ -167,6 +168,10 @@ def _unlink_quietly(path: str) -> None:
         pass
 
 
+def _looks_like_lock(name: str) -> bool:
+    return name.endswith(".lock") or name.startswith(".lock")
+
+
 def check_private_directory(directory: str) -> None:
     """Refuse a cache directory that someone else could write to.
 
@@ -198,6 +203,62 @@ class FileSystemStrategy(Strategy):
     """Atomic operations on a cachelib / Flask-Caching ``FileSystemCache``."""
 
     name = "FileSystemCache"
+    signing = "file"  # the envelope after cachelib's expiry header (cachekit.signing)
+
+    @classmethod
+    def diagnose(cls, backend: Any, settings: Settings) -> list[Finding]:
+        """Pruning, a directory others can write, foreign lock files or folders in it."""
+        findings = super().diagnose(backend, settings)
+        parts = filesystem_parts(backend)
+        directory = os.path.realpath(parts.path)
+        if parts.threshold:
+            findings.append(
+                Finding(
+                    PROBLEM,
+                    f"CACHE_THRESHOLD={parts.threshold}"
+                    + (
+                        " (Flask-Caching's default, when CACHE_THRESHOLD is not set)"
+                        if parts.threshold == 500
+                        else ""
+                    )
+                    + ": past that many files FileSystemCache deletes entries, those that"
+                    " never expire first",
+                    "set CACHE_THRESHOLD=0",
+                )
+            )
+        try:
+            check_private_directory(directory)  # the very check cachekit makes at first use
+        except ConfigurationError as error:
+            findings.append(
+                Finding(
+                    PROBLEM,
+                    f"{error}; whoever can write its pickles can run code in every worker",
+                    f"chown it to uid {os.geteuid()} (the app's user) and chmod 700 {directory}",
+                )
+            )
+        try:  # (scandir: the kind of each entry comes with its name, no stat per entry at boot)
+            with os.scandir(directory) as entries:
+                foreign = sorted(
+                    entry.name
+                    for entry in entries
+                    if not entry.name.endswith(CACHELIB_SKIPS)
+                    and (not entry.is_file() or _looks_like_lock(entry.name))
+                )
+        except OSError:
+            return findings  # a missing or unreadable directory was reported just above
+        if foreign:
+            findings.append(
+                Finding(
+                    PROBLEM,
+                    f"the cache directory {directory} holds lock files or folders"
+                    f" ({', '.join(foreign[:5])}): FileSystemCache treats everything there as"
+                    " entries, so clear() and pruning delete them (and clear() fails on"
+                    " folders)",
+                    "keep other locks outside CACHE_DIR (cachekit's own lock file ends in"
+                    f" {CACHELIB_SKIPS}, which cachelib skips)",
+                )
+            )
+        return findings
 
     def __init__(self, backend: Any, settings: Settings = DEFAULTS) -> None:
         parts = filesystem_parts(backend)
@@ -210,7 +271,7 @@ class FileSystemStrategy(Strategy):
                 setting="CACHE_THRESHOLD",
             )
         check_private_directory(directory)
-        super().__init__(backend, lock_file(directory), settings)
+        super().__init__(backend, settings, locks=lock_file(directory))
         self.directory = directory
         self._filename = parts.filename
         self._mode = parts.mode or 0o600
@@ -241,9 +302,9 @@ class FileSystemStrategy(Strategy):
             names = [self._file_name(name) for name in names]
         return self._timed_hold(domain, names, timeout, what)
 
-    def _finished(self) -> None:
-        super()._finished()
-        if self._writes >= SWEEP_EVERY and not self._locks.holds_any():
+    def _upkeep(self) -> None:
+        """Sweep expired files every ``SWEEP_EVERY`` writes of this process (outside every lock)."""
+        if self._writes >= SWEEP_EVERY:
             self._writes = 0
             if self.sweep() * 4 > SWEEP_BATCH:  # a flood of expired files: again next write
                 self._writes = SWEEP_EVERY
@@ -417,6 +478,8 @@ class FileSystemStrategy(Strategy):
         return Entry(self._decode(key, raw, path), expires, raw)
 
     def _dumps(self, value: Any) -> bytes:
+        if self.form is not None:  # signed (cachekit.signing): the installed serializer's form
+            return self.form.encode(value)  # type: ignore[no-any-return]
         if self._pickle:
             return pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
         out = io.BytesIO()
@@ -424,6 +487,8 @@ class FileSystemStrategy(Strategy):
         return out.getvalue()
 
     def _loads(self, raw: bytes) -> Any:
+        if self.form is not None:  # checked before anything is unpickled
+            return self.form.decode(raw)
         if self._pickle:
             return pickle.loads(raw)
         return self.backend.serializer.load(io.BytesIO(raw))

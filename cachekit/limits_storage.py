@@ -48,7 +48,6 @@ before answering.
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -59,6 +58,7 @@ from limits.storage.base import MovingWindowSupport, SlidingWindowCounterSupport
 
 from .errors import CachekitError, ConfigurationError, InvalidArgument
 from .extension import state_of
+from .ratelimits import RateLimits
 from .resolve import strategy_for
 from .strategy import Strategy, check_key
 
@@ -122,7 +122,7 @@ class CachekitStorage(Storage, MovingWindowSupport, SlidingWindowCounterSupport)
         if not isinstance(key, str) or not key:
             raise InvalidArgument(f"a rate limit key is a non-empty string, not {key!r}")
         check_key(key)  # (UTF-8 encodable: Redis's keys are bytes too)
-        if _native(strategy) is not None:
+        if strategy.rate_limits() is not None:
             return f"{PREFIX}{key}{suffix}"
         entry = strategy.read(GENERATION)
         generation = entry.value if entry is not None else 0
@@ -141,14 +141,9 @@ class CachekitStorage(Storage, MovingWindowSupport, SlidingWindowCounterSupport)
         """Add ``amount`` to the window of ``key`` (opened now for ``expiry`` s if none is)."""
         strategy = self._strategy()
         name = self._key(strategy, key, "#fixed")
-        if (redis := _native(strategy)) is not None:
-            with _redis_errors(strategy, "counting a rate limit hit", key):
-                count = int(
-                    redis._scripts.limit_fixed(
-                        keys=[redis._key(name)],
-                        args=[amount, _ms(expiry)],
-                    )
-                )
+        if (native := strategy.rate_limits()) is not None:
+            with _finishing(strategy):
+                count = native.fixed_hit(name, amount, _ms(expiry))
             strategy.stats.count(HITS)
             return count
 
@@ -166,10 +161,9 @@ class CachekitStorage(Storage, MovingWindowSupport, SlidingWindowCounterSupport)
         """The count of the open fixed window of ``key`` (0 if none)."""
         strategy = self._strategy()
         name = self._key(strategy, key, "#fixed")
-        if (redis := _native(strategy)) is not None:
-            with _redis_errors(strategy, "reading a rate limit", key):
-                raw = redis._client.get(redis._key(name))
-            return int(raw or 0)
+        if (native := strategy.rate_limits()) is not None:
+            with _finishing(strategy):
+                return native.fixed_count(name)
         record = _live_fixed(strategy, name)
         return 0 if record is None else int(record[0])
 
@@ -177,10 +171,9 @@ class CachekitStorage(Storage, MovingWindowSupport, SlidingWindowCounterSupport)
         """When the open fixed window of ``key`` ends (Unix time; now if none is open)."""
         strategy = self._strategy()
         name = self._key(strategy, key, "#fixed")
-        if (redis := _native(strategy)) is not None:
-            with _redis_errors(strategy, "reading a rate limit", key):
-                ttl = redis._client.pttl(redis._key(name))
-            return time.time() + max(int(ttl), 0) / 1000
+        if (native := strategy.rate_limits()) is not None:
+            with _finishing(strategy):
+                return time.time() + native.fixed_expiry(name)
         record = _live_fixed(strategy, name)
         return time.time() if record is None else float(record[1])
 
@@ -192,13 +185,10 @@ class CachekitStorage(Storage, MovingWindowSupport, SlidingWindowCounterSupport)
         name = self._key(strategy, key, "#moving")
         if amount > limit:
             return self._counted(strategy, False)
-        if (redis := _native(strategy)) is not None:
-            with _redis_errors(strategy, "counting a rate limit hit", key):
-                acquired = redis._scripts.limit_moving(
-                    keys=[redis._key(name)],
-                    args=["acquire", limit, _ms(expiry), amount],
-                )
-            return self._counted(strategy, bool(acquired))
+        if (native := strategy.rate_limits()) is not None:
+            with _finishing(strategy):
+                acquired = native.moving_acquire(name, limit, _ms(expiry), amount)
+            return self._counted(strategy, acquired)
         fitted = False
 
         def hit(entries: list[float] | None) -> list[float]:
@@ -215,13 +205,10 @@ class CachekitStorage(Storage, MovingWindowSupport, SlidingWindowCounterSupport)
         """(Unix time of the oldest entry in the window, or now; entries in the window)."""
         strategy = self._strategy()
         name = self._key(strategy, key, "#moving")
-        if (redis := _native(strategy)) is not None:
-            with _redis_errors(strategy, "reading a rate limit", key):
-                oldest, count, now = redis._scripts.limit_moving(
-                    keys=[redis._key(name)],
-                    args=["read", limit, _ms(expiry)],
-                )
-            return time.time() - (int(now) - int(oldest)) / 1000, int(count)
+        if (native := strategy.rate_limits()) is not None:
+            with _finishing(strategy):
+                age, count = native.moving_window(name, limit, _ms(expiry))
+            return time.time() - age, count
         entry = strategy.read(name)
         now = time.time()
         recent = [at for at in (entry.value if entry else ())[:limit] if at > now - expiry]
@@ -237,13 +224,10 @@ class CachekitStorage(Storage, MovingWindowSupport, SlidingWindowCounterSupport)
         name = self._key(strategy, key, "#sliding")
         if amount > limit:
             return self._counted(strategy, False)
-        if (redis := _native(strategy)) is not None:
-            with _redis_errors(strategy, "counting a rate limit hit", key):
-                acquired = redis._scripts.limit_sliding(
-                    keys=[redis._key(name)],
-                    args=["acquire", _ms(expiry), limit, amount],
-                )
-            return self._counted(strategy, bool(acquired))
+        if (native := strategy.rate_limits()) is not None:
+            with _finishing(strategy):
+                acquired = native.sliding_acquire(name, _ms(expiry), limit, amount)
+            return self._counted(strategy, acquired)
         fitted = False
 
         def hit(record: list[int] | None) -> list[int]:
@@ -260,13 +244,9 @@ class CachekitStorage(Storage, MovingWindowSupport, SlidingWindowCounterSupport)
         """(previous count, s it still weighs, current count, s the current window lasts)."""
         strategy = self._strategy()
         name = self._key(strategy, key, "#sliding")
-        if (redis := _native(strategy)) is not None:
-            with _redis_errors(strategy, "reading a rate limit", key):
-                previous, weighs, current, lasts = redis._scripts.limit_sliding(
-                    keys=[redis._key(name)],
-                    args=["read", _ms(expiry)],
-                )
-            return int(previous), int(weighs) / 1000, int(current), int(lasts) / 1000
+        if (native := strategy.rate_limits()) is not None:
+            with _finishing(strategy):
+                return native.sliding_window(name, _ms(expiry))
         entry = strategy.read(name)
         _, previous, current, left = _rolled(entry.value if entry else None, time.time(), expiry)
         return previous, (left if previous else 0.0), current, left + expiry
@@ -283,10 +263,9 @@ class CachekitStorage(Storage, MovingWindowSupport, SlidingWindowCounterSupport)
     def _delete(self, key: str, suffixes: tuple[str, ...]) -> None:
         strategy = self._strategy()
         names = [self._key(strategy, key, suffix) for suffix in suffixes]
-        if (redis := _native(strategy)) is not None:
-            with _redis_errors(strategy, "clearing a rate limit", key):
-                for name in names:  # (one at a time: on Cluster they may be in other slots)
-                    redis._client.delete(redis._key(name))
+        if (native := strategy.rate_limits()) is not None:
+            with _finishing(strategy):
+                native.delete(names)
             return
         with strategy.transaction(names, None) as txn:
             for name in names:
@@ -295,14 +274,9 @@ class CachekitStorage(Storage, MovingWindowSupport, SlidingWindowCounterSupport)
     def reset(self) -> int | None:
         """Forget every rate limit; on Redis the number of keys deleted, elsewhere None."""
         strategy = self._strategy()
-        if (redis := _native(strategy)) is not None:
-            client = redis._client
-            pattern = _glob_escape(redis._key(PREFIX)) + "*"
-            deleted = 0
-            with _redis_errors(strategy, "resetting the rate limits", None):
-                for full_key in client.scan_iter(match=pattern, count=1000):
-                    deleted += int(client.delete(full_key))
-            return deleted
+        if (native := strategy.rate_limits()) is not None:
+            with _finishing(strategy):
+                return native.reset(PREFIX)
         strategy.incr(GENERATION, 1, None)
         return None
 
@@ -313,11 +287,6 @@ class CachekitStorage(Storage, MovingWindowSupport, SlidingWindowCounterSupport)
         except Exception:  # (the point is to tell, not to raise)
             return False
         return True
-
-
-def _native(strategy: Strategy) -> Any:
-    """The strategy if it is Redis's (scripts, its client, its key prefix), else None."""
-    return strategy if hasattr(strategy, "_scripts") else None
 
 
 def _ms(seconds: float) -> int:
@@ -357,17 +326,13 @@ def _rolled(record: list[int] | None, now: float, expiry: float) -> tuple[int, i
     return max(at, window), previous, current, left  # (this clock went back: stay in the newer)
 
 
-def _glob_escape(text: str) -> str:
-    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
-
-
 @contextmanager
-def _redis_errors(strategy: Strategy, doing: str, key: str | None) -> Iterator[None]:
-    """Redis errors as cachekit's :class:`StorageError`; statistics flushed when due."""
-    from .redis.translate import translated
-
+def _finishing(strategy: Strategy) -> Iterator[None]:
+    """A native step of ``strategy``'s rate limits, ended as every operation is."""
     try:
-        with translated(doing, key):
-            yield
+        yield
     finally:
-        strategy._finished()
+        strategy.finished()
+
+
+__all__ = ["CachekitStorage", "RateLimits"]

@@ -50,9 +50,9 @@ from werkzeug.wrappers import Response
 from . import computed
 from .compat import watch_session
 from .computed import Policy, fetch, fetch_async
-from .errors import InvalidArgument, StorageError
-from .resolve import strategy_for
-from .strategy import Strategy, Timeout, check_key
+from .errors import InvalidArgument
+from .resolve import CacheLike, strategy_for
+from .strategy import Timeout, check_key
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -99,7 +99,7 @@ class Memoized(Generic[P, R]):
     uncached: Callable[P, R]
 
 
-def invalidate(cache: Any, *tags: str) -> None:
+def invalidate(cache: CacheLike, *tags: str) -> None:
     """Invalidate every value carrying one of ``tags``, on every worker and host, in O(1).
 
     Immediate: a call that starts after this returned never gets a value
@@ -107,20 +107,6 @@ def invalidate(cache: Any, *tags: str) -> None:
     (an invalidation is never dropped silently).
     """
     computed.invalidate(strategy_for(cache), tags)
-
-
-def _strategy(cache: Any, policy: Policy) -> Strategy | None:
-    """The cache's strategy; None (fail open) if it cannot be made for want of a server."""
-    if computed.outage.skip(id(cache)):
-        return None
-    try:
-        return strategy_for(cache)
-    except StorageError as error:
-        if not policy.fail_open:
-            raise
-        computed.outage.begin(id(cache))
-        log.warning("serving %s uncached: %s", policy.name, error)
-        return None
 
 
 def plain_parameters(signature: inspect.Signature) -> tuple[str, ...] | None:
@@ -218,7 +204,7 @@ def _tags_of(name: str, tags: Tags) -> Callable[[Any, Any], tuple[str, ...]]:
 
 
 def memoize(
-    cache: Any,
+    cache: CacheLike,
     timeout: Timeout = None,
     *,
     stale: Timeout = 0,
@@ -267,7 +253,7 @@ def memoize(
             coroutine = cast(Callable[..., Awaitable[Any]], fn)
 
             async def wrapper(*args: Any, **kwargs: Any) -> Any:
-                strategy = _strategy(cache, policy)
+                strategy = computed.resolved(cache, policy)
                 if strategy is None or (unless is not None and unless()):
                     computed.count(strategy, policy, "bypassed")
                     return await coroutine(*args, **kwargs)
@@ -283,7 +269,7 @@ def memoize(
         else:
 
             def wrapper(*args: Any, **kwargs: Any) -> Any:
-                strategy = _strategy(cache, policy)
+                strategy = computed.resolved(cache, policy)
                 if strategy is None or (unless is not None and unless()):
                     computed.count(strategy, policy, "bypassed")
                     return fn(*args, **kwargs)
@@ -303,7 +289,7 @@ def memoize(
 
 
 def _attach(
-    wrapper: Any, fn: Callable[..., Any], cache: Any, name: str, cache_key: Callable[..., str]
+    wrapper: Any, fn: Callable[..., Any], cache: CacheLike, name: str, cache_key: Callable[..., str]
 ) -> None:
     """Give ``wrapper`` fn's name and docs, and the methods of :class:`Memoized`."""
     functools.update_wrapper(wrapper, fn)
@@ -374,7 +360,7 @@ def _response_filter(
 
 
 def cached(
-    cache: Any,
+    cache: CacheLike,
     timeout: Timeout = None,
     *,
     stale: Timeout = 0,
@@ -429,7 +415,7 @@ def cached(
             coroutine = cast(Callable[..., Awaitable[Any]], fn)
 
             async def wrapper(*args: Any, **kwargs: Any) -> Any:
-                strategy = _strategy(cache, policy)
+                strategy = computed.resolved(cache, policy)
                 if strategy is None or bypass():
                     computed.count(strategy, policy, "bypassed")
                     return await coroutine(*args, **kwargs)
@@ -460,7 +446,7 @@ def cached(
                 return _frozen(response, personal)
 
             def wrapper(*args: Any, **kwargs: Any) -> Any:
-                strategy = _strategy(cache, policy)
+                strategy = computed.resolved(cache, policy)
                 if strategy is None or bypass():
                     computed.count(strategy, policy, "bypassed")
                     return fn(*args, **kwargs)

@@ -22,7 +22,10 @@ from typing import Any
 
 from flask import Flask, Response
 
-from .errors import ConfigurationError, StorageError
+from .backends import unavailable as backends_unavailable
+from .compat import app_backends
+from .errors import RETRY_AFTER, ConfigurationError, StorageError
+from .resolve import CacheLike
 from .stats import WAIT_BUCKETS
 
 try:
@@ -32,15 +35,16 @@ except ImportError:  # pragma: no cover - the extra is not installed
     CollectorRegistry = None  # type: ignore[assignment,misc]
 
 
-def register_endpoint(app: Flask, cache: Any, path: str) -> None:
+def register_endpoint(app: Flask, cache: CacheLike, path: str) -> None:
     """Serve ``cache``'s merged statistics at ``path``; refused at once without the extra.
 
     A scrape that cannot read the shared cache answers 503 in plain text with
     ``Retry-After`` (JSON error handlers or not), and the worker logs why.
     """
-    from .extension import RETRY_AFTER, redis_unavailable
-
-    unavailable: tuple[type[Exception], ...] = (StorageError, *redis_unavailable())
+    unavailable: tuple[type[Exception], ...] = (
+        StorageError,
+        *backends_unavailable(app_backends(app)),
+    )
 
     if CollectorRegistry is None:
         raise ConfigurationError(
@@ -70,7 +74,7 @@ def register_endpoint(app: Flask, cache: Any, path: str) -> None:
     app.add_url_rule(path, "cachekit_metrics", metrics, methods=["GET"])
 
 
-def exposition(cache: Any) -> bytes:
+def exposition(cache: CacheLike) -> bytes:
     """The merged figures of ``cache`` as a Prometheus text exposition."""
     from .operations import statistics
 
@@ -103,6 +107,8 @@ class _Collector:
             ("computes_saved", "get_or_compute calls served without computing"),
             ("limit_hits", "rate limit hits counted through cachekit:// (Flask-Limiter)"),
             ("limit_refusals", "rate limit hits refused (moving and sliding windows)"),
+            ("tampered", "stored values refused by their signature check (TamperedValue)"),
+            ("unsigned", "stored values without a signature read as missing or accepted"),
         ):
             yield CounterMetricFamily(f"cachekit_{name}", documentation, value=figures[name])
         waits = HistogramMetricFamily(
@@ -119,7 +125,7 @@ class _Collector:
         memo = CounterMetricFamily(
             "cachekit_memo_events",
             "events of memoized functions: hits, stale, misses, joined, computations,"
-            " refreshes, early, refresh_errors, errors, bypassed",
+            " refreshes, early, refresh_errors, errors, bypassed, tampered",
             labels=["function", "event"],
         )
         for function, counts in sorted(figures["memo"].items()):

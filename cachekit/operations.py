@@ -30,7 +30,7 @@ from typing import Any, Final, TypeVar
 
 from . import computed
 from .errors import InvalidArgument
-from .resolve import strategy_for
+from .resolve import CacheLike, strategy_for
 from .strategy import LockHandle, Timeout, Transaction, check_key
 
 T = TypeVar("T")
@@ -46,7 +46,7 @@ class _Configured(enum.Enum):
 CONFIGURED: Final = _Configured.WAIT
 
 
-def incr(cache: Any, key: str, delta: int = 1, timeout: Timeout = None) -> int:
+def incr(cache: CacheLike, key: str, delta: int = 1, timeout: Timeout = None) -> int:
     """Add ``delta`` to the int at ``key`` atomically and return the new value.
 
     A missing (or expired) key counts as 0. ``timeout=None`` keeps an existing
@@ -58,7 +58,7 @@ def incr(cache: Any, key: str, delta: int = 1, timeout: Timeout = None) -> int:
 
 
 def update(
-    cache: Any,
+    cache: CacheLike,
     key: str,
     fn: Callable[[Any], T],
     default: Any = None,
@@ -76,7 +76,7 @@ def update(
 
 
 def transaction(
-    cache: Any, *keys: str, timeout: Timeout = None
+    cache: CacheLike, *keys: str, timeout: Timeout = None
 ) -> AbstractContextManager[Transaction]:
     """Lock ``keys`` and yield a mutable mapping of their current values.
 
@@ -91,7 +91,7 @@ def transaction(
 
 
 def lock(
-    cache: Any, name: str, timeout: Timeout | _Configured = CONFIGURED
+    cache: CacheLike, name: str, timeout: Timeout | _Configured = CONFIGURED
 ) -> AbstractContextManager[LockHandle]:
     """Mutual exclusion across threads, processes and hosts for the block, by ``name``.
 
@@ -111,7 +111,7 @@ def lock(
 
 
 def get_or_compute(
-    cache: Any,
+    cache: CacheLike,
     key: str,
     fn: Callable[[], T],
     timeout: Timeout = None,
@@ -134,22 +134,17 @@ def get_or_compute(
     with the same parameters. Unlike the decorators it never fails open.
     """
     strategy = strategy_for(cache)
+    strategy.started("get_or_compute")
     if not stale and not beta and not tags:
-        value = strategy.get_or_compute(key, fn, timeout)
-        if computed.is_record(value):
-            raise InvalidArgument(
-                f"key {key!r} holds a value of memoize or of get_or_compute with stale, beta"
-                " or tags: read it the way it was written",
-                key=key,
-            )
-        return value
+        policy = computed.Policy.plain(timeout)
+        return computed.fetch(strategy, check_key(key), fn, policy)
     if isinstance(tags, str):
         raise InvalidArgument(f"tags must be a collection of str, not the str {tags!r}")
     policy = computed.Policy.of("get_or_compute", timeout, stale, beta, fail_open=False)
     return computed.fetch(strategy, check_key(key), fn, policy, [check_key(t) for t in tags])
 
 
-def statistics(cache: Any, *, merged: bool = True) -> dict[str, Any]:
+def statistics(cache: CacheLike, *, merged: bool = True) -> dict[str, Any]:
     """cachekit's figures for ``cache``: operations, lock waits (p50, p99), timeouts, retries.
 
     ``"memo"`` holds the figures of each memoized function and view (see

@@ -20,21 +20,25 @@ configuration when the strategy is created through the app's
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeAlias
 
 import cachelib
 import flask_caching
 from flask import current_app, has_app_context
 
 from . import settings as configured
+from .backends import strategy_class
 from .compat import current_flask_app
-from .errors import ConfigurationError, InvalidArgument, UnsupportedBackend
-from .lmdb.backend import LMDBCache
+from .errors import ConfigurationError, InvalidArgument
 from .settings import DEFAULTS, Settings
 from .strategy import Strategy
 
+#: What every helper accepts as its ``cache``: the app's ``flask_caching.Cache``, or a
+#: backend instance (cachelib's, Flask-Caching's, :class:`cachekit.LMDBCache`).
+CacheLike: TypeAlias = flask_caching.Cache | cachelib.BaseCache
 
-def backend_of(cache: Any) -> Any:
+
+def backend_of(cache: CacheLike) -> Any:
     """The backend instance behind ``cache``."""
     if isinstance(cache, flask_caching.Cache):
         try:
@@ -52,7 +56,7 @@ def backend_of(cache: Any) -> Any:
     )
 
 
-def strategy_for(cache: Any) -> Strategy:
+def strategy_for(cache: CacheLike) -> Strategy:
     """The strategy of ``cache``'s backend, created on first use, checked on every use."""
     backend = None
     if type(cache) is flask_caching.Cache:  # the hot path: the app's Cache in a request
@@ -72,30 +76,9 @@ def strategy_for(cache: Any) -> Strategy:
 
 
 def create(backend: Any, settings: Settings = DEFAULTS) -> Strategy:
-    """A new strategy for ``backend`` (checked as at first use); most callers want strategy_for."""
-    if isinstance(backend, LMDBCache):
-        from .lmdb.strategy import LMDBStrategy
+    """A new strategy for ``backend`` (checked as at first use); most callers want strategy_for.
 
-        return LMDBStrategy(backend, settings)
-    if isinstance(backend, cachelib.FileSystemCache):
-        from .filesystem import FileSystemStrategy
-
-        return FileSystemStrategy(backend, settings)
-    if isinstance(backend, cachelib.SimpleCache):
-        from .simple import SimpleStrategy
-
-        return SimpleStrategy(backend, settings)
-    if isinstance(backend, cachelib.RedisCache):
-        from .redis import RedisStrategy
-
-        return RedisStrategy(backend, settings)
-    hint = ""
-    if isinstance(backend, cachelib.NullCache):
-        hint = " NullCache stores nothing (it is Flask-Caching's default CACHE_TYPE)."
-    raise UnsupportedBackend(
-        f"cachekit has no atomic strategy for {type(backend).__name__}.{hint}"
-        " Set CACHE_TYPE to cachekit.LMDBCache or FileSystemCache (one machine), RedisCache"
-        " (several machines)"
-        " or SimpleCache (one process).",
-        backend=type(backend).__name__,
-    )
+    The registry (:mod:`cachekit.backends`) names its class; a backend it does
+    not know raises :class:`~cachekit.errors.UnsupportedBackend`.
+    """
+    return strategy_class(backend)(backend, settings)

@@ -28,6 +28,7 @@ from typing import Any, Generic, TypeVar
 
 from flask import Flask, g
 
+from .forking import at_fork
 from .threadlocks import PerProcessValue
 
 T = TypeVar("T")
@@ -72,7 +73,7 @@ def _reset_after_fork() -> None:
         instance._after_fork_in_child()
 
 
-os.register_at_fork(after_in_child=_reset_after_fork)
+at_fork(after_in_child=_reset_after_fork)
 
 
 class PerRequest(Generic[T]):

@@ -31,6 +31,7 @@ from flask import has_request_context, request
 
 from .compat import simple_parts, wrap_simple_prune
 from .errors import PerProcessBackend
+from .findings import PER_PROCESS, PROBLEM, Finding
 from .settings import DEFAULTS, Settings
 from .strategy import Entry, Strategy
 from .threadlocks import StripedLocks
@@ -45,9 +46,29 @@ class SimpleStrategy(Strategy):
     """Atomic operations on a cachelib / Flask-Caching ``SimpleCache``."""
 
     name = "SimpleCache"
+    per_process = True
+    unsigned_reason = (
+        "SimpleCache keeps its values in the memory of one process: nothing outside that"
+        " process can write them, and whoever can write its memory already runs code there,"
+        " so its values are not signed"
+    )
+
+    @classmethod
+    def diagnose(cls, backend: Any, settings: Settings) -> list[Finding]:
+        """SimpleCache is right for one process only: a per-process finding."""
+        return [
+            Finding(
+                PROBLEM,
+                "SimpleCache keeps a separate copy in each worker process",
+                "set CACHE_TYPE=FileSystemCache (one machine) or RedisCache; SimpleCache"
+                " only suits a single process",
+                PER_PROCESS,
+            ),
+            *super().diagnose(backend, settings),
+        ]
 
     def __init__(self, backend: Any, settings: Settings = DEFAULTS) -> None:
-        super().__init__(backend, StripedLocks(), settings)
+        super().__init__(backend, settings, locks=StripedLocks())
         parts = simple_parts(backend)
         self._lock = parts.lock
         self._entries = parts.entries

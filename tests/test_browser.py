@@ -6,7 +6,10 @@ Skipped locally without chromium; under ``CI=true`` a missing browser fails
 
 from __future__ import annotations
 
+import html as htmllib
+import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -21,6 +24,7 @@ from .redisserver import in_ci
 from .server import concurrently, get_ok, gunicorn, post_ok
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+ROOT = Path(__file__).resolve().parent.parent
 
 HITS = 25
 
@@ -126,3 +130,108 @@ def test_the_index_links_work_and_the_stats_page_shows_figures(tmp_path: Path) -
         p99 = figures[figures.index("lock_wait_p99") + 1]
         assert p99 == "none" or p99.startswith("<= "), p99  # a bound, never a bare number
         assert "wait-chart" in stats.ids
+
+
+#: Measures every <text> of the page's one SVG in the browser's own layout and writes the
+#: problems (a box past the edge, two boxes that overlap) into #result, with the widest box.
+MEASURE = """<script>
+const svg = document.querySelector("svg");
+const width = svg.width.baseVal.value, height = svg.height.baseVal.value;
+const boxes = [...svg.querySelectorAll("text")].map((text) => {
+  const box = text.getBBox();
+  return {x: box.x, y: box.y, w: box.width, h: box.height, text: text.textContent};
+});
+const problems = [];
+for (const b of boxes) {
+  if (b.x < 0 || b.y < 0 || b.x + b.w > width + 0.5 || b.y + b.h > height + 0.5) {
+    problems.push(`past the edge: ${b.text}`);
+  }
+}
+for (let i = 0; i < boxes.length; i++) {
+  for (let j = i + 1; j < boxes.length; j++) {
+    const a = boxes[i], b = boxes[j];
+    const across = Math.min(a.x + a.w, b.x + b.w) - Math.max(a.x, b.x);
+    const down = Math.min(a.y + a.h, b.y + b.h) - Math.max(a.y, b.y);
+    if (across > 1 && down > 1) problems.push(`overlap: ${a.text} | ${b.text}`);
+  }
+}
+const widest = Math.max(...boxes.map((b) => b.w));
+document.getElementById("result").textContent = JSON.stringify({problems, widest});
+</script>"""
+
+
+@pytest.mark.parametrize("chart", sorted(p.name for p in (ROOT / "docs").glob("*.svg")))
+def test_the_charts_text_stays_inside_and_apart(chart: str, tmp_path: Path) -> None:
+    browser = chromium()
+    page = tmp_path / "chart.html"
+    svg = (ROOT / "docs" / chart).read_text()
+    page.write_text(
+        f'<!doctype html><html><body>{svg}<pre id="result"></pre>{MEASURE}</body></html>'
+    )
+    html = rendered(browser, page.as_uri())
+    found = re.search(r'<pre id="result">(.*?)</pre>', html, re.S)
+    assert found, html[-2000:]
+    result = json.loads(htmllib.unescape(found.group(1)))
+    assert result["widest"] > 100, "no text was laid out: is a font installed?"
+    assert result["problems"] == [], result["problems"]
+
+
+def screenshot(browser: str, url: str, out: Path) -> bytes:
+    """A PNG of ``url`` as headless Chromium paints it at 1280x1000."""
+    with tempfile.TemporaryDirectory(prefix="cachekit-chromium-") as profile:
+        result = subprocess.run(
+            [
+                browser,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--hide-scrollbars",
+                f"--user-data-dir={profile}",
+                "--window-size=1280,1000",
+                f"--screenshot={out}",
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "HOME": profile},
+        )
+    assert result.returncode == 0 and out.exists(), result.stderr[-2000:]
+    return out.read_bytes()
+
+
+def painted_levels(png: bytes) -> int:
+    """How many distinct byte values the PNG's pixels hold: a blank page has a handful."""
+    import struct
+    import zlib
+
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    at, data = 8, b""
+    while at < len(png):
+        (length,) = struct.unpack(">I", png[at : at + 4])
+        kind = png[at + 4 : at + 8]
+        if kind == b"IDAT":
+            data += png[at + 8 : at + 8 + length]
+        at += 12 + length
+    return len(set(zlib.decompress(data)))
+
+
+def test_the_demo_index_and_the_docs_front_page_are_painted(tmp_path: Path) -> None:
+    """Screenshots: both pages render text and images, not a blank or an error page."""
+    browser = chromium()
+    docs = ROOT / "docs" / "_build" / "html" / "index.html"
+    if not docs.exists():
+        message = "the docs are not built (make docs)"
+        if in_ci():
+            pytest.fail(message + ": make test builds them first")
+        pytest.skip(message)
+    with gunicorn(tmp_path, "-w", "1") as base:
+        index = screenshot(browser, base + "/", tmp_path / "demo-index.png")
+        dom = rendered(browser, base + "/")
+    assert painted_levels(index) > 100, "the demo's index painted (almost) nothing"
+    assert "cachekit demo" in dom and "curl -X POST" in dom
+    front = screenshot(browser, docs.as_uri(), tmp_path / "docs-index.png")
+    assert painted_levels(front) > 100, "the docs' front page painted (almost) nothing"
+    assert "cachekit" in rendered(browser, docs.as_uri())

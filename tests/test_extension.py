@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from flask_caching import Cache
 from prometheus_client.parser import text_string_to_metric_families
 
 import cachekit
+from cachekit import CacheKit
 from cachekit.extension import GENERIC, state_of
 
 from .server import ROOT, concurrently, get, gunicorn, post, post_ok
@@ -34,6 +36,7 @@ def make_app(tmp_path: Path, **config: Any) -> tuple[Flask, Cache]:
             "CACHE_DIR": str(tmp_path / "cache"),
             "CACHE_THRESHOLD": 0,
             "CACHE_DEFAULT_TIMEOUT": 0,
+            "SECRET_KEY": "test secret",  # values signed (cachekit.signing), as in production
             **config,
         }
     )
@@ -93,12 +96,16 @@ def test_settings_are_read_with_their_defaults(tmp_path: Path) -> None:
         thread.join(10)
 
 
-def test_a_per_process_backend_is_warned_about(
+def test_a_per_process_backend_in_one_process_gets_no_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """One process (flask run, tests, the CLI) is right for SimpleCache: nothing is said.
+
+    Several worker processes are refused at boot (the gunicorn test below).
+    """
     with caplog.at_level(logging.WARNING):
         app, cache = make_app(tmp_path, CACHE_TYPE="SimpleCache")
-    assert "separate copy in each worker" in caplog.text
+    assert "separate copy" not in caplog.text and "cachekit" not in caplog.text
     with app.app_context():
         assert cachekit.incr(cache, "n") == 1  # one process: it works
 
@@ -214,7 +221,7 @@ def test_the_demo_answers_bad_input_with_400_and_changes_state_on_post_only(
         assert response.status_code == 400 and reason in response.json["message"]  # type: ignore[index]
     response = client.get("/quote?symbol=%3Cscript%3E")
     assert response.status_code == 400 and "symbol" in response.json["message"]  # type: ignore[index]
-    assert client.get("/accounts").json == {"account:a": None, "account:b": None}  # untouched
+    assert client.get("/accounts").json == {"account:a": 1000, "account:b": 1000}  # untouched
     assert client.post("/transfer", data={"amount": "7"}).json == {
         "account:a": 993,
         "account:b": 1007,
@@ -391,3 +398,63 @@ def test_a_fork_never_lands_in_the_middle_of_the_timers_flush(tmp_path: Path) ->
         check=True,
     )
     assert ran.stdout.split() == ["0", "300"], ran.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_simplecache_under_several_workers_is_refused_at_boot_once_per_worker(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(RuntimeError) as refused:
+        with gunicorn(tmp_path, "-w", "4", env={"FLASK_CACHE_TYPE": "SimpleCache"}):
+            pass
+    log = str(refused.value)
+    assert "gunicorn exited" in log
+    assert "the server runs 4 worker processes" in log
+    assert "SimpleCache keeps a separate copy in each worker process" in log
+    assert "cachekit/extension.py" not in log  # one message per worker, not our traceback
+    assert log.count("cachekit refuses this cache setup") <= 4
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_simplecache_in_one_worker_boots_with_no_warning(tmp_path: Path) -> None:
+    with gunicorn(tmp_path, "-w", "1", env={"FLASK_CACHE_TYPE": "SimpleCache"}) as base:
+        assert post_ok(base + "/hits") == {"hits": 1}
+        assert post_ok(base + "/hits") == {"hits": 2}
+    log = next(tmp_path.glob("gunicorn-*.log")).read_text()
+    assert "cachekit" not in log.lower(), log
+
+
+def test_the_default_threshold_is_named_as_flask_cachings_default(tmp_path: Path) -> None:
+    app = Flask(__name__)
+    app.config.update(CACHE_TYPE="FileSystemCache", CACHE_DIR=str(tmp_path / "c"))
+    os.makedirs(tmp_path / "c", mode=0o700)
+    cache = Cache(app)
+    with pytest.raises(cachekit.ConfigurationError, match="Flask-Caching's default"):
+        CacheKit(cache, app)
+
+
+def test_a_misspelled_setting_is_reported_at_start_up_and_by_doctor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("FLASK_CACHEKIT_JSON_ERORRS", "1")
+    app = Flask(__name__)
+    os.makedirs(tmp_path / "c", mode=0o700)
+    app.config.update(
+        CACHE_TYPE="FileSystemCache",
+        CACHE_DIR=str(tmp_path / "c"),
+        CACHE_THRESHOLD=0,
+        CACHEKIT_KEY_WIAT=5,
+    )
+    cache = Cache(app)
+    with caplog.at_level(logging.WARNING):
+        CacheKit(cache, app)
+    said = caplog.text
+    assert "CACHEKIT_KEY_WIAT is not a cachekit setting" in said
+    assert "did you mean CACHEKIT_KEY_WAIT?" in said
+    assert "did you mean FLASK_CACHEKIT_JSON_ERRORS?" in said
+    from cachekit.doctor import diagnose
+
+    whats = [finding.what for finding in diagnose(app)]
+    assert any("CACHEKIT_KEY_WIAT" in what for what in whats)

@@ -54,7 +54,7 @@ def test_flask_caching_defaults_are_refused_with_the_fix(tmp_path: Path) -> None
 
 def test_not_a_cache_is_refused() -> None:
     with pytest.raises(cachekit.InvalidArgument, match="dict"):
-        cachekit.incr({}, "n")
+        cachekit.incr({}, "n")  # type: ignore[arg-type]
 
 
 def test_errors_share_one_base_and_pickle() -> None:

@@ -15,10 +15,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def floors() -> dict[str, str]:
-    """Each dependency's floor (its ``>=`` bound), from pyproject.toml."""
+    """Each dependency's floor (its ``>=`` bound), from pyproject.toml: the package's, the
+    test extra's and the docs extra's (``make test`` builds the documentation too)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
     found = {}
-    for spec in [*project["dependencies"], *project["optional-dependencies"]["test"]]:
+    for spec in [*project["dependencies"], *extras["test"], *extras["docs"]]:
         match = re.match(r"([A-Za-z0-9_.-]+)(\[[^]]*\])?>=([0-9.]+)", spec)
         assert match, f"{spec!r} has no floor"
         found[match.group(1).lower()] = match.group(3)

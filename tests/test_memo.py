@@ -31,7 +31,7 @@ import cachekit
 from cachekit import computed
 from cachekit.resolve import strategy_for
 
-from .conftest import use_settings
+from .conftest import skip_if_per_process, use_settings
 from .redisserver import RedisServer, redis_binary
 from .server import free_port
 from .test_contract import run_threads
@@ -188,8 +188,7 @@ def test_an_exception_caches_nothing_and_the_next_call_computes(backend: Any) ->
 
 
 def test_processes_cold_calls_compute_once(backend: Any, tmp_path: Path) -> None:
-    if type(backend).__name__ == "SimpleCache":
-        pytest.skip("SimpleCache is per process")
+    skip_if_per_process(backend)
     ctx = multiprocessing.get_context("fork")
     go = ctx.Event()
     results = ctx.Queue()
@@ -220,8 +219,7 @@ def _memoized_in_a_child(backend: Any, go: Any, results: Any) -> None:
 def test_a_computing_process_killed_by_sigkill_lets_the_next_caller_compute(
     backend: Any,
 ) -> None:
-    if type(backend).__name__ == "SimpleCache":
-        pytest.skip("SimpleCache is per process")
+    skip_if_per_process(backend)
     ctx = multiprocessing.get_context("fork")
     started = ctx.Event()
     child = ctx.Process(target=_compute_forever, args=(backend, started))

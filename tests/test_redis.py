@@ -24,7 +24,7 @@ from cachekit.resolve import strategy_for
 from cachekit.threadlocks import KEYS, LOCKS, stripe_of
 
 from .conftest import use_settings
-from .redisserver import RedisServer, redis_binary
+from .redisserver import RedisServer, redis_binary, skip_without_tls
 
 FORK = mp.get_context("fork")
 
@@ -258,6 +258,7 @@ def test_a_password_is_honoured_and_never_shown(
 
 
 def test_tls_connections_work(tmp_path: Path) -> None:
+    skip_without_tls()
     server = RedisServer(tmp_path, binary=redis_binary(), tls=True)
     server.start()
     try:

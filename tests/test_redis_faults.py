@@ -33,6 +33,7 @@ from cachekit.resolve import strategy_for
 from cachekit.threadlocks import KEYS
 
 from .conftest import use_settings
+from .netfaults import BlackholeProxy
 from .redisserver import RedisServer, free_port, redis_binary
 
 FORK = mp.get_context("fork")
@@ -231,6 +232,7 @@ def test_a_full_noeviction_server_fails_writes_clearly_and_keeps_values(
 @pytest.mark.redis_args("--save", "")
 def test_doctor_warns_when_redis_persists_nothing(own_server: RedisServer) -> None:
     app = Flask(__name__)
+    app.config["SECRET_KEY"] = "doctor"  # (values signed: no warning about that)
     Cache(
         app,
         config={
@@ -425,9 +427,11 @@ def test_doctor_reads_the_live_backend_however_configured(
 ) -> None:
     """Configuration passed to Cache() or init_app(), not app.config: doctor still sees it."""
     app = Flask(__name__)
+    app.config["SECRET_KEY"] = "doctor"  # (values signed: no warning about that)
     Cache(app, config={"CACHE_TYPE": "SimpleCache", "CACHE_DEFAULT_TIMEOUT": 0})
     assert [f.level for f in diagnose(app)] == [PROBLEM]
     app = Flask(__name__)
+    app.config["SECRET_KEY"] = "doctor"  # (values signed: no warning about that)
     Cache().init_app(
         app,
         config={
@@ -440,6 +444,7 @@ def test_doctor_reads_the_live_backend_however_configured(
     os.chmod(tmp_path / "c", 0o700)
     assert diagnose(app) == []
     app = Flask(__name__)
+    app.config["SECRET_KEY"] = "doctor"  # (values signed: no warning about that)
     Cache(app, config={"CACHE_TYPE": "RedisCache", "CACHE_REDIS_PORT": silent_server})
     began = time.monotonic()
     findings = diagnose(app)
@@ -454,45 +459,6 @@ def test_statistics_stay_valid_json_after_a_very_long_wait(redis_url: str) -> No
     figures = cachekit.statistics(cache, merged=False)
     json.dumps(figures, allow_nan=False)
     assert figures["lock_waits_over_10s"] == 1 and figures["lock_wait_p99_at_most_ms"] is None
-
-
-class BlackholeProxy:
-    """A TCP proxy to Redis that can swallow every byte for a while (packets dropped)."""
-
-    def __init__(self, port: int) -> None:
-        self.upstream = port
-        self.swallowing = threading.Event()
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(64)
-        self.port = int(self.listener.getsockname()[1])
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(("127.0.0.1", self.upstream))
-            for source, sink in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
-        while True:
-            try:
-                data = source.recv(65536)
-                if not data:
-                    break
-                if not self.swallowing.is_set():
-                    sink.sendall(data)
-            except OSError:
-                break
-        for end in (source, sink):
-            end.close()
-
-    def close(self) -> None:
-        self.listener.close()
 
 
 def test_a_holder_cut_off_for_part_of_its_lease_keeps_it(

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cachelib import FileSystemCache
 from flask import Flask
 
 import cachekit
@@ -98,8 +97,9 @@ def test_resources_under_preload_and_threads(tmp_path: Path) -> None:
         clients[answer["worker"]].add(answer["client"]["id"])
     assert all(len(ids) == 1 for ids in clients.values())  # one per worker process
     assert len({answer["audit"] for answer in answers}) == 300  # one per request
-    cache = FileSystemCache(str(tmp_path / "cache"), threshold=0)
-    assert cache.get("audits-closed") == 300  # every request's resource was closed
+    # (Read through the app: the demo signs its values with its SECRET_KEY.)
+    closed = flask(tmp_path, "cachekit", "get", "audits-closed").stdout.strip()
+    assert closed == "300"  # every request's resource was closed
 
 
 def flask(
@@ -125,11 +125,41 @@ def test_cli_reads_and_changes_state(tmp_path: Path) -> None:
     missing = flask(tmp_path, "cachekit", "get", "nothing")
     assert missing.returncode == 1 and "missing" in missing.stderr
     assert flask(tmp_path, "cachekit", "del", "doc").stdout.strip() == "deleted"
-    cache = FileSystemCache(str(tmp_path / "cache"), threshold=0)
-    assert cache.get("n") == 42 and cache.get("doc") is None
+    # (Read back through the app: its values are signed with its SECRET_KEY.)
+    assert flask(tmp_path, "cachekit", "get", "n").stdout.strip() == "42"
+    assert flask(tmp_path, "cachekit", "get", "doc").returncode == 1
     help_text = flask(tmp_path, "cachekit", "--help").stdout
     for command in ("get", "set", "incr", "del", "stats", "doctor"):
         assert command in help_text
+
+
+def test_cli_says_a_refused_configuration_in_one_error_line(tmp_path: Path) -> None:
+    result = flask(tmp_path, "cachekit", "incr", "n", env={"FLASK_CACHE_THRESHOLD": "500"})
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("Error: ConfigurationError: cachekit refuses")
+    assert "CACHE_THRESHOLD=500" in result.stderr and "fix: set CACHE_THRESHOLD=0" in result.stderr
+
+
+def test_cli_keeps_a_counter_an_int_unless_forced(tmp_path: Path) -> None:
+    assert flask(tmp_path, "cachekit", "incr", "hits").stdout.strip() == "1"
+    refused = flask(tmp_path, "cachekit", "set", "hits", "abc")
+    assert refused.returncode == 1 and "--force" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert flask(tmp_path, "cachekit", "get", "hits").stdout.strip() == "1"  # kept
+    assert flask(tmp_path, "cachekit", "set", "hits", "7").returncode == 0  # an int is fine
+    assert flask(tmp_path, "cachekit", "incr", "hits").stdout.strip() == "8"
+    assert flask(tmp_path, "cachekit", "set", "hits", "abc", "--force").returncode == 0
+    assert flask(tmp_path, "cachekit", "get", "hits").stdout.strip() == '"abc"'
+
+
+def test_cli_refuses_to_change_a_per_process_cache(tmp_path: Path) -> None:
+    env = {"FLASK_CACHE_TYPE": "SimpleCache"}
+    for command in (("incr", "n"), ("set", "k", "1"), ("del", "k")):
+        result = flask(tmp_path, "cachekit", *command, env=env)
+        assert result.returncode == 1, command
+        assert "keeps its state inside one process" in result.stderr
+        assert "Traceback" not in result.stderr
 
 
 def test_cli_on_redis(tmp_path: Path, redis_url: str) -> None:

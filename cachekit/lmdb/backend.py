@@ -115,7 +115,7 @@ class LMDBCache(BaseCache):
         stored = store.get(name)
         if stored is None:
             return None
-        found = value(key, stored, time.time())
+        found = value(key, stored, time.time(), store.codec)
         return None if found is EXPIRED else found
 
     def get_many(self, *keys: str) -> list[Any]:
@@ -125,7 +125,7 @@ class LMDBCache(BaseCache):
         for key, stored in zip(
             keys, store.get_many([store.key(check_key(key)) for key in keys]), strict=True
         ):
-            found = EXPIRED if stored is None else value(key, stored, now)
+            found = EXPIRED if stored is None else value(key, stored, now, store.codec)
             values.append(None if found is EXPIRED else found)
         return values
 
@@ -136,14 +136,14 @@ class LMDBCache(BaseCache):
     # -- writing -----------------------------------------------------------------------
 
     def set(self, key: str, value: Any, timeout: int | dt.timedelta | None = None) -> bool:
-        stored = _packed(key, self._expires(timeout), value)
+        stored = _packed(key, self._expires(timeout), value, self._store.codec)
         name = self._store.key(check_key(key))
         with self._store.writing(len(stored)) as txn:
             txn.put(name, stored)
         return True
 
     def add(self, key: str, value: Any, timeout: int | dt.timedelta | None = None) -> bool:
-        stored = _packed(key, self._expires(timeout), value)
+        stored = _packed(key, self._expires(timeout), value, self._store.codec)
         name = self._store.key(check_key(key))
         with self._store.writing(len(stored)) as txn:
             old = txn.get(name)  # judged by its expiry alone: nothing is unpickled in here
@@ -157,7 +157,8 @@ class LMDBCache(BaseCache):
     ) -> list[Any]:
         expires = self._expires(timeout)
         items = [
-            (self._store.key(check_key(k)), _packed(k, expires, v)) for k, v in mapping.items()
+            (self._store.key(check_key(k)), _packed(k, expires, v, self._store.codec))
+            for k, v in mapping.items()
         ]
         with self._store.writing(sum(len(stored) for _, stored in items), len(items)) as txn:
             for name, stored in items:
@@ -191,6 +192,10 @@ class LMDBCache(BaseCache):
         """Subtract ``delta`` atomically (a missing key counts as 0); the new value."""
         return self.inc(key, -delta)
 
+    def fullness(self) -> tuple[int, int]:
+        """(bytes the store uses, its map_size), read without a transaction (see the store)."""
+        return self._store.fullness()
+
     def __repr__(self) -> str:
         return f"LMDBCache({self.directory!r}, {self.options})"
 
@@ -199,10 +204,13 @@ def _expired(expires: int, now: float) -> bool:
     return bool(expires) and expires < now
 
 
-def _packed(key: str, expires: int, value: Any) -> bytes:
-    """The stored form of ``value``; :class:`~cachekit.errors.SerializationError` if impossible."""
+def _packed(key: str, expires: int, value: Any, codec: Any = None) -> bytes:
+    """The stored form of ``value``; :class:`~cachekit.errors.SerializationError` if impossible.
+
+    Signed when a ``codec`` that signs is installed (:mod:`cachekit.signing`).
+    """
     try:
-        return pack(expires, value)
+        return pack(expires, value, codec)
     except Exception as error:
         raise SerializationError(
             f"cannot store key {key!r}: a {type(value).__name__} value cannot be pickled"

@@ -45,7 +45,10 @@ Invariants:
 
 Stored form of an entry: a little-endian unsigned 32-bit absolute expiry in
 Unix seconds (0: never), a kind byte, then the payload: a signed 64-bit
-little-endian integer for an ``int`` that fits, else a pickle.
+little-endian integer for an ``int`` that fits, else a pickle (kind 0), or,
+once :mod:`cachekit.signing` installed a codec on the store (``Store.codec``),
+a signed envelope (kind 3) whose MAC is checked before anything is unpickled.
+Ints are never signed: they are parsed, never unpickled.
 
 Keys: the UTF-8 bytes of the key; a key longer than LMDB's limit (511 bytes)
 is stored as its first bytes, the byte ``0xff`` (never found in UTF-8) and
@@ -77,13 +80,16 @@ from ..errors import (
     ValueTypeError,
     WriteError,
 )
+from ..forking import at_fork
 from ..lockfiles import lock_file, private_file_problem
+from ..signing import ReadAsMissing, Refused
 
 #: The expiry header of every entry (0: never).
 HEADER: Final = struct.Struct("<I")
 PICKLED: Final = 0
 INTEGER: Final = 1
 BIG_INTEGER: Final = 2  # an int past 64 bits: its two's complement bytes, little-endian
+SIGNED: Final = 3  # a signed envelope (cachekit.signing): checked before it is unpickled
 _INT: Final = struct.Struct("<q")
 _INT_HEADER: Final = struct.Struct("<IBq")
 _INT_MIN: Final = -(2**63)
@@ -285,7 +291,7 @@ def _release_inherited(identity: tuple[int, int], directory: str) -> None:
     inherited.close()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+at_fork(after_in_child=_after_fork_in_child)
 
 
 def filesystem_type(path: str) -> str | None:
@@ -322,6 +328,8 @@ class Store:
     def __init__(self, directory: str, options: Options) -> None:
         self.directory = _prepare_directory(directory)
         self.options = options
+        #: The signing of this store's values (cachekit.signing.Codec), once installed.
+        self.codec: Any = None
         self._made: tuple[int, Environment] | None = None
         #: LMDB's longest key (511 bytes unless built otherwise); the same in every process.
         self.max_key = self._environment().max_key  # and fail at start-up, not at first use
@@ -487,7 +495,7 @@ class Store:
             raise self._failure("write to", error) from error
         except _NotAnInt as error:
             txn.abort()
-            held = unpack(key, error.stored, 0)  # outside the transaction: it may unpickle
+            held = unpack(key, error.stored, 0, self.codec)  # outside the transaction
             what = "nothing" if held is None else f"a {type(held[0]).__name__}"
             raise ValueTypeError(
                 f"key {key!r} holds {what}, not an int: incr cannot add to it", key=key
@@ -665,25 +673,28 @@ class Store:
 # -- the stored form ---------------------------------------------------------------
 
 
-def encode(value: Any) -> bytes:
+def encode(value: Any, codec: Any = None) -> bytes:
     """The kind byte and payload of ``value`` (without the expiry header).
 
     Ints are never pickled, so that a write transaction can add to one
-    without unpickling anything (which could run code).
+    without unpickling anything (which could run code). With a ``codec``
+    that signs, anything else is a signed envelope.
     """
     if type(value) is int:
         if _INT_MIN <= value <= _INT_MAX:
             return b"\x01" + _INT.pack(value)
         size = (value.bit_length() + 8) // 8
         return b"\x02" + value.to_bytes(size, "little", signed=True)
+    if codec is not None and codec.sign:
+        return b"\x03" + codec.seal(value)  # type: ignore[no-any-return]
     return b"\x00" + pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
 
 
-def pack(expires: int, value: Any) -> bytes:
+def pack(expires: int, value: Any, codec: Any = None) -> bytes:
     """The stored form of ``value`` expiring at ``expires`` (0: never)."""
     if type(value) is int and _INT_MIN <= value <= _INT_MAX:
         return _INT_HEADER.pack(expires, INTEGER, value)
-    return HEADER.pack(expires) + encode(value)
+    return HEADER.pack(expires) + encode(value, codec)
 
 
 def integer(body: bytes | memoryview) -> int | None:
@@ -704,16 +715,31 @@ def expiry(stored: bytes) -> int:
     return HEADER.unpack_from(stored)[0] if len(stored) >= HEADER.size else 0
 
 
-def decode(body: bytes | memoryview) -> Any:
-    """The value of a kind byte and payload; raises if it cannot be decoded."""
+def decode(body: bytes | memoryview, codec: Any = None) -> Any:
+    """The value of a kind byte and payload; raises if it cannot be decoded.
+
+    With a ``codec`` (:mod:`cachekit.signing`), a signed envelope is checked
+    before it is unpickled and a bare pickle is what the codec's
+    ``CACHEKIT_UNSIGNED`` says; both raise :class:`~cachekit.signing.Refused`.
+    """
     kind = body[0]
     if kind in (INTEGER, BIG_INTEGER):
         found = integer(body)
         if found is None:
             raise ValueError(f"an int of kind {kind} cannot be {len(body) - 1} bytes long")
         return found
+    view = body if isinstance(body, memoryview) else memoryview(body)
+    if kind == SIGNED:
+        if codec is None:
+            raise ValueError(
+                "it is signed, and this LMDBCache has no signing key (CacheKit.init_app installs"
+                " the app's)"
+            )
+        return codec.open(view[1:])
     if kind == PICKLED:
-        return pickle.loads(body[1:] if isinstance(body, memoryview) else memoryview(body)[1:])
+        if codec is not None:
+            return codec.unsigned_value(lambda: pickle.loads(view[1:]))
+        return pickle.loads(view[1:])
     raise ValueError(f"unknown kind {kind}")
 
 
@@ -728,7 +754,7 @@ class _NotAnInt(Exception):
 EXPIRED: Final = object()
 
 
-def value(key: str, stored: bytes, now: float) -> Any:
+def value(key: str, stored: bytes, now: float, codec: Any = None) -> Any:
     """The value of a stored entry, or :data:`EXPIRED`: :func:`unpack` for the hot read path."""
     if len(stored) > HEADER.size:
         (expires,) = HEADER.unpack_from(stored)
@@ -736,7 +762,9 @@ def value(key: str, stored: bytes, now: float) -> Any:
             return EXPIRED
         kind = stored[HEADER.size]
         try:
-            if kind == PICKLED:
+            if kind == SIGNED and codec is not None:
+                return codec.open(memoryview(stored)[HEADER.size + 1 :])
+            if kind == PICKLED and codec is None:
                 return pickle.loads(stored[HEADER.size + 1 :])
             if kind == INTEGER and len(stored) == _INT_HEADER.size:
                 return _INT.unpack_from(stored, HEADER.size + 1)[0]
@@ -744,14 +772,19 @@ def value(key: str, stored: bytes, now: float) -> Any:
                 return int.from_bytes(stored[HEADER.size + 1 :], "little", signed=True)
         except Exception:  # noqa: S110 (unpack below says what is wrong, as CorruptValue)
             pass
-    found = unpack(key, stored, now)
+    found = unpack(key, stored, now, codec)
     return EXPIRED if found is None else found[0]
 
 
-def unpack(key: str, stored: bytes, now: float) -> tuple[Any, int, memoryview] | None:
+def unpack(
+    key: str, stored: bytes, now: float, codec: Any = None
+) -> tuple[Any, int, memoryview] | None:
     """``(value, expires, body)`` of a stored entry, or None if it expired.
 
-    Raises :class:`~cachekit.errors.CorruptValue` for bytes that cannot be decoded.
+    Raises :class:`~cachekit.errors.CorruptValue` for bytes that cannot be
+    decoded, :class:`~cachekit.errors.TamperedValue` for a value refused by
+    its signature check; an unsigned value under ``CACHEKIT_UNSIGNED = "miss"``
+    reads as missing (None).
     """
     if len(stored) < HEADER.size + 1:
         raise CorruptValue(
@@ -763,7 +796,12 @@ def unpack(key: str, stored: bytes, now: float) -> tuple[Any, int, memoryview] |
         return None
     body = memoryview(stored)[HEADER.size :]
     try:
-        return decode(body), expires, body
+        return decode(body, codec), expires, body
+    except Refused as refused:
+        error = codec.named(refused, key)
+        if isinstance(error, ReadAsMissing):
+            return None
+        raise error from None
     except Exception as error:
         raise CorruptValue(
             f"key {key!r} holds {bytes(body[:40])!r}, which cannot be decoded"

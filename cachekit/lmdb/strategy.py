@@ -32,34 +32,86 @@ that file). Nothing here runs user code or waits inside a write transaction.
 from __future__ import annotations
 
 import copy
+import os
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from functools import partial
 from typing import Any, TypeVar
 
+from ..errors import CachekitError, ConfigurationError
+from ..filesystem import check_private_directory
+from ..findings import PROBLEM, WARNING, Finding
 from ..lockfiles import lock_file
 from ..settings import DEFAULTS, Settings
 from ..strategy import Entry, Strategy, absolute_expiry, check_delta, check_key, seconds
 from ..threadlocks import KEYS
+from . import store
 from .backend import LMDBCache
-from .store import HEADER, decode, encode, unpack
+from .store import HEADER, NETWORK_FILESYSTEMS, decode, encode, unpack
 
 T = TypeVar("T")
 
 #: Optimistic attempts of an update before it takes the key's stripe.
 OPTIMISTIC_ATTEMPTS = 8
+#: A store fuller than this is reported: past its map_size, writes fail.
+LMDB_FULL_WARNING = 0.8
 
 
 class LMDBStrategy(Strategy):
     """Atomic operations on an :class:`~cachekit.lmdb.backend.LMDBCache`."""
 
     name = "LMDBCache"
+    signing = "lmdb"  # kind 3 envelopes in the store (cachekit.signing); ints stay native
+
+    @classmethod
+    def diagnose(cls, backend: LMDBCache, settings: Settings) -> list[Finding]:
+        """A network file system, a directory others can write, a store that is nearly full."""
+        findings = super().diagnose(backend, settings)
+        directory = backend.directory
+        kind = store.filesystem_type(directory)  # (through the module: tests replace it)
+        if kind in NETWORK_FILESYSTEMS:
+            findings.append(
+                Finding(
+                    PROBLEM,
+                    f"the LMDB store {directory} is on a {kind} network file system, where"
+                    " LMDB's locks and shared memory do not work",
+                    "put CACHE_DIR on a local disk, or use RedisCache to share between machines",
+                )
+            )
+        try:
+            check_private_directory(directory)
+        except ConfigurationError as error:
+            findings.append(
+                Finding(
+                    PROBLEM,
+                    f"{error}; whoever can write the store can plant pickles for every worker",
+                    f"chown it to uid {os.geteuid()} (the app's user) and chmod 700 {directory}",
+                )
+            )
+        try:
+            used, map_size = backend.fullness()  # no transaction: see its docstring
+        except CachekitError as error:
+            fix = (
+                "make the directory the app's own (chown, chmod 700) and its files readable"
+                " by it; a store that reads as corrupt must be moved aside (its state is lost)"
+            )
+            return [*findings, Finding(PROBLEM, f"the LMDB store cannot be read: {error}", fix)]
+        if used > LMDB_FULL_WARNING * map_size:
+            findings.append(
+                Finding(
+                    WARNING,
+                    f"the LMDB store {directory} uses {used:,} of its"
+                    f" {map_size:,} bytes: past map_size every write fails",
+                    "raise CACHE_OPTIONS['map_size'] (and restart every worker), or delete entries",
+                )
+            )
+        return findings
 
     def __init__(self, backend: LMDBCache, settings: Settings = DEFAULTS) -> None:
         self._store = backend._store
         self._lockfile = lock_file(self._store.directory)  # its busy bytes: see the module
-        super().__init__(backend, self._lockfile, settings)
+        super().__init__(backend, settings, locks=self._lockfile)
         self.directory = self._store.directory
 
     # -- hooks ---------------------------------------------------------------------------
@@ -68,7 +120,7 @@ class LMDBStrategy(Strategy):
         stored = self._store.get(self._store.key(key))
         if stored is None:
             return None
-        found = unpack(key, stored, time.time())
+        found = unpack(key, stored, time.time(), self._store.codec)
         if found is None:
             return None
         value, expires, body = found
@@ -81,15 +133,15 @@ class LMDBStrategy(Strategy):
         for key, stored in zip(
             keys, self._store.get_many([self._store.key(key) for key in keys]), strict=True
         ):
-            found = None if stored is None else unpack(key, stored, now)
+            found = None if stored is None else unpack(key, stored, now, self._store.codec)
             entries.append(None if found is None else Entry(found[0], found[1], bytes(found[2])))
         return entries
 
     def _dumps(self, value: Any) -> bytes:
-        return encode(value)
+        return encode(value, self._store.codec)
 
     def _loads(self, raw: bytes) -> Any:
-        return decode(raw)
+        return decode(raw, self._store.codec)
 
     def _commit(
         self,
@@ -187,7 +239,7 @@ class LMDBStrategy(Strategy):
         wanted: float | None,
     ) -> tuple[T, bytes]:
         """``fn`` of the value in ``stored`` (``default`` if none), and the result's stored form."""
-        found = None if stored is None else unpack(key, stored, time.time())
+        found = None if stored is None else unpack(key, stored, time.time(), self._store.codec)
         if found is None:
             new = fn(copy.deepcopy(default))
             expires = 0

@@ -26,6 +26,22 @@ A stripe is locked by a *lease*, a key ``cachekit:lock:...`` holding
 - **Fencing.** A grant of a ``lock()`` stripe returns a token from a counter
   beside the lease (no TTL), raised to the server's time in microseconds, so
   it increases with every grant even after the counter was lost.
+- **Replicas confirm.** With ``replicas`` > 0 (``CACHEKIT_REDIS_LEASE_REPLICAS``
+  on a replicated deployment, or ``CACHEKIT_REDIS_DURABLE_WRITES``) a grant,
+  renewal or release counts only once that many replicas acknowledged it
+  (``WAIT``, :mod:`cachekit.redis.replication`): a master that was replaced
+  but not yet told, or that lost its replicas, grants nothing that counts. A
+  grant not confirmed is given back and tried again until the caller's
+  deadline (then :class:`~cachekit.errors.StorageError`); a renewal not
+  confirmed refreshes nothing; a release not confirmed makes ``lock()`` raise
+  :class:`~cachekit.errors.LeaseLost`, since the master that counts may never
+  have had the lease. A confirmed grant is on whichever replica Sentinel
+  promotes, so its token is never handed out again there, and the server's
+  clock keeps later tokens larger.
+- **A release that did not land is tried again** in the background (the
+  master was replaced or unreachable) until it is confirmed or the lease has
+  run out, so that a replaced master's copy of the lease does not keep others
+  waiting for a whole lease.
 
 On a Redis Cluster the stripes of stored keys are the cluster's hash slots,
 and every lock key carries a hash tag, so that a script touching a key and
@@ -42,7 +58,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Collection
-from typing import Final
+from typing import Any, Final
 
 from redis.crc import key_slot
 
@@ -50,6 +66,7 @@ from ..errors import LeaseLost, StorageError
 from ..settings import Settings
 from ..threadlocks import KEYS, LOCKS, STRIPES, PerProcessValue, StripedLocks
 from ..waiting import Backoff
+from .replication import Replication
 from .scripts import Scripts
 from .translate import once_more_if_cut_off, translated
 
@@ -164,9 +181,16 @@ class RedisLeases(StripedLocks):
         *,
         renewal_scripts: Scripts | None = None,
         cluster: bool = False,
+        replication: Replication | None = None,
+        renewal_replication: Replication | None = None,
+        replicas: int = 0,
     ) -> None:
         super().__init__()
         self._scripts = scripts
+        #: Replicas that must confirm each grant, renewal and release (0: none asked).
+        self.replicas = replicas if replication is not None else 0
+        self._replication = replication
+        self._renewal_replication = renewal_replication or replication
         #: Renewals go through a client whose replies are awaited a fraction of the lease,
         #: so that a renewal cut off can be tried again before the lease runs out.
         self._renewal_scripts = renewal_scripts or scripts
@@ -177,6 +201,9 @@ class RedisLeases(StripedLocks):
         self._tokens: dict[int, str] = {}  # stripes this process holds -> their tokens
         self._renewed: dict[int, float] = {}  # -> monotonic time the last grant or renewal was sent
         self._lost: set[str] = set()  # tokens of held leases a renewal found taken or erased
+        #: Tokens this process released (or gave back), -> monotonic time: for a lease after
+        #: that, a copy of one of them on a new master holds nothing, and is taken over.
+        self._released: dict[str, float] = {}
         self._renewer = 0  # generation (pid) whose renewer runs; 0 for none
         self._renewer_lock = PerProcessValue(lambda: threading.Lock())
 
@@ -235,30 +262,76 @@ class RedisLeases(StripedLocks):
             sent = time.monotonic()
             try:
                 with translated(f"taking the lock {key}"):
-                    granted, detail = once_more_if_cut_off(
-                        self._scripts.acquire, keys=keys, args=[token, lease_ms, dead]
+                    (granted, detail), confirmed = once_more_if_cut_off(
+                        self._run, self._scripts.acquire, keys, [token, lease_ms, dead]
                     )
             except StorageError:
                 # The grant may have landed with its reply lost: release it, but not on the
                 # caller's time (a server that does not answer would cost a second timeout).
                 threading.Thread(target=self._forget, args=(key, token), daemon=True).start()
                 raise
-            if granted:
+            if granted and confirmed >= self.replicas:
                 self._tokens[number] = token
                 self._renewed[number] = sent
                 self._start_renewer()
                 return int(detail)
+            if granted:  # on a master that cannot show it on enough replicas: it does not count
+                self._forget(key, token)
+                self._note_released(token)
+                token = f"{self._identity.get()}.{secrets.token_hex(8)}"
+                self._reconnect()
+                if not backoff.sleep():
+                    raise self._unconfirmed(key, confirmed)
+                continue
+            holder = detail.decode() if isinstance(detail, bytes) else str(detail)
+            released_at = self._released.get(holder)
+            if released_at is not None and time.monotonic() - released_at < self.settings.lease:
+                # This process released that lease: a copy of it (a new master got it before
+                # the release, which only the old master saw) holds nothing. Take it over.
+                dead = holder
+                continue
             if not backoff.started:
                 self._contended()
             now = time.monotonic()
             if now >= check_at:
                 check_at = now + HOLDER_CHECK
-                holder = detail.decode() if isinstance(detail, bytes) else str(detail)
                 if holder_is_dead(holder):
                     dead = holder
                     continue
             if not backoff.sleep():
                 return None
+
+    def _run(self, script: Any, keys: list[str], args: list[Any]) -> tuple[Any, int]:
+        """``script`` on the main client, confirmed by :attr:`replicas` replicas if any."""
+        if self._replication is None or not self.replicas:
+            return script(keys=keys, args=args), 0
+        return self._replication.run(script, keys, args, self.replicas)
+
+    def _reconnect(self) -> None:
+        for replication in {
+            id(r): r for r in (self._replication, self._renewal_replication)
+        }.values():
+            if replication is not None:
+                replication.reconnect()
+
+    def _unconfirmed(self, key: str, confirmed: int) -> StorageError:
+        return StorageError(
+            f"could not take the lock {key}: the Redis master granted it, but only"
+            f" {confirmed} of the {self.replicas} replicas it must reach"
+            " (CACHEKIT_REDIS_LEASE_REPLICAS) confirmed it in time. The master has lost its"
+            " replicas, or is being replaced (a Sentinel failover): a lease only it holds"
+            " would not exclude anyone, so none is granted there",
+            key=key,
+        )
+
+    def _note_released(self, token: str) -> None:
+        """Remember ``token`` as released for a lease, forgetting those older than that."""
+        now = time.monotonic()
+        self._released[token] = now
+        if len(self._released) > 64:
+            for old, at in list(self._released.items()):
+                if now - at > self.settings.lease:
+                    self._released.pop(old, None)
 
     def _forget(self, key: str, token: str) -> None:
         """Release ``token``'s lease at ``key`` if it is there, quietly: the best one can do."""
@@ -274,20 +347,68 @@ class RedisLeases(StripedLocks):
             return False
         lost = token in self._lost
         self._lost.discard(token)
+        self._note_released(token)
+        key = self.key(number)
         try:
-            with translated(f"releasing the lock {self.key(number)}"):
-                released = bool(self._scripts.release(keys=[self.key(number)], args=[token]))
+            with translated(f"releasing the lock {key}"):
+                released, confirmed = self._run(self._scripts.release, [key], [token])
         except StorageError as error:
             # Unreachable: exclusion held if the lease had not run out since it was renewed.
             held = time.monotonic() - renewed < self.settings.lease
             log.warning(
-                "could not release %s (%s); its lease will run out%s",
-                self.key(number),
+                "could not release %s (%s); trying again in the background until its lease"
+                " would have run out%s",
+                key,
                 error,
                 "" if held else "; it may have run out while held",
             )
+            self._release_later(key, token, renewed)
             return held and not lost
-        return released and not lost
+        if confirmed < self.replicas:
+            # This master may have been replaced: the one that counts may never have had the
+            # lease (another may have held it meanwhile), and may still hold its copy.
+            log.warning(
+                "the release of %s was confirmed by %d of %d replicas: the lease may have been"
+                " lost while held; releasing it again in the background",
+                key,
+                confirmed,
+                self.replicas,
+            )
+            self._reconnect()
+            self._release_later(key, token, renewed)
+            return False
+        return bool(released) and not lost
+
+    def _release_later(self, key: str, token: str, renewed: float) -> None:
+        """Release ``token``'s lease at ``key`` in the background, until confirmed or run out."""
+        threading.Thread(
+            target=self._release_until_confirmed,
+            args=(key, token, renewed + self.settings.lease),
+            name="cachekit-release",
+            daemon=True,
+        ).start()
+
+    def _release_until_confirmed(self, key: str, token: str, until: float) -> None:
+        """Try the release again and again (the master may change meanwhile) until ``until``.
+
+        Only ever deletes the lease if it still holds ``token``: never another's.
+        """
+        pause = min(0.1, self.settings.lease / 20)
+        while time.monotonic() < until:
+            time.sleep(pause)
+            try:
+                replication = self._renewal_replication
+                if replication is None or not self.replicas:
+                    self._renewal_scripts.release(keys=[key], args=[token])
+                    return
+                _, confirmed = replication.run(
+                    self._renewal_scripts.release, [key], [token], self.replicas
+                )
+                if confirmed >= self.replicas:
+                    return
+                replication.reconnect()
+            except Exception:  # unreachable still: try again, or the lease runs out
+                continue
 
     def still_held(self, number: int) -> bool:
         token = self._tokens.get(number)
@@ -367,7 +488,23 @@ class RedisLeases(StripedLocks):
         keys = [self.key(number) for number, _ in group]
         args = [lease_ms, *(token for _, token in group)]
         with translated("renewing leases"):
-            renewed = once_more_if_cut_off(self._renewal_scripts.renew, keys=keys, args=args)
+            if self._renewal_replication is None or not self.replicas:
+                renewed = once_more_if_cut_off(self._renewal_scripts.renew, keys=keys, args=args)
+            else:
+                renewed, confirmed = once_more_if_cut_off(
+                    self._renewal_replication.run,
+                    self._renewal_scripts.renew,
+                    keys,
+                    args,
+                    self.replicas,
+                )
+                if confirmed < self.replicas:  # neither renewed nor lost: this master may not count
+                    self._reconnect()
+                    raise StorageError(
+                        f"a renewal of cachekit leases was confirmed by {confirmed} of the"
+                        f" {self.replicas} replicas it must reach: the Redis master lost its"
+                        " replicas or is being replaced"
+                    )
         for (number, token), ok in zip(group, renewed, strict=True):
             if self._tokens.get(number) != token:
                 continue  # released meanwhile

@@ -49,11 +49,11 @@ from collections.abc import Callable, Collection, Mapping
 from contextlib import AbstractContextManager, ExitStack
 from typing import Any, Final, TypeVar
 
-import redis
 from cachelib.serializers import BaseRedisSerializer
 
-from ..compat import bounded_redis_client, redis_parts
+from ..compat import bounded_redis_client, is_cluster_client, redis_parts, socket_timeout_of
 from ..errors import (
+    CachekitError,
     ConcurrentUpdateError,
     ConfigurationError,
     InvalidArgument,
@@ -62,15 +62,24 @@ from ..errors import (
     UnsupportedBackend,
     ValueTypeError,
 )
+from ..findings import PROBLEM, UNREACHABLE, WARNING, Finding
 from ..settings import DEFAULTS, Settings
 from ..strategy import Entry, Strategy, Timeout, absolute_expiry, check_delta, check_key, seconds
 from ..threadlocks import KEYS
 from ..waiting import Backoff
 from .argv import Read, Write, encode_commit
 from .leases import MAX_POLL, MIN_POLL, RedisLeases, holder_is_dead
+from .limits import RedisRateLimits
+from .replication import replica_count
 from .scripts import Scripts
-from .server import eviction_problem, read_facts, version_problem
-from .translate import once_more_if_cut_off, translated
+from .server import eviction_problem, persistence_warning, read_facts, version_problem
+from .translate import (
+    CLIENT_ERRORS,
+    RESPONSE_ERRORS,
+    UNAVAILABLE,
+    once_more_if_cut_off,
+    translated,
+)
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -102,6 +111,8 @@ class RedisStrategy(Strategy):
     """Atomic operations on a cachelib / Flask-Caching ``RedisCache`` (and Sentinel, Cluster)."""
 
     name = "RedisCache"
+    unavailable = UNAVAILABLE
+    signing = "redis"  # ints plain ASCII (INCRBY), the rest signed envelopes (cachekit.signing)
     _locks: RedisLeases
 
     def __init__(self, backend: Any, settings: Settings = DEFAULTS) -> None:
@@ -109,6 +120,8 @@ class RedisStrategy(Strategy):
         # Renewals wait a quarter of the lease at most, so that one cut off is tried again
         # in time; everything else waits CACHEKIT_REDIS_TIMEOUT.
         renewal_timeout = min(settings.redis_timeout, settings.lease / 4)
+        from .replication import Replication, replica_count  # (the imports are another change's)
+
         with translated("connecting to Redis"):
             client = bounded_redis_client(
                 parts.client, settings.redis_timeout, settings.redis_connect_timeout
@@ -118,27 +131,144 @@ class RedisStrategy(Strategy):
             )
         check_server(client)
         scripts = Scripts(client)
-        cluster = isinstance(client, redis.RedisCluster)
+        cluster = is_cluster_client(client)
+        # Replicas confirm leases and commits where there are replicas (a master about to be
+        # replaced must not grant one that counts), and every write with DURABLE_WRITES.
+        replicated = settings.lease_replicas > 0 and replica_count(client) > 0
+        self._replication = Replication(client, settings.redis_timeout)
+        self._durable_writes = settings.durable_writes
         leases = RedisLeases(
             scripts,
             parts.prefix,
             settings,
             renewal_scripts=Scripts(renewal_client),
             cluster=cluster,
+            replication=self._replication,
+            renewal_replication=Replication(renewal_client, renewal_timeout),
+            replicas=max(settings.lease_replicas if replicated else 0, settings.durable_writes),
         )
-        super().__init__(backend, leases, settings)
+        super().__init__(backend, settings, locks=leases)
         self._client = client
         weakref.finalize(self, _close_quietly, client, renewal_client)  # cachekit's own
         self._scripts = scripts
         self._prefix = parts.prefix
+        self._rate_limits = RedisRateLimits(client, scripts, self._key)
         self._serializer = parts.serializer
         kind = type(parts.serializer)
         self._default_serializer = (
             kind.dumps is BaseRedisSerializer.dumps and kind.loads is BaseRedisSerializer.loads
         )
+        self._near = _near_cache(self, parts.client, settings, cluster)
 
     def _key(self, key: str) -> str:
         return f"{self._prefix()}{key}"
+
+    def rate_limits(self) -> RedisRateLimits:
+        """One Lua script per hit, by the server's clock (:mod:`cachekit.redis.limits`)."""
+        return self._rate_limits
+
+    def load_many(self, keys: list[str]) -> list[Entry | None]:
+        """The entries of ``keys``; through the near cache (:mod:`.near`) when it is on.
+
+        A caller holding a lock (a computation's second look, ``forget``) reads Redis.
+        """
+        near = self._near
+        if near is None or self._locks.holds_any():
+            return self._load_many(keys)
+        entries: list[Entry | None] = near.load_many(keys)
+        return entries
+
+    def commit(
+        self,
+        writes: Mapping[str, tuple[bytes, int]],
+        deletes: Collection[str] = (),
+        read: Mapping[str, Entry | None] | None = None,
+    ) -> None:
+        """:meth:`Strategy.commit`; the near cache then drops its copies of the keys at once."""
+        try:
+            super().commit(writes, deletes, read)
+        finally:
+            if self._near is not None:
+                self._near.discard([*writes, *deletes])
+
+    @classmethod
+    def diagnose(cls, backend: Any, settings: Settings) -> list[Finding]:
+        """The live server: eviction policy, version, persistence, what it refused to tell.
+
+        Asked through a client with bounded waits (``CACHEKIT_CHECK_TIMEOUT`` per reply),
+        so a dead server costs seconds; a server that does not answer is one
+        finding of kind UNREACHABLE (not configuration).
+        """
+        findings = super().diagnose(backend, settings)
+        parts = redis_parts(backend)
+        client = None
+        try:
+            with translated("checking the server"):
+                wait = settings.check_timeout
+                client = bounded_redis_client(parts.client, wait, wait / 2)
+                facts = read_facts(client)
+                replicas = replica_count(client)
+        except CachekitError as error:
+            return [
+                Finding(
+                    PROBLEM,
+                    f"Redis does not answer: {error}",
+                    "start Redis or correct CACHE_REDIS_URL / CACHE_REDIS_HOST",
+                    UNREACHABLE,
+                ),
+                *findings,
+            ]
+        finally:
+            if client is not None:
+                client.close()
+        problem = eviction_problem(facts)
+        if problem:
+            findings.append(
+                Finding(
+                    PROBLEM, problem, "CONFIG SET maxmemory-policy noeviction (and in redis.conf)"
+                )
+            )
+        too_old = version_problem(facts)
+        if too_old:
+            findings.append(Finding(PROBLEM, too_old, "upgrade Redis to 6.2 or later"))
+        warning = persistence_warning(facts)
+        if warning:
+            findings.append(
+                Finding(WARNING, warning, "CONFIG SET appendonly yes (and in redis.conf)")
+            )
+        if replicas and not settings.durable_writes:
+            findings.append(
+                Finding(
+                    WARNING,
+                    f"Redis has {replicas} replica(s), and CACHEKIT_REDIS_DURABLE_WRITES is 0:"
+                    " replication is asynchronous, so a failover can lose the last writes a"
+                    " master acknowledged (a counter then hands a number out twice). Leases"
+                    " are safe (CACHEKIT_REDIS_LEASE_REPLICAS)",
+                    "set CACHEKIT_REDIS_DURABLE_WRITES = 1 (a killed master loses nothing), or"
+                    f" {replicas} (a planned switch-over loses nothing either; writes then wait"
+                    " while a replica is missing)",
+                )
+            )
+        for refusal in facts.refused:
+            findings.append(
+                Finding(
+                    WARNING,
+                    f"the server refused a check ({refusal}): cachekit cannot tell whether it"
+                    " evicts or persists state",
+                    "allow INFO and CONFIG GET to the app's Redis user, or check by hand",
+                )
+            )
+        if socket_timeout_of(parts.client) is None:
+            findings.append(
+                Finding(
+                    WARNING,
+                    "the app's own Redis client waits forever for a reply: a plain cache.get"
+                    " hangs while Redis does not answer (cachekit's helpers use a client of"
+                    " their own, with CACHEKIT_REDIS_TIMEOUT)",
+                    'set CACHE_OPTIONS={"socket_timeout": 5, "socket_connect_timeout": 1}',
+                )
+            )
+        return findings
 
     def _hold(
         self, domain: int, names: Collection[str], timeout: float | None, what: str
@@ -156,6 +286,8 @@ class RedisStrategy(Strategy):
     # -- hooks ---------------------------------------------------------------
 
     def _loads(self, raw: bytes) -> Any:
+        if self.form is not None:  # signed: checked before anything is unpickled
+            return self.form.decode(raw)
         if not self._default_serializer:
             return self._serializer.loads(raw)
         return pickle.loads(raw[1:]) if raw.startswith(b"!") else int(raw)
@@ -180,6 +312,8 @@ class RedisStrategy(Strategy):
         ]
 
     def _dumps(self, value: Any) -> bytes | None:
+        if self.form is not None:
+            return self.form.encode(value)  # type: ignore[no-any-return]
         raw = self._serializer.dumps(value)
         return raw if raw is None or isinstance(raw, bytes) else str(raw).encode()
 
@@ -202,14 +336,17 @@ class RedisStrategy(Strategy):
                 if key in writes or key in deletes
             },
         )
+        replicas = self._locks.replicas
         with translated(f"writing keys {sorted(changed)!r}"):
-            outcome = self._scripts.commit(keys=keys, args=args)
+            outcome, confirmed = self._replication.run(self._scripts.commit, keys, args, replicas)
         if outcome[0] == 0:
             raise LeaseLost(
                 "a lease was lost before the commit (another holder took it, or Redis lost"
                 " it); nothing was written",
                 name=keys[0],
             )
+        if outcome[0] == 1:
+            self._replication.confirm(confirmed, replicas, f"writing keys {sorted(changed)!r}")
         if outcome[0] == 2:
             key = changed[int(outcome[1]) - 1]
             raise ConcurrentUpdateError(
@@ -233,15 +370,27 @@ class RedisStrategy(Strategy):
         if not local.get("flushing"):
             self.stats.count("operations:incr")
         try:
+            durable = self._durable_writes
+            if not durable:  # one INCRBY, one round trip
+                if not ttl:
+                    return int(self._client.incrby(full_key, delta))
+                return int(self._scripts.incr_expire(keys=[full_key], args=[delta, ttl]))
             if not ttl:
-                return int(self._client.incrby(full_key, delta))
-            return int(self._scripts.incr_expire(keys=[full_key], args=[delta, ttl]))
-        except redis.exceptions.ResponseError as error:
+                value, confirmed = self._replication.command(
+                    ("INCRBY", full_key, delta), full_key, durable
+                )
+            else:
+                value, confirmed = self._replication.run(
+                    self._scripts.incr_expire, [full_key], [delta, ttl], durable
+                )
+            self._replication.confirm(confirmed, durable, f"incrementing key {key!r}", key)
+            return int(value)
+        except RESPONSE_ERRORS as error:
             if "not an integer" in str(error) or "out of range" in str(error):
                 raise self._not_an_int(key, delta) from None
             with translated(f"incrementing key {key!r}", key):
                 raise
-        except redis.exceptions.RedisError:
+        except CLIENT_ERRORS:
             with translated(f"incrementing key {key!r}", key):
                 raise
         finally:
@@ -274,10 +423,16 @@ class RedisStrategy(Strategy):
                     read = ("1", old.raw) if old is not None else ("0", b"")
                     lock_key, token = self._locks.key_and_token(number)
                     with translated(f"updating key {key!r}", key):
-                        outcome = self._scripts.compare_and_set(
-                            keys=[full_key, lock_key], args=[*read, raw, ttl, token]
+                        outcome, confirmed = self._replication.run(
+                            self._scripts.compare_and_set,
+                            [full_key, lock_key],
+                            [*read, raw, ttl, token],
+                            self._durable_writes,
                         )
                     if outcome[0] == 1:
+                        self._replication.confirm(
+                            confirmed, self._durable_writes, f"updating key {key!r}", key
+                        )
                         return new
                     if outcome[0] == 0:  # changed since read: try again on the value it holds now
                         attempts += 1
@@ -329,6 +484,27 @@ class RedisStrategy(Strategy):
                     old = self._load(key)
         finally:
             self._finished()
+
+
+def _near_cache(strategy: RedisStrategy, client: Any, settings: Settings, cluster: bool) -> Any:
+    """The strategy's near cache if ``CACHEKIT_NEAR_CACHE`` asks for one (refused on a Cluster)."""
+    if settings.near_cache is None:
+        return None
+    if cluster:
+        raise ConfigurationError(
+            "CACHEKIT_NEAR_CACHE is not supported on a Redis Cluster yet (it would need one"
+            " tracking connection per node); remove it, or use RedisCache or Sentinel",
+            setting="CACHEKIT_NEAR_CACHE",
+        )
+    from .near import NearCache
+
+    with translated("connecting to Redis"):
+        own = bounded_redis_client(
+            client, settings.redis_timeout, settings.redis_connect_timeout, quick=False
+        )
+    near = NearCache(own, settings.near_cache, strategy._key, strategy._decode, strategy._load_many)
+    weakref.finalize(strategy, _close_quietly, own)
+    return near
 
 
 def _text(reply: Any) -> str:

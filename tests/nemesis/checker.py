@@ -1,40 +1,66 @@
 """Checks a history exactly, and prints every anomaly with the history around it.
 
-What must hold, whatever the faults:
+A history proves something only if it is whole, so first:
+
+- **progress**: every configured workload kind has at least ``min_ok``
+  acknowledged (``ok``) operations, overall and from every spelling of the
+  store; every client that ran at least ``min_life`` s (paused time left out)
+  acknowledged at least one operation of every kind (or of any kind, for HTTP
+  clients); no client exited with an error (a crash in ``open_cache``
+  included) unless the nemesis killed it; no spelling was refused
+  (``ConfigurationError``, or a failed ``open``); no operation of a kind that
+  was not configured. So an empty or partial history fails, and no rule below
+  can pass because its kind is absent.
+
+Then what must hold, whatever the faults:
 
 - **counter**: every value an ``ok`` incr returned is distinct, none exceeds
   the final value, and the final value is at least the number of ``ok``
-  incrs and at most that plus the unknown ones (``info``).
+  incrs and at most that plus the unknown ones (``info``). Real time: an incr
+  that began after another was acknowledged returned a larger value.
 - **append**: every ``ok`` item is in the final list exactly once; an
-  unknown item at most once; a ``fail`` item, or an item never appended, not at all.
-- **transfer**: the two balances add up to what they started with.
-- **section** (a ``lock`` held while a plain get/set bumps a counter): no two
-  sections overlap in time unless one of them was told (``LeaseLost``), and a
-  holder is told only when it was paused or its lease was lost with a Redis
-  that persists nothing (the runner passes those windows); each section's
-  fencing token is larger than that of the section that entered before it;
-  the plain counter is at most the sections that ran, and with nobody told at
-  least the acknowledged ones (a told holder's stale write may undo any
-  number of increments: the plain store checks no fencing token). Sections
-  keep their times whatever their outcome, so an unknown one is checked for
-  overlaps too.
+  unknown item at most once; a ``fail`` item, or an item never appended, not
+  at all. Real time: an item appended by an operation that began after an
+  append was acknowledged comes after it in the list (it read a list that
+  held it).
+- **transfer**: the ledger ``transfers`` (written in the same transaction)
+  holds every ``ok`` transfer exactly once, an unknown one at most once and
+  no failed one, in real-time order as for appends; each balance is its
+  opening plus what the ledger's transfers moved, so they add up to
+  ``opening_total``.
+- **section** (a ``lock`` held while a plain get/set bumps ``guarded``); see
+  :func:`_sections` for the rules, in short: no two holders overlap, a holder
+  with no recorded exit included, unless a pause or restart that struck the
+  overtaken holder explains it and the other entered at least a lease after;
+  nobody is told ``LeaseLost`` without such a pause or restart; fencing tokens
+  grow in the (certain) order of grants; ``guarded`` is within what the
+  sections that ran and the overtaken holders' stale writes allow.
+- **memo**: a memoized call that began after an invalidation returned got a
+  value at least as new as that invalidation.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
+import math
+from collections import Counter, defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from .history import FAIL, INFO, OK, Op
 
 #: A section that raised LeaseLost on exit: it ran, but knew it may have overlapped.
 TOLD = "told"
-#: Pids in an excuse window that concern every process: a restart of a Redis that kept
-#: nothing (state erased), and an outage of the server longer than half a lease.
-ERASED, OUTAGE = 0, -1
+#: Kinds of excuse: a SIGSTOP of one process; a restart of a Redis that persists (its
+#: leases kept, but nobody can renew them while it is down); a restart of one that
+#: persists nothing (every lease erased when it stopped).
+PAUSE, RESTART, ERASED = "pause", "restart", "erased"
+#: How late a recorded time may be after the event it records (a grant's reply read and
+#: noted, a process scheduled on a busy machine), in seconds.
+SLACK = 0.1
+#: At most this many anomalies of one rule are listed; the rest are counted.
+LISTED = 20
 
 
 @dataclass(frozen=True)
@@ -43,29 +69,144 @@ class Anomaly:
     ops: tuple[Op, ...] = ()
 
 
-def check(
-    history: list[Op],
-    final: dict[str, Any],
-    opening_total: int,
-    excuses: Sequence[tuple[int, float, float]] = (),
-) -> list[Anomaly]:
-    """Every anomaly in ``history`` given the ``final`` state; empty if it is exact.
+@dataclass(frozen=True)
+class Excuse:
+    """A fault that may make a holder lose its lease: ``pid`` 0 for every process."""
 
-    ``excuses`` are the windows in which a holder may lose its lock: (pid, or 0
-    for every process; start; end) of each pause and of each restart of a
-    Redis that persists nothing. A holder told ``LeaseLost`` outside them is
-    an anomaly, and so is an overlap that no told holder explains.
+    kind: str  # PAUSE, RESTART or ERASED
+    pid: int
+    start: float
+    end: float
+
+
+@dataclass(frozen=True)
+class Client:
+    """One client as the runner saw it: a process (``name`` its pid) or an HTTP client."""
+
+    name: str
+    spelling: str  # the store as this client spelled it
+    began: float
+    ended: float
+    paused: float = 0.0  # seconds it spent stopped
+    exitcode: int | None = 0  # None: not a process (or not known)
+    killed: bool = False  # by the nemesis: its exit code says nothing
+
+
+@dataclass(frozen=True)
+class Run:
+    """What the run was meant to do and what the runner knows about it.
+
+    ``lease`` is the lock's lease for a backend whose holder can be overtaken
+    (Redis), ``None`` for one whose lock the kernel holds until release or
+    death (FileSystemCache, LMDBCache). ``deaths`` maps a pid to the time it
+    was sent SIGKILL; ``ended`` is when every client had stopped.
     """
-    anomalies: list[Anomaly] = []
-    anomalies += _counter(history, final.get("counter"))
-    anomalies += _append(history, final.get("log") or [])
-    if any(op.kind == "transfer" for op in history):
-        total = (final.get("acct:a") or 0) + (final.get("acct:b") or 0)
-        if total != opening_total:
-            anomalies.append(Anomaly(f"money: the balances add up to {total}, not {opening_total}"))
-    anomalies += _sections(history, final.get("guarded"), list(excuses))
-    anomalies += _invalidations(history)
+
+    kinds: tuple[str, ...]
+    clients: tuple[Client, ...]
+    lease: float | None = None
+    excuses: tuple[Excuse, ...] = ()
+    deaths: Mapping[int, float] = field(default_factory=dict)
+    ended: float = math.inf
+    min_ok: int = 3
+    min_life: float = 2.0
+    every_kind_per_client: bool = True
+
+
+def check(history: list[Op], final: dict[str, Any], opening_total: int, run: Run) -> list[Anomaly]:
+    """Every anomaly in ``history`` given the ``final`` state and ``run``; empty if it is exact."""
+    anomalies = _progress(history, run)
+    kinds = set(run.kinds) | {op.kind for op in history}
+    if "incr" in kinds:
+        anomalies += _counter(history, final.get("counter"))
+    if "append" in kinds:
+        appends = [op for op in history if op.kind == "append"]
+        anomalies += _ledger("append", appends, final.get("log"))
+    if "transfer" in kinds:
+        anomalies += _transfers(history, final, opening_total)
+    if "section" in kinds:
+        anomalies += _sections(history, final.get("guarded"), run)
+    if "memo" in kinds or "invalidate" in kinds:
+        anomalies += _invalidations(history)
     return anomalies
+
+
+def _capped(label: str, found: list[Anomaly]) -> list[Anomaly]:
+    if len(found) <= LISTED:
+        return found
+    return [*found[:LISTED], Anomaly(f"{label}: and {len(found) - LISTED} more like these")]
+
+
+def _progress(history: list[Op], run: Run) -> list[Anomaly]:
+    found: list[Anomaly] = []
+    if not run.kinds:
+        found.append(Anomaly("progress: no workload was configured"))
+    if not run.clients:
+        found.append(Anomaly("progress: no client ran"))
+    spelling = {client.name: client.spelling for client in run.clients}
+    allowed = set(run.kinds) | {"open"}
+    strange = Counter(op.kind for op in history if op.kind not in allowed)
+    for kind, count in sorted(strange.items()):
+        found.append(Anomaly(f"progress: {count} operations of {kind!r}, never configured"))
+    refused: dict[tuple[str, str], list[Op]] = defaultdict(list)
+    for op in history:
+        said = str(op.value)
+        if (op.kind == "open" and op.outcome != OK) or said.startswith("ConfigurationError"):
+            refused[(spelling.get(op.client, "?"), op.kind)].append(op)
+    for (where, kind), ops in sorted(refused.items()):
+        found.append(
+            Anomaly(
+                f"refused: {len(ops)} {kind} operations on {where!r} were refused:"
+                f" {str(ops[0].value)[:200]}",
+                tuple(ops[:3]),
+            )
+        )
+    for client in run.clients:
+        if not client.killed and client.exitcode not in (0, None):
+            found.append(
+                Anomaly(
+                    f"progress: client {client.name} ({client.spelling!r}) exited with"
+                    f" code {client.exitcode}, not killed by the nemesis"
+                )
+            )
+    ok = [op for op in history if op.outcome == OK]
+    overall = Counter(op.kind for op in ok)
+    per_spelling = Counter((spelling.get(op.client, "?"), op.kind) for op in ok)
+    per_client = Counter((op.client, op.kind) for op in ok)
+    for kind in run.kinds:
+        if overall[kind] < run.min_ok:
+            found.append(
+                Anomaly(
+                    f"progress: {overall[kind]} acknowledged {kind} operations in all,"
+                    f" fewer than {run.min_ok}"
+                )
+            )
+    for where in sorted({client.spelling for client in run.clients}):
+        for kind in run.kinds:
+            count = per_spelling[(where, kind)]
+            if count < run.min_ok:
+                found.append(
+                    Anomaly(
+                        f"progress: {count} acknowledged {kind} operations on {where!r},"
+                        f" fewer than {run.min_ok}"
+                    )
+                )
+    for client in run.clients:
+        life = client.ended - client.began - client.paused
+        if life < run.min_life:
+            continue
+        if run.every_kind_per_client:
+            missing = [kind for kind in run.kinds if not per_client[(client.name, kind)]]
+        else:
+            missing = [] if any(per_client[(client.name, k)] for k in run.kinds) else ["any"]
+        if missing:
+            found.append(
+                Anomaly(
+                    f"progress: client {client.name} ({client.spelling!r}) ran {life:.1f} s"
+                    f" and acknowledged no operation of {', '.join(missing)}"
+                )
+            )
+    return found
 
 
 def _invalidations(history: list[Op]) -> list[Anomaly]:
@@ -99,13 +240,12 @@ def _invalidations(history: list[Op]) -> list[Anomaly]:
                     (newest[before - 1], op),
                 )
             )
-    return found
+    return _capped("memo", found)
 
 
 def _counter(history: list[Op], final: int | None) -> list[Anomaly]:
+    """Values handed out once each, within the final value, in real-time order."""
     incrs = [op for op in history if op.kind == "incr"]
-    if not incrs:
-        return []
     final = final or 0
     ok = [op for op in incrs if op.outcome == OK]
     unknown = sum(op.outcome == INFO for op in incrs)
@@ -127,80 +267,265 @@ def _counter(history: list[Op], final: int | None) -> list[Anomaly]:
                 f"counter: final {final} for {len(ok)} acknowledged and {unknown} unknown incrs"
             )
         )
-    return found
+    # Real time: the largest value acknowledged before an incr began is below its own.
+    done = sorted(ok, key=lambda op: op.ended)
+    ends = [op.ended for op in done]
+    highest: list[Op] = []
+    for op in done:
+        highest.append(op if not highest or op.value > highest[-1].value else highest[-1])
+    for op in ok:
+        before = bisect.bisect_left(ends, op.began)
+        if before and highest[before - 1].value >= op.value:
+            earlier = highest[before - 1]
+            found.append(
+                Anomaly(
+                    f"counter: {op.value} was handed out after {earlier.value}"
+                    " had been acknowledged",
+                    (earlier, op),
+                )
+            )
+    return _capped("counter", found)
 
 
-def _append(history: list[Op], final: list[Any]) -> list[Anomaly]:
-    appends = {op.arg: op for op in history if op.kind == "append"}
+def _ledger(label: str, ops: list[Op], final: list[Any] | None) -> list[Anomaly]:
+    """A list that operations append their ``arg`` to: each exactly as its outcome allows.
+
+    ``ok``: present once; ``info``: at most once; ``fail`` or never issued: absent.
+    Real time: an item whose operation began after an ``ok`` one ended comes after it.
+    """
+    final = list(final or [])
+    issued = {op.arg: op for op in ops}
     found = []
     for item, count in Counter(final).items():
-        op = appends.get(item)
+        op = issued.get(item)
         if op is None:
-            found.append(Anomaly(f"append: {item!r} is in the list but was never appended"))
+            found.append(Anomaly(f"{label}: {item!r} is in the list but was never appended"))
         elif count > 1:
-            found.append(Anomaly(f"append: {item!r} is in the list {count} times", (op,)))
+            found.append(Anomaly(f"{label}: {item!r} is in the list {count} times", (op,)))
         elif op.outcome == FAIL:
-            found.append(Anomaly(f"append: {item!r} failed but is in the list", (op,)))
-    present = set(final)
-    for item, op in appends.items():
-        if op.outcome == OK and item not in present:
-            found.append(Anomaly(f"append: acknowledged {item!r} is missing", (op,)))
+            found.append(Anomaly(f"{label}: {item!r} failed but is in the list", (op,)))
+    position = {item: i for i, item in reversed(list(enumerate(final)))}
+    for item, op in issued.items():
+        if op.outcome == OK and item not in position:
+            found.append(Anomaly(f"{label}: acknowledged {item!r} is missing", (op,)))
+    done = sorted(
+        (op for op in issued.values() if op.outcome == OK and op.arg in position),
+        key=lambda op: op.ended,
+    )
+    ends = [op.ended for op in done]
+    latest: list[Op] = []  # latest[i]: the one placed last among done[: i + 1]
+    for op in done:
+        better = not latest or position[op.arg] > position[latest[-1].arg]
+        latest.append(op if better else latest[-1])
+    for op in issued.values():
+        if op.arg not in position:
+            continue
+        before = bisect.bisect_left(ends, op.began)
+        if before and position[latest[before - 1].arg] > position[op.arg]:
+            earlier = latest[before - 1]
+            found.append(
+                Anomaly(
+                    f"{label}: {op.arg!r} is before {earlier.arg!r} in the list, though it"
+                    f" began after {earlier.arg!r} was acknowledged",
+                    (earlier, op),
+                )
+            )
+    return _capped(label, found)
+
+
+def _transfers(history: list[Op], final: dict[str, Any], opening_total: int) -> list[Anomaly]:
+    """Each transfer found in the ledger as its outcome allows; balances match the ledger."""
+    transfers = [op for op in history if op.kind == "transfer"]
+    ledger = list(final.get("transfers") or [])
+    found = _ledger("transfer", transfers, ledger)
+    opening = opening_total // 2
+    moved = sum(1 if str(item).startswith("ab") else -1 for item in ledger)  # a -> b, net
+    a, b = final.get("acct:a"), final.get("acct:b")
+    a = opening if a is None else a
+    b = opening if b is None else b
+    if a + b != opening_total:
+        found.append(Anomaly(f"money: the balances add up to {a + b}, not {opening_total}"))
+    if (a, b) != (opening - moved, opening + moved):
+        found.append(
+            Anomaly(
+                f"money: the balances are {a} and {b}, but the {len(ledger)} transfers in the"
+                f" ledger make them {opening - moved} and {opening + moved}"
+            )
+        )
     return found
 
 
-def _sections(
-    history: list[Op], guarded: int | None, excuses: list[tuple[int, float, float]]
-) -> list[Anomaly]:
-    everyone = [op for op in history if op.kind == "section"]
-    timed = [
-        op
-        for op in everyone
-        if isinstance(op.value, dict) and "entered" in op.value and "left" in op.value
-    ]
-    if not everyone:
-        return []
+@dataclass
+class _Section:
+    op: Op
+    pid: int
+    granted: float
+    token: int
+    left: float | None  # None: no recorded exit (killed, or cut off before noting it)
+    end: float = 0.0  # left, or the earliest its lock can have been freed
+    wrote_until: float = 0.0  # the latest its write of ``guarded`` can have landed
+
+
+def _section_data(op: Op) -> dict[str, Any]:
+    data: dict[str, Any] = dict(op.extra.get("notes") or {})
+    if isinstance(op.value, dict):
+        data.update(op.value)
+    return data
+
+
+def _held(history: list[Op], run: Run) -> list[_Section]:
+    """The sections that were granted, each with the time its lock was surely held.
+
+    [granted, end] lies inside the real holding whatever happened: ``granted``
+    is noted after the grant, ``left`` before the release. Without a recorded
+    exit the holder is taken to hold until the earliest of: the SIGKILL of its
+    process (a lock is freed on its holder's death at the soonest: the kernel
+    frees it, or a waiter proves the holder dead), its grant plus the lease
+    less ``SLACK`` (a lease, renewed or not, runs at least a lease from its
+    grant; backends with a lease only), the stop of a Redis that persisted
+    nothing (its leases were erased then), and the end of the run.
+    """
+    erasures = [e for e in run.excuses if e.kind == ERASED]
     found = []
-
-    def excused(op: Op) -> bool:  # from the op's start: a pause may strike before "entered"
-        pid, began, ended = op.value.get("pid", -2), op.began, op.ended or op.began
-        return any(
-            who in (ERASED, OUTAGE, pid) and start <= ended and began <= stop
-            for who, start, stop in excuses
+    for op in history:
+        if op.kind != "section":
+            continue
+        data = _section_data(op)
+        if "granted" not in data:
+            continue  # never granted (a lock timeout, killed while waiting): it held nothing
+        section = _Section(
+            op, int(data.get("pid", -1)), data["granted"], int(data["token"]), data.get("left")
         )
+        if section.left is not None:
+            section.end = section.wrote_until = section.left
+        else:
+            death = min(run.deaths.get(section.pid, math.inf), run.ended)
+            ends = [death]
+            if run.lease is not None:
+                ends.append(section.granted + run.lease - SLACK)
+                ends += [e.start for e in erasures if e.end >= section.granted]
+            section.end = max(section.granted, min(ends))
+            section.wrote_until = max(section.granted, death)
+        found.append(section)
+    return sorted(found, key=lambda s: s.granted)
 
-    for op in timed:
-        if op.outcome == TOLD and not excused(op):
+
+def _struck(excuse: Excuse, holder: _Section) -> bool:
+    """The pause (of this holder's process) or restart struck while the holder was at it."""
+    if excuse.kind == PAUSE and excuse.pid != holder.pid:
+        return False
+    return holder.op.began <= excuse.start <= holder.end
+
+
+def _overtaken(holder: _Section, other_granted: float, run: Run) -> Excuse | None:
+    """The excuse that lets ``other`` enter while ``holder`` (not ``ok``) held, if any.
+
+    A pause of the holder's own process or a restart of a persisting Redis that
+    struck while it was at it, and the other entered after it began and at
+    least a lease after both the holder's grant and the excuse's start, less
+    ``SLACK`` (the holder's lease ran at least that long: it cannot have run
+    out sooner). A restart of a Redis that persisted nothing, the holder having
+    been granted before it came back, and the other entering after it stopped
+    (the lease was erased). Never with a lock that has no lease.
+    """
+    if run.lease is None or holder.op.outcome == OK:
+        return None
+    for excuse in run.excuses:
+        if not _struck(excuse, holder) or other_granted < excuse.start:
+            continue
+        if excuse.kind == ERASED:
+            if holder.granted <= excuse.end:
+                return excuse
+        elif other_granted >= min(holder.granted, excuse.start) + run.lease - SLACK:
+            return excuse
+    return None
+
+
+def _sections(history: list[Op], guarded: int | None, run: Run) -> list[Anomaly]:
+    """Mutual exclusion, fencing and the guarded counter.
+
+    - **told**: a holder told ``LeaseLost`` was struck by a pause of its own
+      process or a Redis restart while at it (:func:`_struck`); with a lock
+      that has no lease, never.
+    - **overlap**: two sections' [granted, end] (see :func:`_held`: sections
+      without a recorded exit take part) overlap only if one of them, not
+      ``ok``, was overtaken as :func:`_overtaken` allows, checked both ways
+      (a holder paused between its grant and noting it notes its grant late).
+    - **fencing**: a section certainly granted before another (its noted grant
+      is before the other's began, or before the other's noted grant less
+      ``SLACK`` when no pause struck the other before it noted its grant) has
+      the smaller token.
+    - **guarded**: at most the sections that may have written (``ok``, told,
+      unknown); unless a restart erased it, at least the ``ok`` ones less
+      those that ran while an overtaken holder (one not ``ok``) could still
+      write: its stale write undoes at most the increments made between its
+      read and its write, all inside its own section. A told holder no longer
+      excuses the rest.
+    """
+    held = _held(history, run)
+    everyone = [op for op in history if op.kind == "section"]
+    found: list[Anomaly] = []
+    for section in held:
+        if section.op.outcome != TOLD:
+            continue
+        if run.lease is None:
             found.append(
-                Anomaly("lock: a holder was told LeaseLost with no pause or lost lease", (op,))
+                Anomaly("lock: a holder was told LeaseLost by a lock with no lease", (section.op,))
             )
-    by_entry = sorted(timed, key=lambda op: op.value["entered"])
-    for i, first in enumerate(by_entry):
-        for second in by_entry[i + 1 :]:
-            if second.value["entered"] >= first.value["left"]:
+        elif not any(_struck(excuse, section) for excuse in run.excuses):
+            found.append(
+                Anomaly(
+                    "lock: a holder was told LeaseLost with no pause or lost lease", (section.op,)
+                )
+            )
+    overlaps = []
+    for i, first in enumerate(held):
+        for second in held[i + 1 :]:
+            if second.granted >= first.end:
                 break
-            if TOLD not in (first.outcome, second.outcome):
-                found.append(Anomaly("lock: two holders overlapped, neither told", (first, second)))
-    # Fencing order, among holders not told: a told holder may have been paused between its
-    # grant and recording its entry, so its recorded entry can come after later grants.
-    trusted = [op for op in by_entry if op.outcome != TOLD]
-    for first, later in zip(trusted, trusted[1:], strict=False):
-        if later.value["token"] <= first.value["token"]:
-            found.append(Anomaly("lock: a later holder got a token no larger", (first, later)))
-    ok = sum(op.outcome == OK for op in everyone)
-    unknown = sum(op.outcome == INFO for op in everyone)
-    told = sum(op.outcome == TOLD for op in everyone)
-    erased = any(who == ERASED for who, _, _ in excuses)  # guarded was erased with the rest
-    # A told holder's stale write (it read before its pause) undoes every increment made
-    # while it was paused, as a store that checks no fencing token must: then only the
-    # upper bound holds.
-    low = ok if not told else 0
-    if not erased and not low <= (guarded or 0) <= ok + told + unknown:
+            if _overtaken(first, second.granted, run) or _overtaken(second, first.granted, run):
+                continue
+            what = "lock: two holders overlapped, neither told"
+            if TOLD in (first.op.outcome, second.op.outcome):
+                what = "lock: two holders overlapped, with no pause or restart that explains it"
+            overlaps.append(Anomaly(what, (first.op, second.op)))
+    found += _capped("lock", overlaps)
+    found += _capped("lock", _fencing(held, run))
+    ok = [s for s in held if s.op.outcome == OK]
+    maybe = sum(s.op.outcome != OK for s in held)
+    stale = [s for s in held if s.op.outcome != OK]
+    undone = sum(any(s.granted < x.wrote_until and x.granted < s.end for x in stale) for s in ok)
+    erased = any(e.kind == ERASED for e in run.excuses)  # guarded was erased with the rest
+    low = 0 if erased else len(ok) - undone
+    guarded = guarded or 0
+    if not low <= guarded <= len(ok) + maybe:
+        told = sum(op.outcome == TOLD for op in everyone)
         found.append(
             Anomaly(
-                f"lock: the guarded counter is {guarded}, for {ok} sections"
-                f" ({told} told, {unknown} unknown)"
+                f"lock: the guarded counter is {guarded}, for {len(ok)} sections"
+                f" ({told} told, {maybe - told} unknown, {undone} overlapping a stale holder)"
             )
         )
+    return found
+
+
+def _fencing(held: list[_Section], run: Run) -> list[Anomaly]:
+    grants = [s.granted for s in held]
+    top: list[_Section] = []  # top[i]: the largest token among held[: i + 1]
+    for s in held:
+        top.append(s if not top or s.token > top[-1].token else top[-1])
+    found = []
+    for s in held:
+        late = any(
+            e.kind == PAUSE and e.pid == s.pid and s.op.began <= e.start <= s.granted
+            for e in run.excuses
+        )
+        bound = s.op.began if late else s.granted - SLACK
+        before = bisect.bisect_left(grants, bound)
+        if before and top[before - 1].token >= s.token:
+            found.append(
+                Anomaly("lock: a later holder got a token no larger", (top[before - 1].op, s.op))
+            )
     return found
 
 
@@ -215,7 +540,7 @@ def report(history: list[Op], anomalies: list[Anomaly], window: float = 0.3) -> 
                 other
                 for other in history
                 if other is not op
-                and other.began <= op.ended + window
+                and other.began <= (op.ended or op.began) + window
                 and (other.ended or other.began) >= op.began - window
             ]
             for other in around[:20]:
@@ -224,8 +549,9 @@ def report(history: list[Op], anomalies: list[Anomaly], window: float = 0.3) -> 
 
 
 def _show(op: Op) -> str:
+    notes = f" notes {op.extra['notes']!r}" if op.extra.get("notes") else ""
     return (
-        f"{op.id} {op.kind}({op.arg!r}) -> {op.outcome} {op.value!r}"
+        f"{op.id} {op.kind}({op.arg!r}) -> {op.outcome} {op.value!r}{notes}"
         f" [{op.began:.3f} .. {op.ended:.3f}]"
     )
 
@@ -238,4 +564,19 @@ def summary(history: list[Op]) -> dict[str, dict[str, int]]:
     return {kind: dict(sorted(c.items())) for kind, c in sorted(counts.items())}
 
 
-__all__ = ["Anomaly", "FAIL", "INFO", "OK", "TOLD", "check", "report", "summary"]
+__all__ = [
+    "ERASED",
+    "FAIL",
+    "INFO",
+    "OK",
+    "PAUSE",
+    "RESTART",
+    "TOLD",
+    "Anomaly",
+    "Client",
+    "Excuse",
+    "Run",
+    "check",
+    "report",
+    "summary",
+]

@@ -2,7 +2,16 @@
 
 A run: start the clients, let the nemesis inject one fault after another for
 ``seconds``, heal everything, read the final state with a fresh client and
-hand the history and state to :mod:`.checker`.
+hand the history, the state and what the runner knows (:class:`.checker.Run`)
+to :mod:`.checker`.
+
+The fault schedule (which fault when, and which victim by its rank among the
+live ones) is drawn from the seed alone (:func:`schedule`), so a seed replays
+the same schedule. Every fault records whether it took effect
+(:class:`Effect`): a kill or pause with no victim, a ``CLIENT KILL`` that
+closed nothing, memory pressure that evicted nothing, a reload that replaced
+no worker all count as injected but not effective, and a case fails if a
+fault it asked for never took effect.
 """
 
 from __future__ import annotations
@@ -17,19 +26,50 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import redis
 
 from ..redisserver import RedisServer
-from .checker import ERASED, OUTAGE
-from .history import INFO, Op, Recorder, load
+from .checker import ERASED, PAUSE, RESTART, Client, Excuse, Run
+from .history import FAIL, INFO, OK, Op, Recorder, attach_notes, load
 from .workloads import KINDS, open_cache, run_op
 
 FORK = mp.get_context("fork")
+#: How long a fault waits to see its effect (a death, a stop, new workers), in seconds.
+SETTLE = 10.0
+
+
+@dataclass(frozen=True)
+class Effect:
+    """One injection of a fault and what it did; ``effective`` only if it was seen to act."""
+
+    fault: str
+    at: float
+    effective: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of the schedule: at ``offset`` s, ``fault``, on the victim of rank ``pick``."""
+
+    offset: float
+    fault: str
+    pick: float  # in [0, 1): the victim is live[int(pick * len(live))]
+
+
+@dataclass
+class Started:
+    """A client process the runner started."""
+
+    proc: Any
+    spelling: str
+    began: float
 
 
 @dataclass
@@ -37,99 +77,216 @@ class Target:
     """What the faults act on: the client processes, the server, gunicorn's master."""
 
     spawn: Callable[[], Any] | None = None  # start one more client process
-    procs: list[Any] = field(default_factory=list)
+    procs: list[Started] = field(default_factory=list)
     server: RedisServer | None = None
     master: int = 0  # gunicorn's master pid
     lease: float = 1.0
-    rng: random.Random = field(default_factory=random.Random)
     done: list[str] = field(default_factory=list)
-    #: What may excuse a holder told LeaseLost: (pid or 0 for any, began, ended) of each
-    #: pause of a process and each restart of a Redis that persists nothing.
-    excuses: list[tuple[int, float, float]] = field(default_factory=list)
+    effects: list[Effect] = field(default_factory=list)
+    #: What may excuse a holder told LeaseLost (see :class:`.checker.Excuse`).
+    excuses: list[Excuse] = field(default_factory=list)
+    #: pid -> the time SIGKILL was sent to it.
+    kills: dict[int, float] = field(default_factory=dict)
     timers: list[threading.Timer] = field(default_factory=list)  # pending resumptions
+    watchers: list[threading.Thread] = field(default_factory=list)  # effects still watched
     paused: set[int] = field(default_factory=set)
+    seed: int = 0
+    ended: float = 0.0
 
     def victims(self) -> list[int]:
         if self.master:
-            return gunicorn_workers(self.master)
-        return [proc.pid for proc in self.procs if proc.is_alive()]
+            return sorted(gunicorn_workers(self.master))
+        return [started.proc.pid for started in self.procs if started.proc.is_alive()]
+
+    def paused_for(self, pid: int) -> float:
+        return sum(e.end - e.start for e in self.excuses if e.kind == PAUSE and e.pid == pid)
+
+    def run(self, kinds: tuple[str, ...], clients: list[Client], **options: Any) -> Run:
+        """What the checker needs to know of this run; a lease only for Redis."""
+        return Run(
+            kinds=kinds,
+            clients=tuple(clients),
+            lease=self.lease if self.server is not None else None,
+            excuses=tuple(self.excuses),
+            deaths=dict(self.kills),
+            ended=self.ended,
+            **options,
+        )
+
+    def missing(self, wanted: list[str]) -> list[str]:
+        """A line for each wanted fault that never took effect (empty if all did)."""
+        lines = []
+        for name in wanted:
+            tried = [e for e in self.effects if e.fault == name]
+            if not any(e.effective for e in tried):
+                said = "; ".join(sorted({e.detail for e in tried})) or "never injected"
+                lines.append(f"fault {name!r}: {len(tried)} injected, none took effect ({said})")
+        return lines
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Per fault: how many were injected and how many took effect."""
+        found: dict[str, dict[str, int]] = {}
+        for e in self.effects:
+            entry = found.setdefault(e.fault, {"injected": 0, "effective": 0})
+            entry["injected"] += 1
+            entry["effective"] += e.effective
+        return found
 
 
-# -- faults ----------------------------------------------------------------------------
+def _pick(victims: list[int], pick: float) -> int:
+    return victims[int(pick * len(victims))]
 
 
-def kill9(target: Target) -> None:
+def _state(pid: int) -> str:
+    """The process's state letter ('' if it is gone)."""
+    try:
+        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split() or [""])[0]
+    except (OSError, IndexError):
+        return ""
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float = SETTLE) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+# -- faults: each returns (took effect, what it saw) ---------------------------------
+
+
+def kill9(target: Target, pick: float) -> tuple[bool, str]:
     """SIGKILL a client process (a worker) wherever it is; a new one takes its place."""
     victims = target.victims()
-    if victims:
-        os.kill(target.rng.choice(victims), signal.SIGKILL)
-        if target.spawn is not None:
-            target.procs.append(target.spawn())
+    if not victims:
+        return False, "no live victim"
+    victim = _pick(victims, pick)
+    target.kills[victim] = time.monotonic()
+    try:
+        os.kill(victim, signal.SIGKILL)
+    except ProcessLookupError:
+        return False, "the victim was already gone"
+    if target.spawn is not None:
+        target.procs.append(target.spawn())
+    dead = _wait_for(lambda: _state(victim) in ("", "Z", "X"))
+    return dead, f"pid {victim} {'died' if dead else 'still alive after SIGKILL'}"
 
 
-def pause(target: Target) -> None:
+def pause(target: Target, pick: float) -> tuple[bool, str]:
     """SIGSTOP a client for longer than a lease (a GC or VM pause), then resume it."""
     victims = [pid for pid in target.victims() if pid not in target.paused]
-    if victims:
-        victim = target.rng.choice(victims)
-        began = time.monotonic()
-        target.paused.add(victim)
+    if not victims:
+        return False, "no live victim"
+    victim = _pick(victims, pick)
+    began = time.monotonic()
+    target.paused.add(victim)
+    try:
         os.kill(victim, signal.SIGSTOP)
+    except ProcessLookupError:
+        target.paused.discard(victim)
+        return False, "the victim was already gone"
+    stopped = _wait_for(lambda: _state(victim) in ("T", "t", "", "Z"), 2.0)
+    stopped = stopped and _state(victim) in ("T", "t")
 
-        def resume() -> None:
-            try:
-                os.kill(victim, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
-            target.excuses.append((victim, began, time.monotonic()))
-            target.paused.discard(victim)
+    def resume() -> None:
+        try:
+            os.kill(victim, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+        target.excuses.append(Excuse(PAUSE, victim, began, time.monotonic()))
+        target.paused.discard(victim)
 
-        timer = threading.Timer(target.lease * 2.5, resume)  # other faults go on meanwhile
-        timer.start()
-        target.timers.append(timer)
+    timer = threading.Timer(target.lease * 2.5, resume)  # other faults go on meanwhile
+    timer.start()
+    target.timers.append(timer)
+    return stopped, f"pid {victim} {'stopped' if stopped else 'not seen stopped'}"
 
 
-def client_kill(target: Target) -> None:
+def client_kill(target: Target, pick: float) -> tuple[bool, str]:
     """Drop every client connection to Redis (a proxy's idle kill, a blip, a failover)."""
     assert target.server is not None
     admin = redis.Redis(port=target.server.port)
-    admin.client_kill_filter(_type="normal", skipme=True)
-    admin.close()
+    try:
+        closed = int(admin.client_kill_filter(_type="normal", skipme=True))
+    finally:
+        admin.close()
+    return closed > 0, f"{closed} connections closed"
 
 
-def restart(target: Target) -> None:
+def restart(target: Target, pick: float) -> tuple[bool, str]:
     """Stop and start the Redis server (its data kept only if it persists)."""
     assert target.server is not None
+    server = target.server
+
+    def run_id() -> str:
+        admin = redis.Redis(port=server.port, socket_timeout=5)
+        try:
+            return str(admin.info("server")["run_id"])
+        finally:
+            admin.close()
+
+    before = run_id()
     began = time.monotonic()
-    target.server.stop()
+    server.stop()
     time.sleep(0.2)
-    target.server.start()
+    server.start()
     ended = time.monotonic()
-    if not target.server.durable:  # its leases are gone: any holder of the time may be told
-        target.excuses.append((ERASED, began, ended))
-    elif ended - began > target.lease / 2:  # down long enough for a lease to run out
-        target.excuses.append((OUTAGE, began, ended))
+    target.excuses.append(Excuse(RESTART if server.durable else ERASED, 0, began, ended))
+    after = run_id()
+    return after != before, f"run_id {before[:8]} -> {after[:8]}"
 
 
-def memory_pressure(target: Target) -> None:
-    """Fill Redis with keys that have a TTL until it has evicted 100 of them."""
+def memory_pressure(target: Target, pick: float) -> tuple[bool, str]:
+    """Fill Redis with keys that have a TTL until it has evicted 100 of them (10 s at most)."""
     assert target.server is not None
-    admin = redis.Redis(port=target.server.port)
-    start = int(admin.info("stats")["evicted_keys"])
-    junk = b"j" * 20000
-    for i in range(5000):
-        admin.set(f"junk:{target.rng.random()}:{i}", junk, ex=600)
-        if i % 50 == 0 and int(admin.info("stats")["evicted_keys"]) - start >= 100:
-            break
-    admin.close()
+    admin = redis.Redis(port=target.server.port, socket_timeout=5)
+    try:
+        start = int(admin.info("stats")["evicted_keys"])
+        junk = b"j" * 20000
+        evicted = written = 0
+        deadline = time.monotonic() + SETTLE
+        while evicted < 100 and time.monotonic() < deadline:
+            for _ in range(50):
+                admin.set(f"junk:{os.getpid()}:{time.monotonic_ns()}:{written}", junk, ex=600)
+                written += 1
+            evicted = int(admin.info("stats")["evicted_keys"]) - start
+    finally:
+        admin.close()
+    return evicted > 0, f"{evicted} keys evicted after {written} written"
 
 
-def reload_workers(target: Target) -> None:
-    """SIGHUP gunicorn's master: new workers, the old ones finish what they serve."""
+def reload_workers(target: Target, pick: float) -> tuple[bool, str] | None:
+    """SIGHUP gunicorn's master: new workers, the old ones finish what they serve and go.
+
+    Effective once every worker of before the HUP is gone and new ones serve
+    (watched for ``SETTLE`` s by a thread, so that the faults after it keep
+    their times: an old worker may finish a request that waits for a lock).
+    """
+    before = set(gunicorn_workers(target.master))
+    at = time.monotonic()
     os.kill(target.master, signal.SIGHUP)
 
+    def replaced() -> bool:
+        now = set(gunicorn_workers(target.master))
+        return bool(now) and not now & before
 
-FAULTS: dict[str, Callable[[Target], None]] = {
+    def watch() -> None:
+        done = _wait_for(replaced)
+        now = set(gunicorn_workers(target.master))
+        detail = f"workers {sorted(before)} -> {sorted(now)}"
+        target.effects.append(Effect("reload", at, done, detail))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    target.watchers.append(watcher)
+    return None  # recorded by the watcher
+
+
+#: Each fault returns whether it took effect and what it saw, or None if a thread of its
+#: own records that later (in ``target.watchers``).
+FAULTS: dict[str, Callable[[Target, float], tuple[bool, str] | None]] = {
     "kill9": kill9,
     "pause": pause,
     "client_kill": client_kill,
@@ -139,20 +296,50 @@ FAULTS: dict[str, Callable[[Target], None]] = {
 }
 
 
-def nemesis(target: Target, faults: list[str], seconds: float, interval: float) -> None:
-    """Inject the faults in turn (in a shuffled order) until ``seconds`` have passed."""
+#: Seconds of a run per fault it injects, at the least: each fault strikes at least once
+#: (a restart or memory pressure waits seconds for its effect, delaying the next).
+PER_FAULT: Final = 2.5
+
+
+def long_enough(seconds: float, faults: list[str]) -> float:
+    """``seconds``, or longer if the run needs it for every fault to strike at least once."""
+    return max(seconds, PER_FAULT * len(faults) + 1.0)
+
+
+def schedule(seed: int, faults: list[str], seconds: float, interval: float) -> list[Step]:
+    """The faults in turn (in an order shuffled by ``seed``), one every ``interval`` s."""
+    rng = random.Random(seed)
     order = list(faults)
-    target.rng.shuffle(order)
-    stop_at = time.monotonic() + seconds
-    while time.monotonic() < stop_at:
-        time.sleep(min(interval, max(0.0, stop_at - time.monotonic())))
+    rng.shuffle(order)
+    steps: list[Step] = []
+    offset = interval
+    while offset < seconds:
+        steps.append(Step(offset, order[len(steps) % len(order)], rng.random()))
+        offset += interval
+    return steps
+
+
+def nemesis(target: Target, faults: list[str], seconds: float, interval: float) -> None:
+    """Inject the scheduled faults until ``seconds`` have passed; record what each did.
+
+    A fault that takes long (waiting for its effect) delays the steps after
+    it; none is skipped before ``seconds``.
+    """
+    start = time.monotonic()
+    stop_at = start + seconds
+    for step in schedule(target.seed, faults, seconds, interval):
+        time.sleep(max(0.0, start + step.offset - time.monotonic()))
         if time.monotonic() >= stop_at:
             break
-        name = order[len(target.done) % len(order)]  # each fault in turn: none is left out
-        FAULTS[name](target)
-        target.done.append(name)
+        at = time.monotonic()
+        seen = FAULTS[step.fault](target, step.pick)
+        if seen is not None:
+            target.effects.append(Effect(step.fault, at, *seen))
+        target.done.append(step.fault)
     for timer in target.timers:  # every paused process resumed before the run ends
         timer.join()
+    for watcher in target.watchers:
+        watcher.join()
 
 
 def gunicorn_workers(master: int) -> list[int]:
@@ -173,10 +360,17 @@ def gunicorn_workers(master: int) -> list[int]:
 
 
 def client_process(spec: str, folder: str, until: float, seed: int, kinds: tuple[str, ...]) -> None:
-    """A client process: two threads running random operations until ``until``."""
-    cache = open_cache(spec)
+    """A client process: opens the store (recorded as ``open``), then two threads of random
+    operations until ``until``. A failure to open is recorded and exits with code 1."""
     recorder = Recorder(Path(folder))
     nonce = recorder.nonce
+    with recorder.op("open", spec) as opening:
+        try:
+            cache = open_cache(spec)
+        except Exception as error:
+            opening.outcome, opening.value = FAIL, f"{type(error).__name__}: {error}"[:300]
+            raise
+        opening.outcome = OK
 
     def loop(thread: int) -> None:
         rng = random.Random(seed * 10 + thread)
@@ -184,11 +378,14 @@ def client_process(spec: str, folder: str, until: float, seed: int, kinds: tuple
         while time.monotonic() < until:
             n += 1
             kind = rng.choice(kinds)
-            arg: Any = (
-                f"{os.getpid()}.{nonce}.{thread}.{n}" if kind == "append" else rng.random() < 0.5
-            )
-            with recorder.op(kind, arg) as result:
-                result["outcome"], result["value"] = run_op(cache, kind, arg, rng)
+            tag = f"{os.getpid()}.{nonce}.{thread}.{n}"
+            arg: Any = None
+            if kind == "append":
+                arg = tag
+            elif kind == "transfer":
+                arg = f"{'ab' if rng.random() < 0.5 else 'ba'}.{tag}"
+            with recorder.op(kind, arg) as pending:
+                pending.outcome, pending.value = run_op(cache, kind, arg, rng, pending.note)
 
     threads = [threading.Thread(target=loop, args=(i,)) for i in range(2)]
     for thread in threads:
@@ -207,33 +404,49 @@ def run_processes(
     lease: float = 1.0,
     kinds: tuple[str, ...] = KINDS,
     seed: int = 0,
-) -> tuple[list[Op], Target]:
+) -> tuple[list[Op], Target, list[Client]]:
     """Client processes (one per spec, spelled as given) under the faults; their history."""
     folder.mkdir(parents=True, exist_ok=True)
+    seconds = long_enough(seconds, faults)
     until = time.monotonic() + seconds
-    rng = random.Random(seed)
     count = iter(range(10**6))
 
-    def spawn() -> Any:
+    def spawn() -> Started:
         n = next(count)
         spec = specs[n % len(specs)]
         proc = FORK.Process(
             target=client_process, args=(spec, str(folder), until, seed * 1000 + n, kinds)
         )
+        began = time.monotonic()
         proc.start()
-        return proc
+        return Started(proc, spec, began)
 
-    target = Target(spawn=spawn, server=server, lease=lease, rng=rng)
+    target = Target(spawn=spawn, server=server, lease=lease, seed=seed)
     target.procs = [spawn() for _ in specs]
     nemesis(target, faults, seconds - 0.5, interval=max(0.3, seconds / 12))
-    for proc in target.procs:
+    clients = []
+    for started in target.procs:
+        proc = started.proc
         if proc.is_alive() and proc.pid:
             os.kill(proc.pid, signal.SIGCONT)
         proc.join(60)
-        if proc.is_alive():
+        if proc.is_alive():  # hung: killed here, and its exit code says so
             proc.kill()
             proc.join(5)
-    return load(folder), target
+        ended = min(target.kills.get(proc.pid, until), until)
+        clients.append(
+            Client(
+                str(proc.pid),
+                started.spelling,
+                started.began,
+                ended,
+                paused=target.paused_for(proc.pid),
+                exitcode=proc.exitcode,
+                killed=proc.pid in target.kills,
+            )
+        )
+    target.ended = time.monotonic()
+    return load(folder), target, clients
 
 
 # -- clients: HTTP against gunicorn ------------------------------------------------
@@ -245,41 +458,81 @@ def run_http(
     seconds: float,
     faults: list[str],
     *,
+    spelling: str,
+    notes: Path,
     server: RedisServer | None = None,
     lease: float = 1.0,
     clients: int = 16,
     kinds: tuple[str, ...] = KINDS,
     seed: int = 0,
-) -> tuple[list[Op], Target]:
-    """HTTP clients against gunicorn workers, under the faults; the history they saw."""
+    max_requests: int = 0,
+) -> tuple[list[Op], Target, list[Client]]:
+    """HTTP clients against gunicorn workers, under the faults; the history they saw.
+
+    ``notes`` is the folder the workers write their holders' notes to
+    (``NEMESIS_NOTES``). With ``max_requests`` (gunicorn's ``--max-requests``)
+    the run also records a ``recycle`` effect: a worker that answered at least
+    that many requests and was gone at the end, neither killed nor reloaded.
+    """
+    seconds = long_enough(seconds, faults)
     until = time.monotonic() + seconds
     history: list[Op] = []
+    served: Counter[int] = Counter()
     lock = threading.Lock()
+    ran: list[Client] = []
 
     def client(i: int) -> None:
         rng = random.Random(seed * 100 + i)
+        began = time.monotonic()
         n = 0
         while time.monotonic() < until:
             n += 1
             kind = rng.choice(kinds)
-            arg: Any = f"c{i}.{n}" if kind == "append" else int(rng.random() < 0.5)
-            op = Op(f"c{i}-{n}", kind, arg, began=time.monotonic())
+            arg = ""
+            if kind == "append":
+                arg = f"c{i}.{n}"
+            elif kind == "transfer":
+                arg = f"{'ab' if rng.random() < 0.5 else 'ba'}.c{i}.{n}"
+            op = Op(f"c{i}-{n}", kind, arg or None, began=time.monotonic(), client=f"c{i}")
             try:
-                url = f"{base}/op/{kind}?arg={arg}"
+                url = f"{base}/op/{kind}?arg={arg}&id={op.id}"
                 with urllib.request.urlopen(url, timeout=30) as response:
                     body = json.load(response)
                 op.outcome, op.value = body["outcome"], body["value"]
+                with lock:
+                    served[int(body["pid"])] += 1
             except (OSError, ValueError, urllib.error.URLError, http.client.HTTPException) as error:
                 op.outcome, op.value = INFO, repr(error)[:200]  # cut off: a killed worker
             op.ended = time.monotonic()
             with lock:
                 history.append(op)
+        with lock:
+            ran.append(Client(f"c{i}", spelling, began, time.monotonic(), exitcode=None))
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     for thread in threads:
         thread.start()
-    target = Target(server=server, master=master, lease=lease, rng=random.Random(seed))
+    target = Target(server=server, master=master, lease=lease, seed=seed)
     nemesis(target, faults, seconds - 0.5, interval=max(0.3, seconds / 12))
     for thread in threads:
         thread.join(90)
-    return sorted(history, key=lambda op: op.began), target
+    target.ended = time.monotonic()
+    if max_requests:
+        alive = set(gunicorn_workers(master))
+        reloaded = any(e.fault == "reload" and e.effective for e in target.effects)
+        retired = [
+            pid
+            for pid, count in served.items()
+            if count >= max_requests and pid not in alive and pid not in target.kills
+        ]
+        target.effects.append(
+            Effect(
+                "recycle",
+                target.ended,
+                bool(retired),
+                f"{len(retired)} workers retired after {max_requests}+ requests"
+                f" (most served: {max(served.values(), default=0)}; reloads: {reloaded})",
+            )
+        )
+    attach_notes(history, notes)
+    return sorted(history, key=lambda op: op.began), target, ran

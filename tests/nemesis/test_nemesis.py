@@ -1,14 +1,19 @@
 """The fault suite: workloads across processes and gunicorn workers while faults strike.
 
 Every run is checked exactly (:mod:`.checker`) and every anomaly printed with
-the history around it. ``make test`` runs each case for ``NEMESIS_SECONDS``
-(default 8); ``make nemesis`` runs them for longer.
+the history around it; a run also fails if a client or spelling made too little
+progress, or if a fault it asked for never took effect. ``make test`` runs each
+case for ``NEMESIS_SECONDS`` (default 6); ``make nemesis`` runs them for longer.
+
+Each case draws a random seed and prints it (``NEMESIS_SEED=<n>``); setting
+``NEMESIS_SEED`` replays that seed's fault schedule.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import time
 from collections import Counter
 from pathlib import Path
@@ -19,8 +24,8 @@ import pytest
 from ..conftest import use_settings
 from ..redisserver import RedisServer, redis_binary
 from ..server import get_ok, gunicorn
-from .checker import check, report, summary
-from .history import OK, Op
+from .checker import Client, check, report, summary
+from .history import Op
 from .runner import Target, run_http, run_processes
 from .workloads import KINDS, OPENING, open_cache
 
@@ -29,30 +34,61 @@ LEASE = 1.5
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(int(SECONDS * 6 + 120))]
 
 
+KEYS = ("counter", "log", "acct:a", "acct:b", "transfers", "guarded")
+
+
+def seed() -> int:
+    """This case's seed: ``NEMESIS_SEED`` if set (a replay), else a random one; printed."""
+    chosen = int(os.environ.get("NEMESIS_SEED") or random.SystemRandom().randrange(2**32))
+    print(f"NEMESIS_SEED={chosen}")
+    return chosen
+
+
 def final_state(spec: str) -> dict[str, Any]:
     cache = open_cache(spec)
-    return {key: cache.get(key) for key in ("counter", "log", "acct:a", "acct:b", "guarded")}
+    return {key: cache.get(key) for key in KEYS}
 
 
 def verify(
-    name: str, history: list[Op], target: Target, spec: str, wanted: list[str], out: Path
+    name: str,
+    history: list[Op],
+    target: Target,
+    clients: list[Client],
+    spec: str,
+    wanted: list[str],
+    out: Path,
+    *,
+    kinds: tuple[str, ...] = KINDS,
+    http: bool = False,
 ) -> None:
-    """Check the run exactly; also that it did something and suffered every fault asked for."""
-    faults = target.done
-    anomalies = check(history, final_state(spec), 2 * OPENING, target.excuses)
-    errors = Counter(str(op.value)[:90] for op in history if op.outcome != OK)
+    """Check the run exactly: whole (every client and spelling made progress), exact, and
+    every fault asked for injected and seen to take effect."""
+    run = target.run(kinds, clients, every_kind_per_client=not http)
+    anomalies = check(history, final_state(spec), 2 * OPENING, run)
+    errors = Counter(str(op.value)[:90] for op in history if op.outcome not in ("ok", "told"))
+    held = [
+        {**(op.extra.get("notes") or {}), **(op.value if isinstance(op.value, dict) else {})}
+        for op in history
+        if op.kind == "section"
+    ]
     figures = {
         "case": name,
-        "faults": faults,
+        "seed": target.seed,
+        "faults": target.counts(),
+        "effects": [f"{e.fault}: {e.detail}" for e in target.effects],
+        "kills inside a section": sum(
+            "granted" in h and "left" not in h and h.get("pid") in target.kills for h in held
+        ),
+        "told holders": sum(op.kind == "section" and op.outcome == "told" for op in history),
         "outcomes": summary(history),
         "errors": dict(errors.most_common(8)),
     }
     (out / "nemesis-summary.json").write_text(json.dumps(figures, indent=2))
     print(json.dumps(figures))
-    assert not anomalies, report(history, anomalies)
-    assert set(faults) == set(wanted), f"faults injected: {faults}"
-    kinds = {op.kind for op in history if op.outcome == OK}
-    assert kinds == {op.kind for op in history}, figures  # every workload made progress
+    replay = f"(replay with NEMESIS_SEED={target.seed})"
+    assert not anomalies, f"{replay}\n{report(history, anomalies)}"
+    missing = target.missing(wanted)
+    assert not missing, f"{replay} faults that never took effect:\n" + "\n".join(missing)
 
 
 @pytest.fixture
@@ -77,8 +113,11 @@ def test_processes_on_a_directory_spelled_four_ways(
     real.mkdir(parents=True, mode=0o700)
     (tmp_path / "link").symlink_to(real)
     specs = [str(real), str(tmp_path / "link"), str(tmp_path / "real" / ".." / "link"), str(real)]
-    history, target = run_processes(specs, tmp_path / "history", SECONDS, ["kill9", "pause"])
-    verify("processes/FileSystemCache", history, target, str(real), ["kill9", "pause"], tmp_path)
+    wanted = ["kill9", "pause"]
+    history, target, clients = run_processes(
+        specs, tmp_path / "history", SECONDS, wanted, seed=seed()
+    )
+    verify("processes/FileSystemCache", history, target, clients, str(real), wanted, tmp_path)
 
 
 def test_processes_on_lmdb_spelled_four_ways(tmp_path: Path) -> None:
@@ -88,8 +127,11 @@ def test_processes_on_lmdb_spelled_four_ways(tmp_path: Path) -> None:
     (tmp_path / "link").symlink_to(real)
     spellings = [real, tmp_path / "link", tmp_path / "real" / ".." / "link", real]
     specs = [f"lmdb:{path}" for path in spellings]
-    history, target = run_processes(specs, tmp_path / "history", SECONDS, ["kill9", "pause"])
-    verify("processes/LMDBCache", history, target, f"lmdb:{real}", ["kill9", "pause"], tmp_path)
+    wanted = ["kill9", "pause"]
+    history, target, clients = run_processes(
+        specs, tmp_path / "history", SECONDS, wanted, seed=seed()
+    )
+    verify("processes/LMDBCache", history, target, clients, f"lmdb:{real}", wanted, tmp_path)
 
 
 def test_processes_on_redis(
@@ -98,10 +140,16 @@ def test_processes_on_redis(
     use_settings(monkeypatch, lease=LEASE, redis_timeout=2.0)
     spec = f"{nemesis_redis.url}|n:"
     wanted = ["kill9", "pause", "client_kill", "restart", "memory"]
-    history, target = run_processes(
-        [spec] * 4, tmp_path / "history", SECONDS, wanted, server=nemesis_redis, lease=LEASE
+    history, target, clients = run_processes(
+        [spec] * 4,
+        tmp_path / "history",
+        SECONDS,
+        wanted,
+        server=nemesis_redis,
+        lease=LEASE,
+        seed=seed(),
     )
-    verify("processes/RedisCache", history, target, spec, wanted, tmp_path)
+    verify("processes/RedisCache", history, target, clients, spec, wanted, tmp_path)
 
 
 def test_locks_on_a_redis_that_persists_nothing(
@@ -114,10 +162,19 @@ def test_locks_on_a_redis_that_persists_nothing(
     try:
         spec = f"{server.url}|v:"
         wanted = ["restart", "pause", "client_kill"]
-        history, target = run_processes(
-            [spec] * 4, tmp_path / "history", SECONDS, wanted, server=server, kinds=("section",)
+        kinds = ("section",)
+        history, target, clients = run_processes(
+            [spec] * 4,
+            tmp_path / "history",
+            SECONDS,
+            wanted,
+            server=server,
+            lease=LEASE,
+            kinds=kinds,
+            seed=seed(),
         )
-        verify("processes/RedisCache without persistence", history, target, spec, wanted, tmp_path)
+        name = "processes/RedisCache without persistence"
+        verify(name, history, target, clients, spec, wanted, tmp_path, kinds=kinds)
     finally:
         server.stop()
 
@@ -130,45 +187,69 @@ def gunicorn_master(tmp_path: Path) -> int:
     raise AssertionError("no gunicorn master pid in the log")
 
 
+def notes_folder(tmp_path: Path) -> Path:
+    """Where gunicorn workers write their holders' notes (``NEMESIS_NOTES``)."""
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    return folder
+
+
 def test_gunicorn_sync_workers_recycled_killed_and_reloaded(tmp_path: Path) -> None:
     real = tmp_path / "cache"
     real.mkdir(mode=0o700)
     (tmp_path / "link").symlink_to(real)
-    env = {"FLASK_CACHE_DIR": str(tmp_path / "link")}
+    notes = notes_folder(tmp_path)
+    env = {"FLASK_CACHE_DIR": str(tmp_path / "link"), "NEMESIS_NOTES": str(notes)}
     args = ("-w", "4", "--max-requests", "40", "--max-requests-jitter", "20")
+    wanted = ["kill9", "reload"]
     with gunicorn(tmp_path, *args, env=env, app="tests.nemesis.webapp:app") as base:
         master = gunicorn_master(tmp_path)
-        history, target = run_http(base, master, SECONDS, ["kill9", "reload"])
+        history, target, clients = run_http(
+            base,
+            master,
+            SECONDS,
+            wanted,
+            spelling=str(tmp_path / "link"),
+            notes=notes,
+            seed=seed(),
+            max_requests=40,
+        )
         get_ok(base + "/")
-    verify(
-        "gunicorn sync/FileSystemCache", history, target, str(real), ["kill9", "reload"], tmp_path
-    )
+    name = "gunicorn sync/FileSystemCache"
+    wanted.append("recycle")  # --max-requests: seen to retire workers
+    verify(name, history, target, clients, str(real), wanted, tmp_path, http=True)
 
 
 def test_gunicorn_gevent_preload_workers_on_lmdb(tmp_path: Path) -> None:
     """The master opens the store before forking; workers are killed, reloaded and paused."""
-    env = {"FLASK_CACHE_TYPE": "cachekit.LMDBCache"}
+    notes = notes_folder(tmp_path)
+    env = {"FLASK_CACHE_TYPE": "cachekit.LMDBCache", "NEMESIS_NOTES": str(notes)}
     args = ("-w", "2", "-k", "gevent", "--preload", "--worker-connections", "100")
     wanted = ["kill9", "reload", "pause"]
+    spec = f"lmdb:{tmp_path / 'cache'}"
     with gunicorn(
         tmp_path, *args, "--timeout", "30", env=env, app="tests.nemesis.webapp:app"
     ) as base:
         master = gunicorn_master(tmp_path)
-        history, target = run_http(base, master, SECONDS, wanted, lease=LEASE, kinds=KINDS)
+        history, target, clients = run_http(
+            base, master, SECONDS, wanted, spelling=spec, notes=notes, lease=LEASE, seed=seed()
+        )
         get_ok(base + "/")
-    spec = f"lmdb:{tmp_path / 'cache'}"
-    verify("gunicorn gevent --preload/LMDBCache", history, target, spec, wanted, tmp_path)
+    name = "gunicorn gevent --preload/LMDBCache"
+    verify(name, history, target, clients, spec, wanted, tmp_path, http=True)
 
 
 def test_gunicorn_gevent_preload_workers_on_redis(
     tmp_path: Path, nemesis_redis: RedisServer
 ) -> None:
+    notes = notes_folder(tmp_path)
     env = {
         "FLASK_CACHE_TYPE": "RedisCache",
         "FLASK_CACHE_REDIS_URL": nemesis_redis.url,
         "FLASK_CACHE_KEY_PREFIX": "g:",
         "FLASK_CACHEKIT_LEASE": str(LEASE),
         "FLASK_CACHEKIT_REDIS_TIMEOUT": "2",
+        "NEMESIS_NOTES": str(notes),
     }
     args = (
         "-w",
@@ -182,18 +263,21 @@ def test_gunicorn_gevent_preload_workers_on_redis(
         "30",
     )
     wanted = ["kill9", "reload", "client_kill", "pause"]
+    spec = f"{nemesis_redis.url}|g:"
     with gunicorn(tmp_path, *args, env=env, app="tests.nemesis.webapp:app") as base:
         master = gunicorn_master(tmp_path)
         began = time.monotonic()
-        history, target = run_http(
-            base, master, SECONDS, wanted, server=nemesis_redis, lease=LEASE, kinds=KINDS
+        history, target, clients = run_http(
+            base,
+            master,
+            SECONDS,
+            wanted,
+            spelling=spec,
+            notes=notes,
+            server=nemesis_redis,
+            lease=LEASE,
+            seed=seed(),
         )
         assert time.monotonic() - began < SECONDS + 100
-    verify(
-        "gunicorn gevent --preload/RedisCache",
-        history,
-        target,
-        f"{nemesis_redis.url}|g:",
-        wanted,
-        tmp_path,
-    )
+    name = "gunicorn gevent --preload/RedisCache"
+    verify(name, history, target, clients, spec, wanted, tmp_path, http=True)

@@ -2,8 +2,13 @@
 
 Shared state, whatever the backend: ``counter`` (incr), ``log`` (a list that
 updates and transactions append to), ``acct:a`` / ``acct:b`` (transfers in
-both key orders), and a ``lock`` named ``section`` around a plain
-``cache.get`` / ``cache.set`` of ``guarded`` (only the lock makes that exact).
+both key orders, each also appending its id to the ledger ``transfers`` in the
+same transaction, so that every acknowledged transfer can be found), and a
+``lock`` named ``section`` around a plain ``cache.get`` / ``cache.set`` of
+``guarded`` (only the lock makes that exact). A holder notes its grant
+(time, fencing token, pid) the moment the lock is granted, and its exit just
+before the release, through ``note``: a holder killed inside the section is
+then still known to have held the lock.
 ``invalidate`` raises ``version`` (incr), then invalidates the tag ``memo``;
 ``memo`` calls a memoized function (tag ``memo``, short timeout, stale
 allowed) whose value is the ``version`` it read: a call that began after an
@@ -15,6 +20,7 @@ from __future__ import annotations
 import os
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -27,6 +33,8 @@ from .checker import TOLD
 from .history import FAIL, INFO, OK
 
 OPENING = 1000
+#: Where a holder writes its notes (see :mod:`.history`): called with a dict, writes at once.
+Note = Callable[[dict[str, Any]], None]
 KINDS = ("incr", "append", "transfer", "section", "invalidate", "memo")
 #: The memoized function of each cache, made once per process (see :func:`_memoized`).
 _MEMOIZED: dict[int, Any] = {}
@@ -63,8 +71,25 @@ def _memoized(cache: Any) -> Any:
     return found
 
 
-def run_op(cache: Any, kind: str, arg: Any, rng: random.Random) -> tuple[str, Any]:
-    """Run one operation; return its outcome (ok, fail, info, told) and its value."""
+def _ignore(data: dict[str, Any]) -> None:
+    pass
+
+
+def transfer_keys(arg: Any) -> tuple[str, str]:
+    """(debited, credited) of a transfer: ``ab...`` moves one from ``acct:a`` to ``acct:b``."""
+    return ("acct:a", "acct:b") if str(arg).startswith("ab") else ("acct:b", "acct:a")
+
+
+def run_op(
+    cache: Any, kind: str, arg: Any, rng: random.Random, note: Note = _ignore
+) -> tuple[str, Any]:
+    """Run one operation; return its outcome (ok, fail, info, told) and its value.
+
+    A section's value is ``{"granted", "token", "pid", "left"}``: ``granted``
+    is read right after the grant and ``left`` right before the release (in a
+    ``finally``, whatever the body did), so [granted, left] lies inside the
+    time the lock was held; both are also passed to ``note`` as they happen.
+    """
     section: dict[str, Any] = {}
     try:
         if kind == "incr":
@@ -77,19 +102,25 @@ def run_op(cache: Any, kind: str, arg: Any, rng: random.Random) -> tuple[str, An
                     txn.setdefault("log", []).append(arg)
             return OK, None
         if kind == "transfer":
-            keys = ("acct:a", "acct:b") if arg else ("acct:b", "acct:a")
-            with cachekit.transaction(cache, *keys) as txn:
+            keys = transfer_keys(arg)
+            with cachekit.transaction(cache, *keys, "transfers") as txn:
                 txn[keys[0]] = txn.get(keys[0], OPENING) - 1
                 txn[keys[1]] = txn.get(keys[1], OPENING) + 1
+                txn["transfers"] = [*txn.get("transfers", []), arg]
             return OK, None
         if kind == "section":
             with cachekit.lock(cache, "section", timeout=30) as handle:
-                section = {"entered": time.monotonic(), "token": handle.token, "pid": os.getpid()}
-                guarded = cache.get("guarded") or 0
-                time.sleep(rng.uniform(0, 0.01))
-                if not cache.set("guarded", guarded + 1, timeout=0):
+                section = {"granted": time.monotonic(), "token": handle.token, "pid": os.getpid()}
+                note(dict(section))
+                try:
+                    guarded = cache.get("guarded") or 0
+                    time.sleep(rng.uniform(0, 0.01))
+                    stored = cache.set("guarded", guarded + 1, timeout=0)
+                finally:
+                    section["left"] = time.monotonic()
+                    note({"left": section["left"]})
+                if not stored:
                     return INFO, section
-                section["left"] = time.monotonic()
             return OK, section
         if kind == "invalidate":
             version = cachekit.incr(cache, "version")
