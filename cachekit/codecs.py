@@ -13,8 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .errors import CorruptValue, SerializationError
-from .signing import Refused
+from .errors import CorruptValue, Refused, SerializationError
 
 
 def encode(key: str, value: Any, dumps: Callable[[Any], bytes | None]) -> bytes:

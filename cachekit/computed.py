@@ -58,7 +58,8 @@ Invariants:
   generation (63 bits), and a record is served, fresh or stale, only if each
   of its tags still has the generation the record was computed under. So a
   call that starts after ``invalidate`` returned never gets a value computed
-  before it. A tag's generation is created (at random) before the first
+  before it (with the Redis near cache, in another process: once the server's
+  invalidation has reached it, :mod:`cachekit.redis.near`). A tag's generation is created (at random) before the first
   computation that reads it: a generation that is lost (a pruned file, a
   cleared cache) is replaced by a new random one, never reset to an old
   value, so it can only cause misses, never bring an invalidated value back.

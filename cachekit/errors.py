@@ -122,6 +122,31 @@ class LeaseLost(CachekitError):
     name: str
 
 
+# -- inside a signed value's decoding (cachekit.signing) -------------------------------
+
+
+class Refused(CorruptValue):
+    """Inside a decode: the stored bytes were refused before anything was decoded.
+
+    Raised without the key (a serializer does not know it) and turned into the
+    error the caller sees by :meth:`cachekit.signing.Codec.named`, which counts and logs it.
+    Being a :class:`CorruptValue` itself, it is never mistaken for a value.
+    """
+
+    def __init__(self, codec: Any, reason: str, message: str) -> None:
+        super().__init__(message, key=None, reason=reason)
+        self.codec = codec
+
+
+class ReadAsMissing(TamperedValue):
+    """A value without a signature, under ``CACHEKIT_UNSIGNED = "miss"``: the key reads as missing.
+
+    Caught where cachekit reads (a strategy's ``_load``, LMDBCache and the
+    serializers' ``get``) and turned into a miss; a
+    :class:`~cachekit.errors.TamperedValue` if it ever escapes.
+    """
+
+
 #: cachekit's errors that mean "the shared state is not reachable or too busy now, nothing
 #: was changed": 503, try again.
 UNAVAILABLE: Final = (StorageError, LockTimeout, LeaseLost, ConcurrentUpdateError)

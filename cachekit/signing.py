@@ -61,7 +61,14 @@ from typing import Any, Final
 from cachelib.serializers import BaseSerializer
 from flask.json.tag import TaggedJSONSerializer
 
-from .errors import ConfigurationError, CorruptValue, SerializationError, TamperedValue
+from .errors import (
+    ConfigurationError,
+    CorruptValue,
+    ReadAsMissing,
+    Refused,
+    SerializationError,
+    TamperedValue,
+)
 from .settings import DEFAULTS, Settings
 
 log = logging.getLogger(__name__)
@@ -125,28 +132,6 @@ class _Mac:
         return outer.digest()
 
 
-class Refused(CorruptValue):
-    """Inside a decode: the stored bytes were refused before anything was decoded.
-
-    Raised without the key (a serializer does not know it) and turned into the
-    error the caller sees by :meth:`Codec.named`, which counts and logs it.
-    Being a :class:`CorruptValue` itself, it is never mistaken for a value.
-    """
-
-    def __init__(self, codec: Codec, reason: str, message: str) -> None:
-        super().__init__(message, key=None, reason=reason)
-        self.codec = codec
-
-
-class ReadAsMissing(TamperedValue):
-    """A value without a signature, under ``CACHEKIT_UNSIGNED = "miss"``: the key reads as missing.
-
-    Caught where cachekit reads (a strategy's ``_load``, LMDBCache and the
-    serializers' ``get``) and turned into a miss; a
-    :class:`~cachekit.errors.TamperedValue` if it ever escapes.
-    """
-
-
 #: The reasons that mean "not written by a holder of the key": TamperedValue, counted.
 _TAMPERING: Final = frozenset({"unsigned", "signature", "truncated", "oversize", "empty"})
 
@@ -199,6 +184,7 @@ class Codec:
         self._settings = settings
         self._logged: set[str] = set()
         self._guard = threading.Lock()
+        self._pending: dict[str, int] = {}
 
     @property
     def reads_unsigned_as_missing(self) -> bool:
@@ -207,9 +193,15 @@ class Codec:
     # -- writing -----------------------------------------------------------------------
 
     def serialize(self, value: Any) -> bytes:
-        """The payload of ``value``: a pickle, or tagged JSON (tuples, bytes, datetimes...)."""
+        """The payload of ``value``: a pickle, or tagged JSON (tuples, bytes, datetimes...).
+
+        JSON refuses (:class:`SerializationError`) what it would change rather
+        than keep: a dict key that is not a str (``json`` would make ``1`` the
+        str ``"1"``, and a memoized value would differ between a miss and a hit).
+        """
         if self._header[3] == PICKLE:
             return pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+        _refuse_odd_keys(value)
         try:
             text = json.dumps(self._json.tag(value), separators=(",", ":"), ensure_ascii=False)
         except (TypeError, ValueError) as error:
@@ -352,21 +344,24 @@ class Codec:
         log.warning("%s", message)
 
     def _count(self, name: str) -> None:
-        """Count ``name`` in the statistics of the backend's strategy (made if need be)."""
-        backend = self._backend() if self._backend is not None else None
-        if backend is None:
-            return
-        try:
-            strategy = backend.__dict__.get("_cachekit_strategy")
-            if strategy is None:
-                from .resolve import create
+        """Count ``name`` in the statistics of the backend's strategy, or keep it until one is.
 
-                strategy = backend.__dict__.setdefault(
-                    "_cachekit_strategy", create(backend, self._settings)
-                )
+        Never makes a strategy (for Redis that would connect inside a read):
+        a strategy made later takes the pending counts (:meth:`take_pending`).
+        """
+        backend = self._backend() if self._backend is not None else None
+        strategy = None if backend is None else backend.__dict__.get("_cachekit_strategy")
+        if strategy is not None:
             strategy.stats.count(name)
-        except Exception:  # statistics never fail a read
-            log.debug("could not count a refused value", exc_info=True)
+            return
+        with self._guard:
+            self._pending[name] = self._pending.get(name, 0) + 1
+
+    def take_pending(self) -> dict[str, int]:
+        """The counts made before the backend had a strategy; they are then forgotten here."""
+        with self._guard:
+            pending, self._pending = self._pending, {}
+        return pending
 
 
 # -- the serializers installed on cachelib's backends -------------------------------------
@@ -397,8 +392,23 @@ class _Form:
         return self.encode(value)
 
     def loads(self, raw: bytes | None, *args: Any, **kwargs: Any) -> Any:
-        """cachelib's read: raises :class:`Refused` (the backend's ``get`` names the key)."""
-        return None if raw is None else self.decode(raw)
+        """cachelib's read: raises :class:`Refused` (the backend's ``get`` names the key).
+
+        A value without an envelope, where unsigned values are read (signing
+        off, or ``"accept"``), is read by the backend's own serializer exactly
+        as before signing, its leniency included (cachelib reads a bad pickle
+        as a miss). cachekit's helpers decode strictly instead (:meth:`decode`).
+        """
+        if raw is None:
+            return None
+        codec = self.codec
+        if codec.is_envelope(raw) or (codec.sign and codec.unsigned != "accept"):
+            return self.decode(raw)
+        return self.unsigned_read(raw)
+
+    def unsigned_read(self, raw: bytes) -> Any:
+        """A value without an envelope, read by the backend's serializer as before signing."""
+        raise NotImplementedError
 
     def dump(self, value: Any, f: Any, *args: Any, **kwargs: Any) -> None:
         f.write(self.encode(value))
@@ -425,6 +435,9 @@ class FileForm(_Form):
             raise Refused(codec, "empty", "it is empty")
         return codec.unsigned_value(lambda: _strict_pickle(self.inner, raw))
 
+    def unsigned_read(self, raw: bytes) -> Any:
+        return self.codec.unsigned_value(lambda: self.inner.load(io.BytesIO(raw)))
+
 
 class RedisForm(_Form):
     """A Redis value: a plain ASCII int, an envelope, or cachelib's ``!`` + pickle."""
@@ -450,6 +463,33 @@ class RedisForm(_Form):
             if not codec.sign:
                 raise
         return codec.unsigned_value(lambda: int(raw))
+
+    def unsigned_read(self, raw: bytes) -> Any:
+        if raw[:1] != b"!":
+            try:
+                return int(raw)  # a plain int is no unsigned value: INCRBY writes it so
+            except ValueError:
+                pass
+        return self.codec.unsigned_value(lambda: self.inner.loads(raw))
+
+
+def _refuse_odd_keys(value: Any) -> None:
+    """Raise SerializationError for a dict key JSON cannot keep (anything but a str)."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            for key, inner in item.items():
+                if not isinstance(key, str):
+                    raise SerializationError(
+                        f"a dict key {key!r} ({type(key).__name__}) cannot be stored as JSON"
+                        " (CACHEKIT_SERIALIZER = 'json' keeps str keys only: it would come"
+                        " back as a str)",
+                        key=None,
+                    )
+                pending.append(inner)
+        elif isinstance(item, (list, tuple)):
+            pending.extend(item)
 
 
 def _strict_pickle(serializer: Any, raw: bytes) -> Any:

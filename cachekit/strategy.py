@@ -277,6 +277,9 @@ class Strategy(ABC):
         instance's ``_load`` and ``_load_many`` read an unsigned value as missing.
         """
         self.codec = codec
+        if codec is not None:  # what it refused before this strategy was made
+            for name, amount in codec.take_pending().items():
+                self.stats.count(name, amount)
         serializer = getattr(self.backend, "serializer", None)
         installed = codec is not None and getattr(serializer, "codec", None) is codec
         self.form = serializer if installed else None
@@ -286,7 +289,7 @@ class Strategy(ABC):
             self._read_unsigned_as_missing()
 
     def _read_unsigned_as_missing(self) -> None:
-        from .signing import ReadAsMissing
+        from .errors import ReadAsMissing
 
         load, load_many = self._load, self._load_many
 

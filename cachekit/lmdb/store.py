@@ -76,13 +76,14 @@ from ..errors import (
     CachekitError,
     ConfigurationError,
     CorruptValue,
+    ReadAsMissing,
+    Refused,
     StorageError,
     ValueTypeError,
     WriteError,
 )
 from ..forking import at_fork
 from ..lockfiles import lock_file, private_file_problem
-from ..signing import ReadAsMissing, Refused
 
 #: The expiry header of every entry (0: never).
 HEADER: Final = struct.Struct("<I")

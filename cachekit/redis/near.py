@@ -83,6 +83,7 @@ from .. import forking
 from ..computed import TAG_PREFIX, is_record
 from ..settings import NearCacheLimits
 from ..strategy import Entry
+from ..threadlocks import PerProcessValue
 from .translate import CLIENT_ERRORS, RESPONSE_ERRORS, once_more_if_cut_off, translated
 
 log = logging.getLogger(__name__)
@@ -278,11 +279,23 @@ class NearCache:
         self._fresh_state()
         _every.add(self)
 
+    @property
+    def _lock(self) -> threading.Lock:
+        """Guards the entries and the tracking connection's state."""
+        return self._locks.get()[0]
+
+    @property
+    def _connect_lock(self) -> threading.Lock:
+        """Held by the one (re)connection under way, only ever tried."""
+        return self._locks.get()[1]
+
     def _fresh_state(self) -> None:
         """Empty, unconnected: at creation and in a forked child (plain assignments only)."""
         self._pid = os.getpid()
-        self._lock = threading.Lock()
-        self._connect_lock = threading.Lock()
+        # Made at first use in each process, after gevent (if any) patched ``threading``:
+        # a real lock made at the fork of a --preload master would block a gevent worker's
+        # whole hub while one greenlet held it across the network.
+        self._locks = PerProcessValue(lambda: (threading.Lock(), threading.Lock()))
         self._entries: OrderedDict[str, tuple[Entry, int, bool]] = OrderedDict()
         self._bytes = 0
         self._tracking: _Tracking | None = None

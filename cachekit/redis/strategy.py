@@ -51,7 +51,13 @@ from typing import Any, Final, TypeVar
 
 from cachelib.serializers import BaseRedisSerializer
 
-from ..compat import bounded_redis_client, is_cluster_client, redis_parts, socket_timeout_of
+from ..compat import (
+    bounded_redis_client,
+    is_cluster_client,
+    redis_parts,
+    sentinel_service,
+    socket_timeout_of,
+)
 from ..errors import (
     CachekitError,
     ConcurrentUpdateError,
@@ -236,6 +242,8 @@ class RedisStrategy(Strategy):
             findings.append(
                 Finding(WARNING, warning, "CONFIG SET appendonly yes (and in redis.conf)")
             )
+        if settings.near_cache is not None and (refused := near_cache_refusal(parts.client)):
+            findings.append(Finding(PROBLEM, refused, "remove CACHEKIT_NEAR_CACHE"))
         if replicas and not settings.durable_writes:
             findings.append(
                 Finding(
@@ -486,16 +494,35 @@ class RedisStrategy(Strategy):
             self._finished()
 
 
+def near_cache_refusal(client: Any) -> str | None:
+    """Why the near cache cannot be kept true on the deployment ``client`` talks to, or None.
+
+    A Cluster would need a tracking connection per node. Under Sentinel the
+    tracking connection stays on a master that was replaced until the
+    sentinels demote it (seconds after a switch-over), while the other hosts
+    write to the new master: its hits would be stale for that long.
+    """
+    if is_cluster_client(client):
+        return (
+            "CACHEKIT_NEAR_CACHE is not supported on a Redis Cluster yet (it would need one"
+            " tracking connection per node); remove it, or use RedisCache"
+        )
+    if sentinel_service(client) is not None:
+        return (
+            "CACHEKIT_NEAR_CACHE is not supported under Sentinel yet: after a switch-over the"
+            " tracking connection stays on the replaced master for seconds, and hits would"
+            " serve values the new master has replaced; remove it, or use RedisCache"
+        )
+    return None
+
+
 def _near_cache(strategy: RedisStrategy, client: Any, settings: Settings, cluster: bool) -> Any:
-    """The strategy's near cache if ``CACHEKIT_NEAR_CACHE`` asks for one (refused on a Cluster)."""
+    """The strategy's near cache if ``CACHEKIT_NEAR_CACHE`` asks for one (see the refusals)."""
     if settings.near_cache is None:
         return None
-    if cluster:
-        raise ConfigurationError(
-            "CACHEKIT_NEAR_CACHE is not supported on a Redis Cluster yet (it would need one"
-            " tracking connection per node); remove it, or use RedisCache or Sentinel",
-            setting="CACHEKIT_NEAR_CACHE",
-        )
+    refused = near_cache_refusal(client)
+    if refused:
+        raise ConfigurationError(refused, setting="CACHEKIT_NEAR_CACHE")
     from .near import NearCache
 
     with translated("connecting to Redis"):
