@@ -196,7 +196,7 @@ def doctor_command(info: ScriptInfo) -> None:
     finally:
         deferred_checks.reset(token)
     with app.app_context():
-        findings = diagnose(app)
+        findings = diagnose(app, live_counts=True)
     problems = [finding for finding in findings if finding.level == PROBLEM]
     warnings = [finding for finding in findings if finding.level != PROBLEM]
     for title, group in (("problems", problems), ("warnings", warnings)):

@@ -59,10 +59,11 @@ Invariants:
   of its tags still has the generation the record was computed under. So a
   call that starts after ``invalidate`` returned never gets a value computed
   before it (with the Redis near cache, in another process: once the server's
-  invalidation has reached it, :mod:`cachekit.redis.near`). A tag's generation is created (at random) before the first
-  computation that reads it: a generation that is lost (a pruned file, a
-  cleared cache) is replaced by a new random one, never reset to an old
-  value, so it can only cause misses, never bring an invalidated value back.
+  invalidation has reached it, :mod:`cachekit.redis.near`). A tag's
+  generation is created (at random) before the first computation that reads
+  it: a generation that is lost (a pruned file, a cleared cache) is replaced
+  by a new random one, never reset to an old value, so it can only cause
+  misses, never bring an invalidated value back.
   Cost: one read per tag per call, in the same round trip as the value
   (``MGET``; one LMDB snapshot; on a Cluster a ``GET`` each).
 - **forget() is immediate too.** It holds the key's COMPUTE stripe while it

@@ -44,11 +44,17 @@ __all__ = [
 ]
 
 
-def diagnose(app: Flask, cache: flask_caching.Cache | None = None) -> list[Finding]:
+def diagnose(
+    app: Flask, cache: flask_caching.Cache | None = None, *, live_counts: bool = False
+) -> list[Finding]:
     """Every finding about the app's caches (or only ``cache``'s), problems first.
 
     Empty: nothing in the setup would lose state. The Redis checks wait at
     most the app's ``CACHEKIT_CHECK_TIMEOUT`` (2 s) for each reply.
+    ``live_counts``: also read what the workers counted in the cache (values
+    refused by their signature), as ``flask cachekit doctor`` does; never at
+    start-up, where a read in gunicorn's ``--preload`` master would hand
+    LMDB's reader slot to the forked workers.
     """
     if cache is not None:
         backend = app.extensions.get("cache", {}).get(cache)
@@ -76,7 +82,10 @@ def diagnose(app: Flask, cache: flask_caching.Cache | None = None) -> list[Findi
     for backend in {id(b): b for b in backends}.values():
         found = diagnose_backend(backend, settings)
         findings += found
-        findings += _signing(app, backend, reachable=all(f.kind != UNREACHABLE for f in found))
+        # The refused values' count is read from the cache by doctor only: at start-up a
+        # read in gunicorn's --preload master would leave LMDB's reader slot to the workers.
+        live = live_counts and all(f.kind != UNREACHABLE for f in found)
+        findings += _signing(app, backend, reachable=live)
     findings += _rate_limiters(app)
     return sorted(findings, key=lambda finding: finding.level != PROBLEM)
 

@@ -177,6 +177,7 @@ def check(
     balances: tuple[int, int] | None,
     durable: bool,
     resume_within: float,
+    grants_within: float | None = None,
     settle: float = 5.0,
 ) -> list[str]:
     """Every anomaly of a failover run (see the module's docstring); empty if none.
@@ -185,20 +186,23 @@ def check(
     None if the run made no transfers; ``durable``: acknowledged writes must
     all be kept (``CACHEKIT_REDIS_DURABLE_WRITES``); ``resume_within``: the
     longest pause of increments and grants allowed after the fault; ``settle``:
-    seconds after the fault past which progress must be seen again.
+    seconds after the fault past which progress must be seen again;
+    ``grants_within``: the longest pause of lock grants (default
+    ``resume_within``): a lease whose release the failover swallowed is
+    waited out, at most one lease.
     """
     problems = [f"an error that is not cachekit's reached a caller: {line}" for line in history.bad]
     increments, sections = history.increments, history.sections
-    for what, times in (
-        ("increments", [at for at, _ in increments]),
-        ("lock grants", [s.granted for s in sections if s.granted]),
+    for what, times, within in (
+        ("increments", [at for at, _ in increments], resume_within),
+        ("lock grants", [s.granted for s in sections if s.granted], grants_within),
     ):
         before = sum(1 for at in times if at < fault_at)
         after = sum(1 for at in times if at > fault_at + settle)
         if before < 20 or after < 20:
             problems.append(f"too little progress of {what}: {before} before, {after} after")
         pause, at = longest_pause(times, fault_at, until - 0.5)
-        if pause > resume_within:
+        if pause > (resume_within if within is None else within):
             problems.append(f"no {what} for {pause:.2f} s from +{at - fault_at:.2f} s")
     untold = overlaps(sections)
     if untold:

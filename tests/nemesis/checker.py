@@ -149,8 +149,11 @@ def _progress(history: list[Op], run: Run) -> list[Anomaly]:
     for kind, count in sorted(strange.items()):
         found.append(Anomaly(f"progress: {count} operations of {kind!r}, never configured"))
     refused: dict[tuple[str, str], list[Op]] = defaultdict(list)
+    killed = {client.name for client in run.clients if client.killed}
     for op in history:
         said = str(op.value)
+        if op.kind == "open" and op.outcome != OK and op.value is None and op.client in killed:
+            continue  # killed while it opened the store (no answer, no error): not a refusal
         if (op.kind == "open" and op.outcome != OK) or said.startswith("ConfigurationError"):
             refused[(spelling.get(op.client, "?"), op.kind)].append(op)
     for (where, kind), ops in sorted(refused.items()):
