@@ -242,8 +242,19 @@ class RedisStrategy(Strategy):
             findings.append(
                 Finding(WARNING, warning, "CONFIG SET appendonly yes (and in redis.conf)")
             )
-        if settings.near_cache is not None and (refused := near_cache_refusal(parts.client)):
-            findings.append(Finding(PROBLEM, refused, "remove CACHEKIT_NEAR_CACHE"))
+        if settings.near_cache is not None:
+            refused = near_cache_refusal(parts.client)
+            if refused:
+                findings.append(Finding(PROBLEM, refused, "remove CACHEKIT_NEAR_CACHE"))
+            else:
+                findings.append(
+                    Finding(
+                        WARNING,
+                        "CACHEKIT_NEAR_CACHE is experimental: its race test once found reads"
+                        " of a replaced value after the invalidation had arrived",
+                        "leave it off where a stale memoized value matters (docs: Backends)",
+                    )
+                )
         if replicas and not settings.durable_writes:
             findings.append(
                 Finding(
