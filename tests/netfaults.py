@@ -36,16 +36,26 @@ class BlackholeProxy:
             except OSError:
                 client.close()
                 continue
+            pair = id(client)
             for source, sink in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+                threading.Thread(
+                    target=self._pump, args=(source, sink, pair, source is client), daemon=True
+                ).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+    def cut_off(self, pair: int, from_client: bool, data: bytes) -> bool:
+        """Whether these bytes of connection ``pair`` are dropped now: all of them, while
+        ``swallowing`` is set (a subclass narrows it to some connections)."""
+        return self.swallowing.is_set()
+
+    def _pump(
+        self, source: socket.socket, sink: socket.socket, pair: int, from_client: bool
+    ) -> None:
         while True:
             try:
                 data = source.recv(65536)
                 if not data:
                     break
-                if self.swallowing.is_set():
+                if self.cut_off(pair, from_client, data):
                     self.swallowed += len(data)
                 else:
                     sink.sendall(data)

@@ -17,8 +17,6 @@ near cache refuses Cluster).
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -54,41 +52,10 @@ class TrackingBlackhole(BlackholeProxy):
         self.tracking: set[int] = set()
         super().__init__(port)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            try:
-                server = socket.create_connection(("127.0.0.1", self.upstream))
-            except OSError:
-                client.close()
-                continue
-            pair = id(client)
-            for source, sink in ((client, server), (server, client)):
-                threading.Thread(
-                    target=self._pump_pair, args=(source, sink, pair, source is client), daemon=True
-                ).start()
-
-    def _pump_pair(
-        self, source: socket.socket, sink: socket.socket, pair: int, from_client: bool
-    ) -> None:
-        while True:
-            try:
-                data = source.recv(65536)
-                if not data:
-                    break
-                if from_client and b"SUBSCRIBE" in data:
-                    self.tracking.add(pair)
-                if self.swallowing.is_set() and pair in self.tracking:
-                    self.swallowed += len(data)
-                else:
-                    sink.sendall(data)
-            except OSError:
-                break
-        for end in (source, sink):
-            end.close()
+    def cut_off(self, pair: int, from_client: bool, data: bytes) -> bool:
+        if from_client and b"SUBSCRIBE" in data:
+            self.tracking.add(pair)
+        return self.swallowing.is_set() and pair in self.tracking
 
 
 def host(url: str, prefix: str, source: redis.Redis) -> tuple[Flask, Cache, Any]:
