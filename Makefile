@@ -68,7 +68,7 @@ test-valkey: $(VENV)/.test-stamp
 
 nemesis: $(VENV)/.test-stamp
 	NEMESIS_SECONDS=$(NEMESIS_SECONDS) $(BIN)/python -m pytest tests/nemesis -s -q
-	CACHEKIT_LONG=1 NEAR_RACE_ROUNDS=10000 $(BIN)/python -m pytest tests/test_near.py -k race -s -q
+	NEAR_RACE_ROUNDS=10000 $(BIN)/python -m pytest tests/test_near.py -k race -s -q
 
 $(VENV)/.bench-stamp: $(VENV)/.test-stamp
 	$(PIP) -e '.[test,lint,bench]'

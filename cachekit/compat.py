@@ -479,6 +479,14 @@ def take_connection(client: Any) -> Any:
     return _get(client, "connection_pool", "redis").get_connection()
 
 
+def own_connection(client: Any) -> Any:
+    """A new connection to ``client``'s server, made as its pool makes them but never in it:
+    its owner alone uses it and closes it (``disconnect``). Not connected yet: redis-py
+    connects it at its first command."""
+    pool = _get(client, "connection_pool", "redis")
+    return _get(pool, "connection_class", "redis")(**_get(pool, "connection_kwargs", "redis"))
+
+
 def give_back(client: Any, connection: Any) -> None:
     """Return a connection taken with :func:`take_connection` to its pool."""
     _get(client, "connection_pool", "redis").release(connection)

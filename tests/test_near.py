@@ -336,11 +336,6 @@ def test_gevent(redis_url: str) -> None:
 RACE_ROUNDS = int(os.environ.get("NEAR_RACE_ROUNDS", "3000"))
 
 
-@pytest.mark.skipif(
-    not os.environ.get("CACHEKIT_LONG"),
-    reason="a long race: make nemesis runs it (CACHEKIT_LONG=1); it found 8 stale reads of"
-    " 755,348 in one run of 3,000 rounds under load (issue 24, open)",
-)
 @pytest.mark.timeout(600)
 def test_the_race_finds_no_stale_read_after_an_invalidation_arrived(redis_url: str) -> None:
     outcome = nearrace.run(redis_url, rounds=RACE_ROUNDS, readers=3, kill_every=500)

@@ -130,6 +130,46 @@ def test_client_kill_of_the_tracking_connection(redis_url: str, prefix: str) -> 
     served_from_memory(app, cache, value, 2)  # a new tracking connection, hits again
 
 
+def reading_connections(source: redis.Redis) -> list[int]:
+    """The ids of the connections that read with tracking redirected (not the tracking one)."""
+    return [
+        int(client["id"])
+        for client in source.client_list()
+        if int(client.get("redir", -1)) > 0 and "P" not in client["flags"]
+    ]
+
+
+@pytest.mark.parametrize("how", ["client kill", "idle timeout"])
+def test_the_connection_that_read_a_value_closed(redis_url: str, prefix: str, how: str) -> None:
+    """Redis forgets what a connection read when it closes: no invalidation will ever come.
+
+    Found here: the near cache kept serving the old value for good after the
+    connection it had read the value on was closed (``CLIENT KILL`` of it, or
+    the server's idle ``timeout``), while its tracking connection was fine.
+    """
+    source = redis.Redis.from_url(redis_url)
+    app, cache, value = host(redis_url, prefix, source)
+    source.set(f"{prefix}source", 1)
+    served_from_memory(app, cache, value, 1)
+    readers = reading_connections(source)
+    assert readers, "no connection reads with tracking on"
+    if how == "client kill":
+        for reader in readers:
+            assert source.client_kill_filter(_id=reader) == 1
+    else:  # the server closes clients idle for a second (a reader kept busy is not closed)
+        previous = source.config_get("timeout")["timeout"]
+        source.config_set("timeout", 1)
+        try:
+            time.sleep(3)
+        finally:
+            source.config_set("timeout", previous)
+    replace(redis_url, prefix, source, 2)
+    time.sleep(2 * SILENCE)
+    with app.app_context():
+        assert value() == 2
+    served_from_memory(app, cache, value, 2)
+
+
 def test_flushall(redis_url: str, prefix: str) -> None:
     source = redis.Redis.from_url(redis_url)
     app, cache, value = host(redis_url, prefix, source)

@@ -8,14 +8,25 @@ from Redis otherwise. The server says what changed: Redis's client-side caching
 
 How it stays correct:
 
-- **One tracking connection per process** (per strategy), subscribed to
-  ``__redis__:invalidate`` under a unique client name. Every read that fills
-  the near cache goes, on a connection of the near cache's own pool, in one
-  round trip: ``CLIENT TRACKING ON REDIRECT <tracking id>``, ``CLIENT LIST ID
-  <tracking id>`` (proof that the tracking connection is on the very server
-  that answers the read: a failover or a restart can reuse client ids) and the
-  ``MGET``. So every key the near cache holds was read with tracking on, and a
-  later write of it by anyone sends an invalidation to this process.
+- **One tracking connection and one reading connection per process** (per
+  strategy). The tracking connection is subscribed to ``__redis__:invalidate``
+  under a unique client name. The reading connection, opened with it, turns
+  tracking on (``CLIENT TRACKING ON REDIRECT <tracking id>``) and proves, in
+  the same round trip, that the tracking connection is on the very server it
+  reads (``CLIENT LIST ID``: a failover or a restart can reuse client ids).
+  Every read that fills the near cache goes on that connection, so every key
+  the near cache holds was read with tracking on, and a later write of it by
+  anyone sends an invalidation to this process.
+- **The reading connection must stay open.** Redis forgets what a
+  connection read when that connection closes: a write after that sends no
+  invalidation at all (found by ``test_near_faults``: a ``CLIENT KILL`` of it,
+  or the server's idle ``timeout``, left a replaced value served for good). So
+  each fill checks, in its round trip, that the connection is still the one
+  that turned tracking on (its unique name: redis-py reconnects a closed
+  connection silently), the heartbeat checks it every ``max_silence / 4``
+  seconds (which also keeps it from idling out), and any failure or mismatch
+  empties the near cache. Hits are served only while both connections were
+  seen alive recently (below).
 - **Pending invalidations are applied before every hit.** A hit first asks
   the tracking socket whether anything is waiting (``poll`` without waiting,
   about a microsecond) and, if so or if another thread is applying some,
@@ -36,9 +47,11 @@ How it stays correct:
 - **Heartbeat.** A partition that drops the tracking connection's traffic
   without closing it is invisible to the socket. So the tracking connection
   carries a numbered ``PING`` every ``max_silence / 4`` seconds, and hits are
-  served only until ``max_silence`` after the sending of the last ping that
-  was answered: every write that completed before that ping was sent has had
-  its invalidation delivered (one connection keeps its order). A ping not
+  served only until ``max_silence`` after the earlier of two times: the
+  sending of the last ping that was answered, and the last check that the
+  reading connection was open. Every write that completed before both had
+  its invalidation sent (its reader was open) and delivered (one connection
+  keeps its order). A ping not
   answered within ``max_silence``, or answered out of order, resets. So a
   silent partition leaves a replaced value served for at most ``max_silence``
   (0.25 s by default); on a healthy connection the bound is the
@@ -84,7 +97,7 @@ from ..computed import TAG_PREFIX, is_record
 from ..settings import NearCacheLimits
 from ..strategy import Entry
 from ..threadlocks import PerProcessValue
-from .translate import CLIENT_ERRORS, RESPONSE_ERRORS, once_more_if_cut_off, translated
+from .translate import CLIENT_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -205,15 +218,34 @@ class _Tracking:
     handler), and a dropped invalidation is a stale value served.
     """
 
-    __slots__ = ("buffer", "connection", "fileno", "id", "name", "sock")
+    __slots__ = (
+        "buffer",
+        "connection",
+        "dropped",
+        "fileno",
+        "id",
+        "name",
+        "read_lock",
+        "reader",
+        "reader_name",
+        "sock",
+    )
 
-    def __init__(self, connection: Any, sock: Any, client_id: int, name: bytes) -> None:
+    def __init__(
+        self, connection: Any, sock: Any, client_id: int, name: bytes, reader: Any
+    ) -> None:
         self.connection = connection
         self.sock = sock
         self.fileno = int(sock.fileno())
         self.id = client_id
         self.name = name
         self.buffer = bytearray()
+        #: The reading connection (the near cache's alone, never in a pool) and its name.
+        self.reader = reader
+        self.reader_name = name + b"-r"
+        #: Held while the reading connection is used (made in the process that uses it).
+        self.read_lock = threading.Lock()
+        self.dropped = False
 
     def send(self, *args: bytes) -> None:
         """Send one command (a few bytes: sent whole at once, or the connection fails)."""
@@ -307,6 +339,7 @@ class NearCache:
         self._ping_number = 0
         self._ping_due = 0.0
         self._valid_until = 0.0
+        self._reader_seen = 0.0  # when the reading connection was last seen open (sent time)
         self._retry_at = 0.0
         self._polls = threading.local()
         self._beating = False
@@ -367,25 +400,40 @@ class NearCache:
         return bool(poller.poll(0))
 
     def _fill(self, keys: list[str], full: list[str]) -> list[Entry | None]:
-        """Read ``keys`` from Redis with tracking on; store what may be kept."""
+        """Read ``keys`` from Redis on the reading connection; store what may be kept.
+
+        If that connection fails, or is no longer the one that turned tracking
+        on, the near cache is emptied and the strategy's own read answers.
+        """
         tracking = self._tracking
         if tracking is None:
             self._connect_soon()
             return self._plain_load_many(keys)
         seq = self._seq
         self.figures["fills"] += 1
-        with translated(f"reading keys {keys!r}", keys[0]):
-            raws, tracked = once_more_if_cut_off(self._tracked_read, tracking, full)
+        began = time.monotonic()
+        try:
+            raws = self._read(tracking, full)
+        except Exception as error:
+            if not (isinstance(error, _FAILURES) or tracking.dropped):
+                raise  # (a reset closes the connection under a read: whatever that raises)
+            raws, why = None, f"the reading connection failed: {error}"
+        else:
+            why = "the reading connection was closed and opened again (tracking lost)"
+        if raws is None:
+            with self._lock:
+                if self._tracking is tracking:
+                    self._reset(why)
+            return self._plain_load_many(keys)
         entries = [
             None if raw is None else Entry(self._decode(key, raw), KEEP, raw)
             for key, raw in zip(keys, raws, strict=True)
         ]
         with self._lock:
             self._tend(time.monotonic())
-            if not tracked:
-                if self._tracking is tracking:
-                    self._reset("the tracking connection is not on the server that was read")
-            elif self._tracking is tracking and not self._invalidated_since(seq, full):
+            if self._tracking is tracking:
+                self._reader_seen = max(self._reader_seen, began)
+            if self._tracking is tracking and not self._invalidated_since(seq, full):
                 for key, name, entry in zip(keys, full, entries, strict=True):
                     if entry is not None and _kept(key, entry):
                         self._store(name, entry)
@@ -393,34 +441,51 @@ class NearCache:
                 self.figures["refused"] += 1
         return entries
 
-    def _tracked_read(self, tracking: _Tracking, full: list[str]) -> tuple[list[Any], bool]:
-        """``MGET`` with tracking redirected to ``tracking``; and whether that took, there."""
-        from ..compat import give_back, read_reply, send_commands, take_connection
+    def _read(self, tracking: _Tracking, full: list[str]) -> list[Any] | None:
+        """``MGET`` of ``full`` (nothing if empty) on the reading connection, in one round trip
+        with ``CLIENT GETNAME``; None if the connection is not the one that turned tracking on
+        (dropped, or closed and silently opened again by redis-py). Raises what the
+        connection raised (the connection then closed)."""
+        from ..compat import read_reply, send_commands
 
-        connection = take_connection(self._client)
-        try:
-            send_commands(
-                connection,
-                [
-                    ("CLIENT", "TRACKING", "ON", "REDIRECT", tracking.id),
-                    ("CLIENT", "LIST", "ID", tracking.id),
-                    ("MGET", *full),
-                ],
-            )
-            tracked = True
+        reader = tracking.reader
+        commands: list[tuple[Any, ...]] = [("CLIENT", "GETNAME")]
+        if full:
+            commands.append(("MGET", *full))
+        with tracking.read_lock:
+            if tracking.dropped:
+                return None
             try:
-                read_reply(connection)
-            except RESPONSE_ERRORS:  # no such client (any more) on this server
-                tracked = False
-            listed = read_reply(connection)
-            raws = read_reply(connection)
-        except BaseException:
-            connection.disconnect()  # replies may be left unread
-            raise
-        finally:
-            give_back(self._client, connection)
-        tracked = tracked and b" name=" + tracking.name + b" " in bytes(listed or b"")
-        return list(raws), tracked
+                send_commands(reader, commands)
+                name = read_reply(reader)
+                raws = read_reply(reader) if full else []
+            except BaseException:
+                reader.disconnect()  # replies may be left unread
+                raise
+            if bytes(name or b"") != tracking.reader_name:
+                reader.disconnect()
+                return None
+        return list(raws)
+
+    def _check_reader(self) -> None:
+        """(The heartbeat's.) Check that the reading connection is open and still the one that
+        turned tracking on; note when (its sent time), or empty the near cache."""
+        tracking = self._tracking
+        if tracking is None:
+            return
+        began = time.monotonic()
+        try:
+            open_still = self._read(tracking, []) is not None
+            why = "the reading connection was closed (tracking lost)"
+        except Exception as error:  # (the heartbeat never raises)
+            open_still, why = False, f"the reading connection failed: {error}"
+        with self._lock:
+            if self._tracking is not tracking:
+                return
+            if open_still:
+                self._reader_seen = max(self._reader_seen, began)
+            else:
+                self._reset(why)
 
     def _invalidated_since(self, seq: int, full: list[str]) -> bool:
         """Whether any of ``full`` may have been invalidated since sequence number ``seq``."""
@@ -519,7 +584,8 @@ class NearCache:
                 self._reset("a heartbeat's answer is missing or out of order")
                 return
             _, sent = pings.popleft()
-            self._valid_until = max(self._valid_until, sent + self.limits.max_silence)
+            since = min(sent, self._reader_seen)  # every write before this was invalidated
+            self._valid_until = max(self._valid_until, since + self.limits.max_silence)
         elif kind == b"subscribe":
             pass
         else:
@@ -562,6 +628,11 @@ class NearCache:
     def _drop(self, tracking: _Tracking) -> None:
         from ..compat import give_back
 
+        tracking.dropped = True  # a fill under way finds it so, or fails on the closed socket
+        try:
+            tracking.reader.disconnect()
+        except Exception:
+            log.debug("could not close the reading connection", exc_info=True)
         try:
             tracking.connection.disconnect()  # subscribed: never reused as it is
             give_back(self._client, tracking.connection)
@@ -598,6 +669,7 @@ class NearCache:
             from ..compat import (
                 connection_socket,
                 give_back,
+                own_connection,
                 read_reply,
                 send_commands,
                 take_connection,
@@ -610,6 +682,7 @@ class NearCache:
                 self._retry_at = time.monotonic() + RETRY
                 log.warning("cachekit near cache: no tracking connection: %s", error)
                 return
+            reader = own_connection(self._client)
             try:
                 send_commands(connection, [("CLIENT", "SETNAME", name), ("CLIENT", "ID")])
                 read_reply(connection)
@@ -619,25 +692,41 @@ class NearCache:
                     raise ConnectionError("the tracking connection closed at once")
                 # From here on the socket is read here alone (redis-py has nothing buffered:
                 # nothing is sent to a connection unasked before it subscribes).
-                tracking = _Tracking(connection, sock, client_id, name.encode())
+                tracking = _Tracking(connection, sock, client_id, name.encode(), reader)
                 tracking.send(b"SUBSCRIBE", CHANNEL)
                 replies: list[Any] = []
                 while not replies:
                     replies = tracking.receive()  # (blocks at most the socket's timeout)
                 if replies[0] != [b"subscribe", CHANNEL, 1] or len(replies) > 1:
                     raise ValueError(f"unexpected answer to SUBSCRIBE: {replies!r:.80}")
+                seen = time.monotonic()
+                send_commands(
+                    reader,
+                    [
+                        ("CLIENT", "SETNAME", tracking.reader_name),
+                        ("CLIENT", "TRACKING", "ON", "REDIRECT", client_id),
+                        ("CLIENT", "LIST", "ID", client_id),
+                    ],
+                )
+                read_reply(reader)
+                read_reply(reader)  # an error if no such client is on the server it reads
+                listed = bytes(read_reply(reader) or b"")
+                if b" name=" + tracking.name + b" " not in listed:
+                    raise ValueError("the tracking connection is not on the server that is read")
             except _FAILURES as error:
                 self._retry_at = time.monotonic() + RETRY
                 log.warning("cachekit near cache: no tracking connection: %s", error)
                 connection.disconnect()
                 give_back(self._client, connection)
+                reader.disconnect()
                 return
             with self._lock:
                 now = time.monotonic()
                 self._clear()
                 self._pings.clear()
                 self._tracking, self._fileno = tracking, tracking.fileno
-                self._valid_until = now + self.limits.max_silence
+                self._reader_seen = seen
+                self._valid_until = seen + self.limits.max_silence
                 self._ping(tracking, now)
             self._start_heartbeat()
         finally:
@@ -668,7 +757,8 @@ class NearCache:
 
 
 def _heartbeat(ref: weakref.ref[NearCache]) -> None:
-    """Tend the near cache every ``max_silence / 4`` s while it lives (an idle process too)."""
+    """Check the reading connection and tend the near cache (a ping on the tracking
+    connection) every ``max_silence / 4`` s while it lives (an idle process too)."""
     pid = os.getpid()
     while True:
         near = ref()
@@ -676,6 +766,7 @@ def _heartbeat(ref: weakref.ref[NearCache]) -> None:
             return
         interval = near._interval
         if near._tracking is not None:
+            near._check_reader()
             with near._lock:
                 near._tend(time.monotonic())
         del near

@@ -251,7 +251,8 @@ class RedisStrategy(Strategy):
                     Finding(
                         WARNING,
                         "CACHEKIT_NEAR_CACHE is experimental: its race test once found reads"
-                        " of a replaced value after the invalidation had arrived",
+                        " of a replaced value after the invalidation had arrived (a cause was"
+                        " found and fixed since; that run was never reproduced)",
                         "leave it off where a stale memoized value matters (docs: Backends)",
                     )
                 )
