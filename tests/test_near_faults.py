@@ -155,9 +155,9 @@ def test_the_connection_that_read_a_value_closed(redis_url: str, prefix: str, ho
     assert readers, "no connection reads with tracking on"
     if how == "client kill":
         for reader in readers:
-            assert source.client_kill_filter(_id=reader) == 1
+            assert source.client_kill_filter(_id=str(reader)) == 1
     else:  # the server closes clients idle for a second (a reader kept busy is not closed)
-        previous = source.config_get("timeout")["timeout"]
+        previous = str(source.config_get("timeout")["timeout"])
         source.config_set("timeout", 1)
         try:
             time.sleep(3)

@@ -32,7 +32,7 @@ Then what must hold, whatever the faults:
   :func:`_sections` for the rules, in short: no two holders overlap, a holder
   with no recorded exit included, unless a pause or restart that struck the
   overtaken holder explains it and the other entered at least a lease after;
-  nobody is told ``LeaseLost`` without such a pause or restart; fencing tokens
+  nobody is told ``LeaseLost`` without such a pause, restart or failover; fencing tokens
   grow in the (certain) order of grants; ``guarded`` is within what the
   sections that ran and the overtaken holders' stale writes allow.
 - **memo**: a memoized call that began after an invalidation returned got a
@@ -54,8 +54,10 @@ from .history import FAIL, INFO, OK, Op
 TOLD = "told"
 #: Kinds of excuse: a SIGSTOP of one process; a restart of a Redis that persists (its
 #: leases kept, but nobody can renew them while it is down); a restart of one that
-#: persists nothing (every lease erased when it stopped).
-PAUSE, RESTART, ERASED = "pause", "restart", "erased"
+#: persists nothing (every lease erased when it stopped); a failover of a replicated
+#: Redis (a lease granted on the old master during it may not reach the new one: its
+#: holder is told, and plain writes there may be lost).
+PAUSE, RESTART, ERASED, FAILOVER = "pause", "restart", "erased", "failover"
 #: How late a recorded time may be after the event it records (a grant's reply read and
 #: noted, a process scheduled on a busy machine), in seconds.
 SLACK = 0.1
@@ -414,10 +416,21 @@ def _held(history: list[Op], run: Run) -> list[_Section]:
 
 
 def _struck(excuse: Excuse, holder: _Section) -> bool:
-    """The pause (of this holder's process) or restart struck while the holder was at it."""
+    """The pause (of this holder's process) or restart struck while the holder was at it; a
+    failover, if the holder was at it at any time during the failover.
+
+    "At it" runs to the end of the operation, past the noted exit: a holder
+    stopped after noting its exit and before its release reached the store is
+    told as rightly as one stopped inside its section (nothing it wrote then
+    can overlap another's section: [granted, end] is what the overlap check
+    compares).
+    """
     if excuse.kind == PAUSE and excuse.pid != holder.pid:
         return False
-    return holder.op.began <= excuse.start <= holder.end
+    until = max(holder.end, holder.op.ended)
+    if excuse.kind == FAILOVER:
+        return holder.op.began <= excuse.end and excuse.start <= until
+    return holder.op.began <= excuse.start <= until
 
 
 def _overtaken(holder: _Section, other_granted: float, run: Run) -> Excuse | None:
@@ -429,13 +442,18 @@ def _overtaken(holder: _Section, other_granted: float, run: Run) -> Excuse | Non
     ``SLACK`` (the holder's lease ran at least that long: it cannot have run
     out sooner). A restart of a Redis that persisted nothing, the holder having
     been granted before it came back, and the other entering after it stopped
-    (the lease was erased). Never with a lock that has no lease.
+    (the lease was erased). A failover during the holder's section, the other
+    entering after it began: the holder's lease may never have reached the new
+    master (the contract: no overlap with a holder that is not told). Never with
+    a lock that has no lease.
     """
     if run.lease is None or holder.op.outcome == OK:
         return None
     for excuse in run.excuses:
         if not _struck(excuse, holder) or other_granted < excuse.start:
             continue
+        if excuse.kind == FAILOVER:
+            return excuse
         if excuse.kind == ERASED:
             if holder.granted <= excuse.end:
                 return excuse
@@ -498,7 +516,8 @@ def _sections(history: list[Op], guarded: int | None, run: Run) -> list[Anomaly]
     maybe = sum(s.op.outcome != OK for s in held)
     stale = [s for s in held if s.op.outcome != OK]
     undone = sum(any(s.granted < x.wrote_until and x.granted < s.end for x in stale) for s in ok)
-    erased = any(e.kind == ERASED for e in run.excuses)  # guarded was erased with the rest
+    # guarded was erased with the rest, or a plain write of it lost in a failover
+    erased = any(e.kind in (ERASED, FAILOVER) for e in run.excuses)
     low = 0 if erased else len(ok) - undone
     guarded = guarded or 0
     if not low <= guarded <= len(ok) + maybe:

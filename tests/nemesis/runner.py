@@ -34,8 +34,9 @@ from typing import Any, Final
 
 import redis
 
-from ..redisserver import RedisServer
-from .checker import ERASED, PAUSE, RESTART, Client, Excuse, Run
+from ..netfaults import BlackholeProxy
+from ..redisserver import RedisServer, SentinelTopology
+from .checker import ERASED, FAILOVER, PAUSE, RESTART, Client, Excuse, Run
 from .history import FAIL, INFO, OK, Op, Recorder, attach_notes, load
 from .workloads import KINDS, open_cache, run_op
 
@@ -79,6 +80,11 @@ class Target:
     spawn: Callable[[], Any] | None = None  # start one more client process
     procs: list[Started] = field(default_factory=list)
     server: RedisServer | None = None
+    #: A proxy some clients reach the server through (their spelling: ``behind_proxy``).
+    proxy: BlackholeProxy | None = None
+    behind_proxy: str = ""
+    #: A master, replicas and sentinels: the faults fail the master over.
+    topology: SentinelTopology | None = None
     master: int = 0  # gunicorn's master pid
     lease: float = 1.0
     done: list[str] = field(default_factory=list)
@@ -90,6 +96,12 @@ class Target:
     timers: list[threading.Timer] = field(default_factory=list)  # pending resumptions
     watchers: list[threading.Thread] = field(default_factory=list)  # effects still watched
     paused: set[int] = field(default_factory=set)
+    #: Where the holders' notes are written as they happen (``<pid>.jsonl`` of client
+    #: processes, ``notes-<pid>.jsonl`` of gunicorn workers): faults aim at a holder.
+    notes: Path | None = None
+    #: Pids killed, and pids stopped, while inside a section (grant noted, not the exit).
+    killed_holders: list[int] = field(default_factory=list)
+    paused_holders: list[int] = field(default_factory=list)
     seed: int = 0
     ended: float = 0.0
 
@@ -98,15 +110,29 @@ class Target:
             return sorted(gunicorn_workers(self.master))
         return [started.proc.pid for started in self.procs if started.proc.is_alive()]
 
-    def paused_for(self, pid: int) -> float:
-        return sum(e.end - e.start for e in self.excuses if e.kind == PAUSE and e.pid == pid)
+    def paused_for(self, pid: int, began: float, ended: float) -> float:
+        """Seconds of [began, ended] that process ``pid`` may not have made progress: it was
+        stopped or cut off, a lock holder it may have waited for was stopped, or the server
+        was down or being failed over (overlapping windows counted once)."""
+        windows = sorted(
+            (max(e.start, began), min(e.end, ended))
+            for e in self.excuses
+            if e.pid in (0, pid) or (e.kind == PAUSE and e.pid in self.paused_holders)
+        )
+        total, reached = 0.0, began
+        for start, end in windows:
+            start = max(start, reached)
+            if end > start:
+                total += end - start
+                reached = end
+        return total
 
     def run(self, kinds: tuple[str, ...], clients: list[Client], **options: Any) -> Run:
         """What the checker needs to know of this run; a lease only for Redis."""
         return Run(
             kinds=kinds,
             clients=tuple(clients),
-            lease=self.lease if self.server is not None else None,
+            lease=self.lease if self.server or self.topology else None,
             excuses=tuple(self.excuses),
             deaths=dict(self.kills),
             ended=self.ended,
@@ -145,6 +171,44 @@ def _state(pid: int) -> str:
         return ""
 
 
+def _inside_section(target: Target, pid: int) -> bool:
+    """Whether ``pid``'s notes show a section granted and not left (read from their end)."""
+    if target.notes is None:
+        return False
+    open_sections: set[str] = set()
+    for name in (f"{pid}.jsonl", f"notes-{pid}.jsonl"):
+        try:
+            with open(target.notes / name, "rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - 16384))
+                tail = f.read().decode("utf-8", "replace").splitlines()[1:]
+        except OSError:
+            continue
+        for line in tail:
+            if '"note"' not in line:
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            note = record.get("note") or {}
+            if "left" in note:
+                open_sections.discard(record.get("id"))
+            elif "granted" in note:
+                open_sections.add(record.get("id"))
+    return bool(open_sections)
+
+
+def _aim(target: Target, victims: list[int], pick: float, seconds: float = 1.5) -> int:
+    """A victim inside a section if one is seen within ``seconds``, else the picked one."""
+    deadline = time.monotonic() + seconds
+    while target.notes is not None and time.monotonic() < deadline:
+        holders = [pid for pid in victims if _inside_section(target, pid)]
+        if holders:
+            return _pick(holders, pick)
+        time.sleep(0.002)
+    return _pick(victims, pick)
+
+
 def _wait_for(condition: Callable[[], bool], seconds: float = SETTLE) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -158,20 +222,29 @@ def _wait_for(condition: Callable[[], bool], seconds: float = SETTLE) -> bool:
 
 
 def kill9(target: Target, pick: float) -> tuple[bool, str]:
-    """SIGKILL a client process (a worker) wherever it is; a new one takes its place."""
+    """SIGKILL a client process (a worker) wherever it is, a lock holder if one is seen; a
+    new one takes its place. Never a paused one where locks have a lease (Redis): its pause
+    is to end and its holder be told; where the kernel holds the lock, a stopped holder is
+    the one everybody waits for."""
     victims = target.victims()
+    if target.server or target.topology:
+        victims = [pid for pid in victims if pid not in target.paused]
     if not victims:
         return False, "no live victim"
-    victim = _pick(victims, pick)
+    victim = _aim(target, victims, pick)
     target.kills[victim] = time.monotonic()
     try:
         os.kill(victim, signal.SIGKILL)
     except ProcessLookupError:
         return False, "the victim was already gone"
+    inside = _inside_section(target, victim)  # (its notes are final: it is dead)
+    if inside:
+        target.killed_holders.append(victim)
     if target.spawn is not None:
         target.procs.append(target.spawn())
     dead = _wait_for(lambda: _state(victim) in ("", "Z", "X"))
-    return dead, f"pid {victim} {'died' if dead else 'still alive after SIGKILL'}"
+    where = " inside a section" if inside else ""
+    return dead, f"pid {victim} {'died' if dead else 'still alive after SIGKILL'}{where}"
 
 
 def pause(target: Target, pick: float) -> tuple[bool, str]:
@@ -179,7 +252,7 @@ def pause(target: Target, pick: float) -> tuple[bool, str]:
     victims = [pid for pid in target.victims() if pid not in target.paused]
     if not victims:
         return False, "no live victim"
-    victim = _pick(victims, pick)
+    victim = _aim(target, victims, pick)
     began = time.monotonic()
     target.paused.add(victim)
     try:
@@ -189,6 +262,9 @@ def pause(target: Target, pick: float) -> tuple[bool, str]:
         return False, "the victim was already gone"
     stopped = _wait_for(lambda: _state(victim) in ("T", "t", "", "Z"), 2.0)
     stopped = stopped and _state(victim) in ("T", "t")
+    inside = stopped and _inside_section(target, victim)  # (read once it is stopped: final)
+    if inside:
+        target.paused_holders.append(victim)
 
     def resume() -> None:
         try:
@@ -201,7 +277,8 @@ def pause(target: Target, pick: float) -> tuple[bool, str]:
     timer = threading.Timer(target.lease * 2.5, resume)  # other faults go on meanwhile
     timer.start()
     target.timers.append(timer)
-    return stopped, f"pid {victim} {'stopped' if stopped else 'not seen stopped'}"
+    where = " inside a section" if inside else ""
+    return stopped, f"pid {victim} {'stopped' if stopped else 'not seen stopped'}{where}"
 
 
 def client_kill(target: Target, pick: float) -> tuple[bool, str]:
@@ -215,27 +292,144 @@ def client_kill(target: Target, pick: float) -> tuple[bool, str]:
     return closed > 0, f"{closed} connections closed"
 
 
+def _run_id(port: int) -> str:
+    admin = redis.Redis(port=port, socket_timeout=5)
+    try:
+        return str(admin.info("server")["run_id"])
+    finally:
+        admin.close()
+
+
 def restart(target: Target, pick: float) -> tuple[bool, str]:
     """Stop and start the Redis server (its data kept only if it persists)."""
     assert target.server is not None
     server = target.server
-
-    def run_id() -> str:
-        admin = redis.Redis(port=server.port, socket_timeout=5)
-        try:
-            return str(admin.info("server")["run_id"])
-        finally:
-            admin.close()
-
-    before = run_id()
+    before = _run_id(server.port)
     began = time.monotonic()
     server.stop()
     time.sleep(0.2)
     server.start()
     ended = time.monotonic()
     target.excuses.append(Excuse(RESTART if server.durable else ERASED, 0, began, ended))
-    after = run_id()
+    after = _run_id(server.port)
     return after != before, f"run_id {before[:8]} -> {after[:8]}"
+
+
+def crash(target: Target, pick: float) -> tuple[bool, str]:
+    """``kill -9`` the Redis server and start it again: it keeps what it had written to its
+    append-only file (every write with ``appendfsync always``; ``everysec`` may lose the
+    last second, leases included: an erasure)."""
+    assert target.server is not None
+    server = target.server
+    before = _run_id(server.port)
+    began = time.monotonic()
+    server.kill()
+    server.start()
+    ended = time.monotonic()
+    always = server.durable and "everysec" not in server.extra
+    target.excuses.append(Excuse(RESTART if always else ERASED, 0, began, ended))
+    after = _run_id(server.port)
+    return after != before, f"SIGKILL; run_id {before[:8]} -> {after[:8]}"
+
+
+def partition(target: Target, pick: float) -> tuple[bool, str]:
+    """Drop every packet between the clients behind the proxy and Redis, for longer than a
+    lease, then heal: a holder cut off is overtaken after its lease and told on leaving.
+
+    To the clients cut off it is like a pause (they can neither renew nor
+    release): each gets a :data:`.checker.PAUSE` excuse for the partition.
+    """
+    assert target.proxy is not None
+    proxy = target.proxy
+    before = proxy.swallowed
+    began = time.monotonic()
+    proxy.swallowing.set()
+    time.sleep(target.lease * 1.5)
+    proxy.swallowing.clear()
+    ended = time.monotonic()
+    for started in target.procs:
+        if started.spelling == target.behind_proxy and started.proc.pid:
+            target.excuses.append(Excuse(PAUSE, started.proc.pid, began, ended))
+    dropped = proxy.swallowed - before
+    return dropped > 0, f"{dropped:,} bytes dropped in {ended - began:.1f} s"
+
+
+def _sentinel_fault(target: Target, kill: bool) -> tuple[bool, str]:
+    """Fail the Sentinel topology's master over: ``kill -9`` (then start the old master
+    again: the sentinels make it a replica) or a planned ``SENTINEL FAILOVER``; wait until
+    every sentinel agrees on the new master with every replica linked.
+
+    A lease granted on the old master while it is replaced may not reach the new one
+    (and a plain ``cache.set`` there may be lost): the window from the fault to the
+    settled topology is a :data:`.checker.FAILOVER` excuse.
+    """
+    topology = target.topology
+    assert topology is not None
+    old = topology.master_port()
+    began = time.monotonic()
+    if kill:
+        killed = topology.server_on(old)
+        killed.kill()
+        new = _new_master(topology, old)
+        if new:  # back as a replica of the new master (it persists nothing: empty as a master)
+            plain = _without_replicaof(killed.extra)
+            killed.extra = (*plain, "--replicaof", "127.0.0.1", str(new))
+            killed.start()
+        else:
+            target.excuses.append(Excuse(FAILOVER, 0, began, time.monotonic()))
+            return False, f"no sentinel named a new master after {old} was killed"
+    else:
+        sentinel: Any = redis.Redis(port=topology.sentinels[0].port, socket_timeout=5)
+        try:
+            sentinel.execute_command("SENTINEL", "FAILOVER", "mymaster")
+        finally:
+            sentinel.close()
+        _new_master(topology, old)
+    try:
+        topology.wait_stable(40)
+    except RuntimeError as error:
+        return False, f"not settled: {error}"[:200]
+    finally:
+        target.excuses.append(Excuse(FAILOVER, 0, began, time.monotonic()))
+    new = topology.master_port()
+    return new != old, f"master {old} -> {new} in {time.monotonic() - began:.1f} s"
+
+
+def _new_master(topology: SentinelTopology, old: int, wait: float = 40.0) -> int:
+    """The port every sentinel names as the master once none names ``old``; 0 if that did
+    not happen within ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        named = set()
+        for sentinel in topology.sentinels:
+            client: Any = redis.Redis(port=sentinel.port, socket_timeout=2)
+            try:
+                named.add(int(client.sentinel_get_master_addr_by_name("mymaster")[1]))
+            except (redis.RedisError, TypeError):
+                named.add(0)
+            finally:
+                client.close()
+        if len(named) == 1 and old not in named and 0 not in named:
+            return named.pop()
+        time.sleep(0.05)
+    return 0
+
+
+def _without_replicaof(extra: tuple[str, ...]) -> tuple[str, ...]:
+    if "--replicaof" not in extra:
+        return extra
+    at = extra.index("--replicaof")
+    return extra[:at] + extra[at + 3 :]
+
+
+def failover(target: Target, pick: float) -> tuple[bool, str]:
+    """``kill -9`` the Sentinel topology's master (see :func:`_sentinel_fault`)."""
+    return _sentinel_fault(target, kill=True)
+
+
+def switchover(target: Target, pick: float) -> tuple[bool, str]:
+    """``SENTINEL FAILOVER``: a planned switch-over (see :func:`_sentinel_fault`)."""
+    return _sentinel_fault(target, kill=False)
 
 
 def memory_pressure(target: Target, pick: float) -> tuple[bool, str]:
@@ -291,19 +485,25 @@ FAULTS: dict[str, Callable[[Target, float], tuple[bool, str] | None]] = {
     "pause": pause,
     "client_kill": client_kill,
     "restart": restart,
+    "crash": crash,
+    "partition": partition,
+    "failover": failover,
+    "switchover": switchover,
     "memory": memory_pressure,
     "reload": reload_workers,
 }
 
 
 #: Seconds of a run per fault it injects, at the least: each fault strikes at least once
-#: (a restart or memory pressure waits seconds for its effect, delaying the next).
+#: (a restart or memory pressure waits seconds for its effect, delaying the next; a
+#: failover waits for the sentinels to agree and the replicas to resync).
 PER_FAULT: Final = 2.5
+SLOW_FAULTS: Final = {"partition": 4.0, "failover": 15.0, "switchover": 15.0}
 
 
 def long_enough(seconds: float, faults: list[str]) -> float:
     """``seconds``, or longer if the run needs it for every fault to strike at least once."""
-    return max(seconds, PER_FAULT * len(faults) + 1.0)
+    return max(seconds, sum(SLOW_FAULTS.get(fault, PER_FAULT) for fault in faults) + 1.0)
 
 
 def schedule(seed: int, faults: list[str], seconds: float, interval: float) -> list[Step]:
@@ -401,11 +601,19 @@ def run_processes(
     faults: list[str],
     *,
     server: RedisServer | None = None,
+    proxy: BlackholeProxy | None = None,
+    behind_proxy: str = "",
+    topology: SentinelTopology | None = None,
     lease: float = 1.0,
     kinds: tuple[str, ...] = KINDS,
     seed: int = 0,
 ) -> tuple[list[Op], Target, list[Client]]:
-    """Client processes (one per spec, spelled as given) under the faults; their history."""
+    """Client processes (one per spec, spelled as given) under the faults; their history.
+
+    ``proxy``: the clients whose spec is ``behind_proxy`` reach Redis through it
+    (the ``partition`` fault cuts them off). ``topology``: a Sentinel topology
+    the ``failover`` and ``switchover`` faults act on.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     seconds = long_enough(seconds, faults)
     until = time.monotonic() + seconds
@@ -421,7 +629,16 @@ def run_processes(
         proc.start()
         return Started(proc, spec, began)
 
-    target = Target(spawn=spawn, server=server, lease=lease, seed=seed)
+    target = Target(
+        spawn=spawn,
+        server=server,
+        proxy=proxy,
+        behind_proxy=behind_proxy,
+        topology=topology,
+        lease=lease,
+        seed=seed,
+        notes=folder,
+    )
     target.procs = [spawn() for _ in specs]
     nemesis(target, faults, seconds - 0.5, interval=max(0.3, seconds / 12))
     clients = []
@@ -440,7 +657,7 @@ def run_processes(
                 started.spelling,
                 started.began,
                 ended,
-                paused=target.paused_for(proc.pid),
+                paused=target.paused_for(proc.pid, started.began, ended),
                 exitcode=proc.exitcode,
                 killed=proc.pid in target.kills,
             )
@@ -512,7 +729,7 @@ def run_http(
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     for thread in threads:
         thread.start()
-    target = Target(server=server, master=master, lease=lease, seed=seed)
+    target = Target(server=server, master=master, lease=lease, seed=seed, notes=notes)
     nemesis(target, faults, seconds - 0.5, interval=max(0.3, seconds / 12))
     for thread in threads:
         thread.join(90)

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from .checker import ERASED, PAUSE, RESTART, TOLD, Client, Excuse, Run, check
+from .checker import ERASED, FAILOVER, PAUSE, RESTART, TOLD, Client, Excuse, Run, check
 from .history import FAIL, INFO, OK, Op, Recorder, attach_notes, load
 from .workloads import KINDS
 
@@ -366,6 +366,8 @@ def test_a_told_holder_needs_a_pause_or_restart_that_struck_it() -> None:
         "lock: a holder was told LeaseLost with no pause or lost lease"
     ]
     assert only_sections(told, excuses=(Excuse(RESTART, 0, 1.5, 1.8),)) == []
+    # stopped after noting its exit (3.0), before its release reached Redis (it ended at 3.001)
+    assert only_sections(told, excuses=(Excuse(PAUSE, 7, 3.0005, 6.0),)) == []
 
 
 def test_an_overlap_is_excused_only_by_a_pause_of_that_holder_a_lease_before() -> None:
@@ -436,6 +438,31 @@ def test_a_restart_that_erased_the_leases_excuses_holders_granted_before_it() ->
     # a killed holder's lease ends when the server that held it stopped
     killed = section(INFO, 1.0, None, 1)
     assert only_sections(killed, section(OK, 1.6, 1.7, 2, pid=8), excuses=erased) == []
+
+
+def test_a_failover_excuses_told_holders_at_it_during_it() -> None:
+    """Granted on the old master during a switch-over, told on leaving: the contract."""
+    failover = (Excuse(FAILOVER, 0, 1.0, 3.0),)
+    during = section(TOLD, 1.5, 1.6, 1, began=1.4)  # began after the failover began
+    other = section(OK, 1.55, 1.7, 2, pid=8)  # on the new master, at once
+    assert only_sections(during, other, excuses=failover) == []
+    assert only_sections(during, other) == [
+        "lock: a holder was told LeaseLost with no pause or lost lease",
+        "lock: two holders overlapped, with no pause or restart that explains it",
+    ]
+    # a holder done before the failover began, or one that began after it ended
+    before, after = section(TOLD, 0.5, 0.9, 1, began=0.4), section(TOLD, 3.2, 3.3, 1)
+    for holder in (before, after):
+        assert only_sections(holder, excuses=failover) == [
+            "lock: a holder was told LeaseLost with no pause or lost lease"
+        ]
+    # never an overlap with an acknowledged holder, and never a token going backwards
+    assert only_sections(section(OK, 1.5, 1.6, 1), other, excuses=failover) == [
+        "lock: two holders overlapped, neither told"
+    ]
+    assert only_sections(during, section(OK, 1.7, 1.8, 0, pid=8), excuses=failover) == [
+        "lock: a later holder got a token no larger"
+    ]
 
 
 def test_fencing_tokens_grow_in_the_order_of_grants() -> None:

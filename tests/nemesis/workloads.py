@@ -48,7 +48,14 @@ NOT_APPLIED = (
 
 
 def open_cache(spec: str) -> Any:
-    """A backend from a spec: a cache directory, ``lmdb:<directory>`` or ``redis://...|prefix``."""
+    """A backend from a spec: a cache directory, ``lmdb:<directory>``, ``redis://...|prefix``
+    or ``sentinel:<port>,<port>...|prefix`` (the sentinels of master ``mymaster``)."""
+    if spec.startswith("sentinel:"):
+        from flask_caching.backends import RedisSentinelCache
+
+        ports, prefix = spec.removeprefix("sentinel:").split("|")
+        sentinels = [("127.0.0.1", int(port)) for port in ports.split(",")]
+        return RedisSentinelCache(sentinels=sentinels, master="mymaster", key_prefix=prefix)
     if spec.startswith("redis://"):
         url, prefix = spec.split("|")
         return RedisCache(host=redis.Redis.from_url(url, socket_timeout=5), key_prefix=prefix)
@@ -129,9 +136,9 @@ def run_op(
         if kind == "memo":
             return OK, _memoized(cache)(f"key{rng.randrange(3)}")
         raise ValueError(kind)
-    except cachekit.LeaseLost:
+    except cachekit.LeaseLost as error:
         if kind == "section":
-            return TOLD, section
+            return TOLD, {**section, "why": _said(error)}
         return FAIL, "LeaseLost"  # a commit that lost its lease wrote nothing
     except NOT_APPLIED as error:
         return FAIL, section or _said(error)
