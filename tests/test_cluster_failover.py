@@ -114,10 +114,6 @@ def final(where: str, prefix: str) -> tuple[int, tuple[int, int]]:
     return counter, balances
 
 
-@pytest.mark.skipif(
-    bool(os.environ.get("CACHEKIT_FLOORS")),
-    reason="long: the newest leg and the Valkey leg run it (CI time)",
-)
 @pytest.mark.parametrize(("fault", "durable"), [("kill", 1), ("migrate", 0)])
 def test_cluster_fault_under_load_loses_nothing_and_keeps_locks_exclusive(
     cluster: ClusterTopology,

@@ -184,6 +184,7 @@ def test_a_forked_child_starts_empty(two_hosts: tuple[Any, Any, redis.Redis]) ->
     assert near.size()[0] >= 2  # the parent's is untouched
 
 
+@pytest.mark.slow  # (a long run: CI's newest leg has it)
 def test_memory_stays_within_max_bytes_with_a_million_keys(redis_url: str) -> None:
     max_bytes = 16 * 1024 * 1024
     backend = RedisCache(host=redis.Redis.from_url(redis_url), key_prefix="mem:")

@@ -121,10 +121,6 @@ def test_a_replaced_master_grants_no_lease(
         old_server.close()
 
 
-@pytest.mark.skipif(
-    bool(os.environ.get("CACHEKIT_FLOORS")),
-    reason="long: the newest leg and the Valkey leg run it (CI time)",
-)
 @pytest.mark.parametrize(
     ("fault", "durable", "pause"),
     [("switchover", 0, RESUME_SLACK), ("switchover", 2, REJOIN), ("kill", 1, RESUME_SLACK)],

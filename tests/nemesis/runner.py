@@ -380,8 +380,16 @@ def _sentinel_fault(target: Target, kill: bool) -> tuple[bool, str]:
             return False, f"no sentinel named a new master after {old} was killed"
     else:
         sentinel: Any = redis.Redis(port=topology.sentinels[0].port, socket_timeout=5)
+        deadline = time.monotonic() + 20
         try:
-            sentinel.execute_command("SENTINEL", "FAILOVER", "mymaster")
+            while True:  # until the sentinels see a replica fit to promote (NOGOODSLAVE)
+                try:
+                    sentinel.execute_command("SENTINEL", "FAILOVER", "mymaster")
+                    break
+                except redis.ResponseError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.25)
         finally:
             sentinel.close()
         _new_master(topology, old)

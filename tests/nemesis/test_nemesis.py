@@ -213,10 +213,6 @@ def test_locks_on_a_redis_that_loses_leases(
         server.stop()
 
 
-@pytest.mark.skipif(
-    bool(os.environ.get("CACHEKIT_FLOORS")),
-    reason="long: the newest leg, the Valkey leg and make nemesis run it (CI time)",
-)
 def test_processes_on_a_sentinel_topology_failed_over(
     tmp_path: Path, sentinel_topology: SentinelTopology, monkeypatch: pytest.MonkeyPatch
 ) -> None:
