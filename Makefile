@@ -75,6 +75,7 @@ test-valkey: $(VENV)/.test-stamp
 nemesis: $(VENV)/.test-stamp
 	NEMESIS_SECONDS=$(NEMESIS_SECONDS) $(BIN)/python -m pytest tests/nemesis -s -q
 	NEAR_RACE_ROUNDS=10000 $(BIN)/python -m pytest tests/test_near.py -k race -s -q
+	CACHEKIT_LONG=1 $(BIN)/python -m pytest tests/test_sentinel_failover.py -s -q
 
 $(VENV)/.bench-stamp: $(VENV)/.test-stamp
 	$(PIP) -e '.[test,lint,bench]'

@@ -200,6 +200,31 @@ def skip_if_per_process(backend: Any) -> None:
         pytest.skip(f"{type(backend).__name__} is per process")
 
 
+#: Fixtures that start a Redis (or Valkey) server: a test using one is marked ``redis``.
+SERVER_FIXTURES = frozenset(
+    {
+        "redis_server",
+        "redis_url",
+        "redis_sentinel",
+        "redis_cluster",
+        "sentinel_topology",
+        "valkey_server",
+        "private_redis",
+        "own_server",
+        "nemesis_redis",
+        "cluster",
+    }
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``redis`` every test that starts a server through a fixture (CI's lowest leg
+    selects them by that mark or their name: every Redis test runs on Redis 7 there)."""
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.redis)
+
+
 def use_settings(monkeypatch: pytest.MonkeyPatch, **changes: Any) -> None:
     """Strategies created from now on (in this process and its forks) get these settings."""
     monkeypatch.setattr(

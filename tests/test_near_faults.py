@@ -130,16 +130,20 @@ def test_client_kill_of_the_tracking_connection(redis_url: str, prefix: str) -> 
     served_from_memory(app, cache, value, 2)  # a new tracking connection, hits again
 
 
-def reading_connections(source: redis.Redis) -> list[int]:
-    """The ids of the connections that read with tracking redirected (not the tracking one)."""
+def reading_connections(source: redis.Redis, near: NearCache) -> list[int]:
+    """The ids of the connections that read for ``near`` with tracking on (its tracking
+    connection's name, ``-r``)."""
+    tracking = near._tracking
+    assert tracking is not None
     return [
         int(client["id"])
         for client in source.client_list()
-        if int(client.get("redir", -1)) > 0 and "P" not in client["flags"]
+        if client.get("name") == tracking.reader_name.decode()
+        and int(client.get("redir", -1)) == tracking.id
     ]
 
 
-@pytest.mark.parametrize("how", ["client kill", "idle timeout"])
+@pytest.mark.parametrize("how", ["client kill", "reconnected", "idle timeout"])
 def test_the_connection_that_read_a_value_closed(redis_url: str, prefix: str, how: str) -> None:
     """Redis forgets what a connection read when it closes: no invalidation will ever come.
 
@@ -151,11 +155,17 @@ def test_the_connection_that_read_a_value_closed(redis_url: str, prefix: str, ho
     app, cache, value = host(redis_url, prefix, source)
     source.set(f"{prefix}source", 1)
     served_from_memory(app, cache, value, 1)
-    readers = reading_connections(source)
+    near = near_of(app, cache)
+    readers = reading_connections(source, near)
     assert readers, "no connection reads with tracking on"
+    resets = near.figures["resets"]
     if how == "client kill":
         for reader in readers:
             assert source.client_kill_filter(_id=str(reader)) == 1
+    elif how == "reconnected":  # redis-py opens a closed connection again at its next command
+        tracking = near._tracking
+        assert tracking is not None
+        tracking.reader.disconnect()
     else:  # the server closes clients idle for a second (a reader kept busy is not closed)
         previous = str(source.config_get("timeout")["timeout"])
         source.config_set("timeout", 1)
@@ -167,7 +177,13 @@ def test_the_connection_that_read_a_value_closed(redis_url: str, prefix: str, ho
     time.sleep(2 * SILENCE)
     with app.app_context():
         assert value() == 2
+    if how != "idle timeout":
+        assert near.figures["resets"] > resets  # the loss was seen, not missed
     served_from_memory(app, cache, value, 2)
+    replace(redis_url, prefix, source, 3)  # and invalidations work again after it
+    time.sleep(2 * SILENCE)
+    with app.app_context():
+        assert value() == 3
 
 
 def test_flushall(redis_url: str, prefix: str) -> None:

@@ -42,16 +42,17 @@ from .redisserver import SentinelTopology
 FORK = mp.get_context("fork")
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 
-#: Seconds of load before the fault, and in all.
+#: Seconds of load before the fault, and in all (longer when writes wait for a rejoin).
 BEFORE: float = 4.0
-RUN: float = 20.0
+RUN: float = 15.0
+RUN_TO_REJOIN: float = 24.0
 #: How long writes may pause past ``down-after-milliseconds`` (a busy 2-core machine).
 RESUME_SLACK: float = 3.0
 #: ... when every replica must confirm: until the sentinels turn the old master into a
 #: replica of the new one and it has synced (they wait about 10 s to see it again).
 REJOIN: float = 16.0
-#: The default lease (CACHEKIT_LEASE).
-LEASE_SECONDS: float = 10.0
+#: The lease of these runs (CACHEKIT_LEASE; 10 s by default: shorter, for shorter runs).
+LEASE_SECONDS: float = 4.0
 
 
 def open_cache(addresses: list[tuple[str, int]], prefix: str) -> Any:
@@ -123,7 +124,20 @@ def test_a_replaced_master_grants_no_lease(
 
 @pytest.mark.parametrize(
     ("fault", "durable", "pause"),
-    [("switchover", 0, RESUME_SLACK), ("switchover", 2, REJOIN), ("kill", 1, RESUME_SLACK)],
+    [
+        ("switchover", 0, RESUME_SLACK),
+        pytest.param(
+            "switchover",
+            2,
+            REJOIN,
+            marks=pytest.mark.skipif(
+                not os.environ.get("CACHEKIT_LONG"),
+                reason="long (24 s): make nemesis runs it; in CI the fault suite's Sentinel"
+                " case checks the same (durable writes on every replica, switch-overs)",
+            ),
+        ),
+        ("kill", 1, RESUME_SLACK),
+    ],
 )
 def test_failover_under_load_keeps_locks_exclusive_and_counts_exact(
     sentinel_topology: SentinelTopology,
@@ -133,7 +147,7 @@ def test_failover_under_load_keeps_locks_exclusive_and_counts_exact(
     durable: int,
     pause: float,
 ) -> None:
-    """Lock exclusion and fencing always (default lease settings); writes kept where durable.
+    """Lock exclusion and fencing always (default lease replicas); writes kept where durable.
 
     Redis replicates asynchronously, so what a write needs to survive depends
     on the failover:
@@ -150,10 +164,11 @@ def test_failover_under_load_keeps_locks_exclusive_and_counts_exact(
       seconds). With 0 the run only reports what was lost.
     """
     topology = sentinel_topology
-    use_settings(monkeypatch, durable_writes=durable, redis_timeout=2.0)
+    use_settings(monkeypatch, durable_writes=durable, redis_timeout=2.0, lease=LEASE_SECONDS)
     prefix = f"fo-{uuid.uuid4().hex[:8]}:"
     start = time.time()
-    until = start + RUN
+    run = RUN_TO_REJOIN if pause == REJOIN else RUN
+    until = start + run
     jobs = [
         *((failover.count, tmp_path / f"counter{n}") for n in range(3)),
         *((failover.take_turns, tmp_path / f"holder{n}") for n in range(2)),
@@ -178,7 +193,7 @@ def test_failover_under_load_keeps_locks_exclusive_and_counts_exact(
         else:
             topology.server_on(old_master).kill()
         for worker in workers:
-            worker.join(RUN + 60)
+            worker.join(run + 60)
     finally:
         for worker in workers:
             if worker.is_alive():

@@ -418,6 +418,11 @@ class NearCache:
             if not (isinstance(error, _FAILURES) or tracking.dropped):
                 raise  # (a reset closes the connection under a read: whatever that raises)
             raws, why = None, f"the reading connection failed: {error}"
+        except BaseException:  # a gevent Timeout, a KeyboardInterrupt: the reader was closed
+            with self._lock:
+                if self._tracking is tracking:
+                    self._reset("a read was interrupted (the reading connection was closed)")
+            raise
         else:
             why = "the reading connection was closed and opened again (tracking lost)"
         if raws is None:

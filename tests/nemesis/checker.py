@@ -61,6 +61,9 @@ PAUSE, RESTART, ERASED, FAILOVER = "pause", "restart", "erased", "failover"
 #: How late a recorded time may be after the event it records (a grant's reply read and
 #: noted, a process scheduled on a busy machine), in seconds.
 SLACK = 0.1
+#: How long before a failover began a lease granted on the old master may still be missing
+#: on the new one (asynchronous replication to the replica that was not asked), in seconds.
+REPLICATION_LAG = 1.0
 #: At most this many anomalies of one rule are listed; the rest are counted.
 LISTED = 20
 
@@ -442,10 +445,11 @@ def _overtaken(holder: _Section, other_granted: float, run: Run) -> Excuse | Non
     ``SLACK`` (the holder's lease ran at least that long: it cannot have run
     out sooner). A restart of a Redis that persisted nothing, the holder having
     been granted before it came back, and the other entering after it stopped
-    (the lease was erased). A failover during the holder's section, the other
-    entering after it began: the holder's lease may never have reached the new
-    master (the contract: no overlap with a holder that is not told). Never with
-    a lock that has no lease.
+    (the lease was erased). A failover during the holder's section, the holder
+    granted during it (or within ``REPLICATION_LAG`` before it), the other
+    entering after it began: that lease may never have reached the new master
+    (the contract: no overlap with a holder that is not told); a holder granted
+    earlier, as for a restart. Never with a lock that has no lease.
     """
     if run.lease is None or holder.op.outcome == OK:
         return None
@@ -453,7 +457,15 @@ def _overtaken(holder: _Section, other_granted: float, run: Run) -> Excuse | Non
         if not _struck(excuse, holder) or other_granted < excuse.start:
             continue
         if excuse.kind == FAILOVER:
-            return excuse
+            # granted on the master being replaced (or just before: replication lags) ...
+            if excuse.start - REPLICATION_LAG <= holder.granted <= excuse.end:
+                return excuse
+            # ... else its lease was on the new master too: a lease after its grant, or after
+            # its last renewal before the failover (renewals come every third of a lease)
+            since = max(holder.granted, excuse.start - run.lease / 3)
+            if other_granted >= since + run.lease - SLACK:
+                return excuse
+            continue
         if excuse.kind == ERASED:
             if holder.granted <= excuse.end:
                 return excuse
@@ -477,10 +489,11 @@ def _sections(history: list[Op], guarded: int | None, run: Run) -> list[Anomaly]
       ``SLACK`` when no pause struck the other before it noted its grant) has
       the smaller token.
     - **guarded**: at most the sections that may have written (``ok``, told,
-      unknown); unless a restart erased it, at least the ``ok`` ones less
-      those that ran while an overtaken holder (one not ``ok``) could still
-      write: its stale write undoes at most the increments made between its
-      read and its write, all inside its own section. A told holder no longer
+      unknown); at least the ``ok`` ones (granted after the last restart that
+      erased it or failover that may have lost a write of it) less those that
+      ran while an overtaken holder (one not ``ok``) could still write: its
+      stale write undoes at most the increments made between its read and its
+      write, all inside its own section. A told holder no longer
       excuses the rest.
     """
     held = _held(history, run)
@@ -516,9 +529,15 @@ def _sections(history: list[Op], guarded: int | None, run: Run) -> list[Anomaly]
     maybe = sum(s.op.outcome != OK for s in held)
     stale = [s for s in held if s.op.outcome != OK]
     undone = sum(any(s.granted < x.wrote_until and x.granted < s.end for x in stale) for s in ok)
-    # guarded was erased with the rest, or a plain write of it lost in a failover
-    erased = any(e.kind in (ERASED, FAILOVER) for e in run.excuses)
-    low = 0 if erased else len(ok) - undone
+    # A restart that kept nothing erased guarded, and a failover may have lost a plain write
+    # of it: the lower bound counts only the sections granted after the last such loss.
+    lost_until = max(
+        (e.end for e in run.excuses if e.kind in (ERASED, FAILOVER)), default=-math.inf
+    )
+    after = [s for s in ok if s.granted > lost_until]
+    low = len(after) - sum(
+        any(s.granted < x.wrote_until and x.granted < s.end for x in stale) for s in after
+    )
     guarded = guarded or 0
     if not low <= guarded <= len(ok) + maybe:
         told = sum(op.outcome == TOLD for op in everyone)

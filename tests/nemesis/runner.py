@@ -102,6 +102,8 @@ class Target:
     #: Pids killed, and pids stopped, while inside a section (grant noted, not the exit).
     killed_holders: list[int] = field(default_factory=list)
     paused_holders: list[int] = field(default_factory=list)
+    #: (start, end) of each stop of a holder: while the others may have waited for its lock.
+    holder_stops: list[tuple[float, float]] = field(default_factory=list)
     seed: int = 0
     ended: float = 0.0
 
@@ -114,10 +116,9 @@ class Target:
         """Seconds of [began, ended] that process ``pid`` may not have made progress: it was
         stopped or cut off, a lock holder it may have waited for was stopped, or the server
         was down or being failed over (overlapping windows counted once)."""
+        own = [(e.start, e.end) for e in self.excuses if e.pid in (0, pid)]
         windows = sorted(
-            (max(e.start, began), min(e.end, ended))
-            for e in self.excuses
-            if e.pid in (0, pid) or (e.kind == PAUSE and e.pid in self.paused_holders)
+            (max(start, began), min(end, ended)) for start, end in [*own, *self.holder_stops]
         )
         total, reached = 0.0, began
         for start, end in windows:
@@ -127,12 +128,16 @@ class Target:
                 reached = end
         return total
 
+    def run_lease(self) -> float | None:
+        """The lock's lease if it has one (Redis), else None (the kernel holds the lock)."""
+        return self.lease if self.server or self.topology else None
+
     def run(self, kinds: tuple[str, ...], clients: list[Client], **options: Any) -> Run:
         """What the checker needs to know of this run; a lease only for Redis."""
         return Run(
             kinds=kinds,
             clients=tuple(clients),
-            lease=self.lease if self.server or self.topology else None,
+            lease=self.run_lease(),
             excuses=tuple(self.excuses),
             deaths=dict(self.kills),
             ended=self.ended,
@@ -171,11 +176,12 @@ def _state(pid: int) -> str:
         return ""
 
 
-def _inside_section(target: Target, pid: int) -> bool:
-    """Whether ``pid``'s notes show a section granted and not left (read from their end)."""
+def _open_grant(target: Target, pid: int) -> float | None:
+    """When ``pid``'s latest section still open was granted (its notes show the grant and not
+    the exit, read from their end); None if it holds none."""
     if target.notes is None:
-        return False
-    open_sections: set[str] = set()
+        return None
+    open_sections: dict[str, float] = {}
     for name in (f"{pid}.jsonl", f"notes-{pid}.jsonl"):
         try:
             with open(target.notes / name, "rb") as f:
@@ -192,17 +198,27 @@ def _inside_section(target: Target, pid: int) -> bool:
                 continue
             note = record.get("note") or {}
             if "left" in note:
-                open_sections.discard(record.get("id"))
+                open_sections.pop(record.get("id"), None)
             elif "granted" in note:
-                open_sections.add(record.get("id"))
-    return bool(open_sections)
+                open_sections[record.get("id")] = float(note["granted"])
+    return max(open_sections.values(), default=None)
+
+
+def _inside_section(target: Target, pid: int) -> bool:
+    return _open_grant(target, pid) is not None
 
 
 def _aim(target: Target, victims: list[int], pick: float, seconds: float = 1.5) -> int:
-    """A victim inside a section if one is seen within ``seconds``, else the picked one."""
+    """A victim inside a section it entered just now (not one stuck in it, waiting for a
+    store that stopped answering) if one is seen within ``seconds``, else the picked one."""
     deadline = time.monotonic() + seconds
     while target.notes is not None and time.monotonic() < deadline:
-        holders = [pid for pid in victims if _inside_section(target, pid)]
+        now = time.monotonic()
+        holders = [
+            pid
+            for pid in victims
+            if (granted := _open_grant(target, pid)) is not None and now - granted < 0.2
+        ]
         if holders:
             return _pick(holders, pick)
         time.sleep(0.002)
@@ -237,22 +253,28 @@ def kill9(target: Target, pick: float) -> tuple[bool, str]:
         os.kill(victim, signal.SIGKILL)
     except ProcessLookupError:
         return False, "the victim was already gone"
-    inside = _inside_section(target, victim)  # (its notes are final: it is dead)
-    if inside:
-        target.killed_holders.append(victim)
     if target.spawn is not None:
         target.procs.append(target.spawn())
     dead = _wait_for(lambda: _state(victim) in ("", "Z", "X"))
+    inside = dead and _inside_section(target, victim)  # (its notes are final: it is dead)
+    if inside:
+        target.killed_holders.append(victim)
     where = " inside a section" if inside else ""
     return dead, f"pid {victim} {'died' if dead else 'still alive after SIGKILL'}{where}"
 
 
 def pause(target: Target, pick: float) -> tuple[bool, str]:
-    """SIGSTOP a client for longer than a lease (a GC or VM pause), then resume it."""
+    """SIGSTOP a client for longer than a lease (a GC or VM pause), then resume it.
+
+    Where locks have a lease (Redis) the nemesis waits for the resumption (no
+    other fault meanwhile), so that a stopped holder's exit meets a working
+    store and is told ``LeaseLost``; elsewhere other faults go on meanwhile.
+    """
     victims = [pid for pid in target.victims() if pid not in target.paused]
     if not victims:
         return False, "no live victim"
-    victim = _aim(target, victims, pick)
+    # (with a lease, longer: a stop of a holder is what shows a holder told)
+    victim = _aim(target, victims, pick, 1.5 if target.run_lease() is None else 4.0)
     began = time.monotonic()
     target.paused.add(victim)
     try:
@@ -271,14 +293,24 @@ def pause(target: Target, pick: float) -> tuple[bool, str]:
             os.kill(victim, signal.SIGCONT)
         except ProcessLookupError:
             pass
-        target.excuses.append(Excuse(PAUSE, victim, began, time.monotonic()))
+        ended = time.monotonic()
+        target.excuses.append(Excuse(PAUSE, victim, began, ended))
+        if inside:  # the others may wait for its lock: a lease at most, if it has one
+            waited = ended if target.run_lease() is None else began + target.lease
+            target.holder_stops.append((began, min(ended, waited)))
         target.paused.discard(victim)
 
+    where = " inside a section" if inside else ""
+    seen = f"pid {victim} {'stopped' if stopped else 'not seen stopped'}{where}"
+    if target.run_lease() is not None:
+        time.sleep(target.lease * 2.5)
+        resume()
+        time.sleep(0.3)  # its exit reaches the store before the next fault
+        return stopped, seen
     timer = threading.Timer(target.lease * 2.5, resume)  # other faults go on meanwhile
     timer.start()
     target.timers.append(timer)
-    where = " inside a section" if inside else ""
-    return stopped, f"pid {victim} {'stopped' if stopped else 'not seen stopped'}{where}"
+    return stopped, seen
 
 
 def client_kill(target: Target, pick: float) -> tuple[bool, str]:
@@ -383,6 +415,7 @@ def _sentinel_fault(target: Target, kill: bool) -> tuple[bool, str]:
         deadline = time.monotonic() + 20
         try:
             while True:  # until the sentinels see a replica fit to promote (NOGOODSLAVE)
+                began = time.monotonic()
                 try:
                     sentinel.execute_command("SENTINEL", "FAILOVER", "mymaster")
                     break
@@ -506,12 +539,16 @@ FAULTS: dict[str, Callable[[Target, float], tuple[bool, str] | None]] = {
 #: (a restart or memory pressure waits seconds for its effect, delaying the next; a
 #: failover waits for the sentinels to agree and the replicas to resync).
 PER_FAULT: Final = 2.5
-SLOW_FAULTS: Final = {"partition": 4.0, "failover": 15.0, "switchover": 15.0}
+SLOW_FAULTS: Final = {"partition": 4.0, "failover": 6.0, "switchover": 13.0}
 
 
-def long_enough(seconds: float, faults: list[str]) -> float:
-    """``seconds``, or longer if the run needs it for every fault to strike at least once."""
-    return max(seconds, sum(SLOW_FAULTS.get(fault, PER_FAULT) for fault in faults) + 1.0)
+def long_enough(seconds: float, faults: list[str], lease: float | None = None) -> float:
+    """``seconds``, or longer if the run needs it for every fault to strike at least once
+    (with a lease, a pause holds the schedule until its victim resumes)."""
+    slow = dict(SLOW_FAULTS)
+    if lease is not None:
+        slow["pause"] = lease * 2.5 + 1.0
+    return max(seconds, sum(slow.get(fault, PER_FAULT) for fault in faults) + 1.0)
 
 
 def schedule(seed: int, faults: list[str], seconds: float, interval: float) -> list[Step]:
@@ -623,7 +660,7 @@ def run_processes(
     the ``failover`` and ``switchover`` faults act on.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    seconds = long_enough(seconds, faults)
+    seconds = long_enough(seconds, faults, lease if server or topology else None)
     until = time.monotonic() + seconds
     count = iter(range(10**6))
 
@@ -699,7 +736,7 @@ def run_http(
     the run also records a ``recycle`` effect: a worker that answered at least
     that many requests and was gone at the end, neither killed nor reloaded.
     """
-    seconds = long_enough(seconds, faults)
+    seconds = long_enough(seconds, faults, lease if server else None)
     until = time.monotonic() + seconds
     history: list[Op] = []
     served: Counter[int] = Counter()

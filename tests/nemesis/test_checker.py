@@ -456,6 +456,24 @@ def test_a_failover_excuses_told_holders_at_it_during_it() -> None:
         assert only_sections(holder, excuses=failover) == [
             "lock: a holder was told LeaseLost with no pause or lost lease"
         ]
+    # a holder granted well before the failover, or after it settled: its lease was on the
+    # new master, so the other must have waited a lease
+    early = section(TOLD, -2.5, 4.0, 1, began=-2.6)
+    late = section(TOLD, 3.2, 7.0, 1, began=2.9)
+    for holder, entering in ((early, 1.2), (early, 2.5), (late, 4.0)):
+        assert only_sections(
+            holder, section(OK, entering, entering + 0.1, 2, pid=8), excuses=failover, lease=3.0
+        ) == ["lock: two holders overlapped, with no pause or restart that explains it"]
+    for holder, entering in ((early, 2.95), (late, 6.2)):  # a lease after: fine
+        assert (
+            only_sections(
+                holder,
+                section(OK, entering, entering + 0.02, 2, pid=8),
+                excuses=failover,
+                lease=3.0,
+            )
+            == []
+        )
     # never an overlap with an acknowledged holder, and never a token going backwards
     assert only_sections(section(OK, 1.5, 1.6, 1), other, excuses=failover) == [
         "lock: two holders overlapped, neither told"
@@ -489,6 +507,12 @@ def test_the_guarded_counter_is_bounded() -> None:
     erased = (Excuse(ERASED, 0, 5.0, 5.1),)
     assert only_sections(*sections, guarded=0, excuses=erased) == []
     assert only_sections(*sections, guarded=4, excuses=erased) != []
+    # ... and the sections after it count again (a failover may lose a plain write too)
+    for loss in (Excuse(ERASED, 0, 1.5, 1.6), Excuse(FAILOVER, 0, 1.5, 1.6)):
+        assert only_sections(*sections, guarded=1, excuses=(loss,)) == []
+        assert only_sections(*sections, guarded=0, excuses=(loss,))[0].startswith(
+            "lock: the guarded counter is 0"
+        )
 
 
 def test_a_told_holder_excuses_only_the_increments_it_overlapped() -> None:

@@ -99,11 +99,19 @@ def verify(
     # Faults aim at lock holders (:func:`.runner._aim`): some must have struck one.
     if "kill9" in wanted and not figures["kills inside a section"]:  # (the history's word)
         missing.append(f"fault 'kill9': no kill landed inside a section ({figures})")
-    told = figures["told holders"]
-    if target.server or target.topology:  # a lease: a holder stopped past it is told
-        if "pause" in wanted and not told:
-            missing.append("fault 'pause': no holder was told LeaseLost")
+    stopped = {str(pid) for pid in target.paused_holders}
+    told = [op for op in history if op.kind == "section" and op.outcome == "told"]
+    if target.run_lease() is not None and "pause" in wanted:  # stopped past its lease: told
+        if not any(op.client in stopped or _pid_of(op) in stopped for op in told):
+            missing.append("fault 'pause': no holder it stopped was told LeaseLost")
     assert not missing, f"{replay} faults that never took effect:\n" + "\n".join(missing)
+
+
+def _pid_of(op: Op) -> str:
+    """The pid that ran a section (a gunicorn worker's, for an HTTP client's operation)."""
+    notes = op.extra.get("notes") or {}
+    value = op.value if isinstance(op.value, dict) else {}
+    return str(value.get("pid", notes.get("pid", "")))
 
 
 @pytest.fixture
