@@ -1,11 +1,15 @@
-"""The demo under gunicorn: a route that increments shared state beside one that touches none.
+"""The demo under gunicorn: routes that use shared state beside one that touches none.
 
 For each backend, gunicorn serves the demo app with 4 sync workers and wrk
-loads ``GET /health`` (no state) and ``POST /hits`` (``cachekit.incr`` through
-the app's ``Cache``), alternately, ROUNDS times each; the table gives the
-median requests per second and the median per-round ratio of ``/hits`` to
-``/health``. Afterwards the counter must have moved by the number of ``/hits`` responses
-wrk counted, plus at most the requests in flight when each wrk run stopped.
+loads ``GET /health`` (no state), ``POST /hits`` (``cachekit.incr`` through
+the app's ``Cache``) and ``GET /quote`` (a memoized view, always hot: the
+demo's ``quote``, fresh for 10 s and served stale for 60 s while it is
+refreshed), in turn, ROUNDS times each; the table gives the median requests
+per second and the median per-round ratios to ``/health``. RedisCache runs
+twice: as it is, and with the near cache (``CACHEKIT_NEAR_CACHE``: each
+worker serves the memoized value from its own memory). Afterwards the
+counter must have moved by the number of ``/hits`` responses wrk counted,
+plus at most the requests in flight when each wrk run stopped.
 Needs ``wrk`` on the PATH (``apt-get install wrk``).
 
 Run: ``python bench/on_gunicorn.py`` (``--help`` for the options), or ``make bench``.
@@ -67,22 +71,27 @@ def measure(
     try:
         with gunicorn(folder, "-w", "4", env=env) as base:
             wrk(base + "/health", 1, connections)  # warm up every worker
+            wrk(base + "/quote", 1, connections)  # (and compute the quote once)
             start = get_ok(base + "/hits")["hits"]
-            plain, counted, served = [], [], 0
+            plain, counted, memoized, served = [], [], [], 0
             for _ in range(rounds):
                 plain.append(wrk(base + "/health", seconds, connections)[0])
                 rate, total = wrk(base + "/hits", seconds, connections, post=True)
                 counted.append(rate)
                 served += total
+                memoized.append(wrk(base + "/quote", seconds, connections)[0])
             final = get_ok(base + "/hits")["hits"]
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     ratios = [hits / empty for hits, empty in zip(counted, plain, strict=True)]
+    memo_ratios = [quote / empty for quote, empty in zip(memoized, plain, strict=True)]
     row = {
         "backend": name,
         "no_state_rps": statistics.median(plain),
         "hits_rps": statistics.median(counted),
         "ratio": statistics.median(ratios),
+        "memoized_rps": statistics.median(memoized),
+        "memoized_ratio": statistics.median(memo_ratios),
         # wrk counts the responses it read before it stopped; the requests in flight then
         # (at most one per connection and round) were served too.
         "uncounted": (final - start) - served,
@@ -90,8 +99,9 @@ def measure(
     if not 0 <= row["uncounted"] <= rounds * connections:
         moved = final - start
         raise RuntimeError(f"{name}: /hits served {served} but the counter moved {moved}")
-    print(f"{name:18} {row['no_state_rps']:>10,.0f} {row['hits_rps']:>10,.0f}"
-          f" {row['ratio']:>7.2f}x {row['uncounted']:>10}")  # fmt: skip
+    print(f"{name:22} {row['no_state_rps']:>10,.0f} {row['hits_rps']:>10,.0f}"
+          f" {row['ratio']:>7.2f}x {row['memoized_rps']:>10,.0f} {row['memoized_ratio']:>7.2f}x"
+          f" {row['uncounted']:>10}")  # fmt: skip
     return row
 
 
@@ -116,8 +126,11 @@ def main() -> None:
         server.start()
         backends["RedisCache"] = {"FLASK_CACHE_TYPE": "RedisCache",
                                   "FLASK_CACHE_REDIS_URL": server.url}  # fmt: skip
+        backends["RedisCache, near cache"] = {**backends["RedisCache"],
+                                              "FLASK_CACHEKIT_NEAR_CACHE": "true"}  # fmt: skip
     print(f"gunicorn -w 4 (sync), wrk -t2 -c{args.connections}, {args.seconds} s x {args.rounds}")
-    print(f"{'backend':18} {'/health':>10} {'/hits':>10} {'ratio':>8} {'in flight':>10}")
+    print(f"{'backend':22} {'/health':>10} {'/hits':>10} {'ratio':>8} {'/quote':>10}"
+          f" {'ratio':>8} {'in flight':>10}")  # fmt: skip
     try:
         rows = [
             measure(name, env, args.rounds, args.seconds, args.connections)
@@ -127,7 +140,7 @@ def main() -> None:
         if server is not None:
             server.stop()
     print()
-    title = "gunicorn -w 4: POST /hits beside GET /health (no state)"
+    title = "gunicorn -w 4: POST /hits and GET /quote (memoized) beside GET /health (no state)"
     save(args.json, [{"title": title, "gunicorn": rows}])
     if args.json is None:
         print(json.dumps(rows))
