@@ -551,6 +551,16 @@ def long_enough(seconds: float, faults: list[str], lease: float | None = None) -
     return max(seconds, sum(slow.get(fault, PER_FAULT) for fault in faults) + 1.0)
 
 
+#: The longest interval between two faults: a long run (``make nemesis``) injects more of
+#: them, not the same dozen spread thinner.
+MAX_INTERVAL: Final = 2.5
+
+
+def fault_interval(seconds: float) -> float:
+    """Seconds between two faults: a twelfth of a short run, at most ``MAX_INTERVAL``."""
+    return max(0.3, min(seconds / 12, MAX_INTERVAL))
+
+
 def schedule(seed: int, faults: list[str], seconds: float, interval: float) -> list[Step]:
     """The faults in turn (in an order shuffled by ``seed``), one every ``interval`` s."""
     rng = random.Random(seed)
@@ -685,7 +695,7 @@ def run_processes(
         notes=folder,
     )
     target.procs = [spawn() for _ in specs]
-    nemesis(target, faults, seconds - 0.5, interval=max(0.3, seconds / 12))
+    nemesis(target, faults, seconds - 0.5, interval=fault_interval(seconds))
     clients = []
     for started in target.procs:
         proc = started.proc
@@ -775,7 +785,7 @@ def run_http(
     for thread in threads:
         thread.start()
     target = Target(server=server, master=master, lease=lease, seed=seed, notes=notes)
-    nemesis(target, faults, seconds - 0.5, interval=max(0.3, seconds / 12))
+    nemesis(target, faults, seconds - 0.5, interval=fault_interval(seconds))
     for thread in threads:
         thread.join(90)
     target.ended = time.monotonic()
