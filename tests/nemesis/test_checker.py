@@ -451,7 +451,7 @@ def test_a_failover_excuses_told_holders_at_it_during_it() -> None:
         "lock: two holders overlapped, with no pause or restart that explains it",
     ]
     # a holder done before the failover began, or one that began after it ended
-    before, after = section(TOLD, 0.5, 0.9, 1, began=0.4), section(TOLD, 3.2, 3.3, 1)
+    before, after = section(TOLD, 0.5, 0.9, 1, began=0.4), section(TOLD, 3.2, 3.3, 1, began=3.1)
     for holder in (before, after):
         assert only_sections(holder, excuses=failover) == [
             "lock: a holder was told LeaseLost with no pause or lost lease"
@@ -459,12 +459,12 @@ def test_a_failover_excuses_told_holders_at_it_during_it() -> None:
     # a holder granted well before the failover, or after it settled: its lease was on the
     # new master, so the other must have waited a lease
     early = section(TOLD, -2.5, 4.0, 1, began=-2.6)
-    late = section(TOLD, 3.2, 7.0, 1, began=2.9)
-    for holder, entering in ((early, 1.2), (early, 2.5), (late, 4.0)):
+    late = section(TOLD, 4.2, 8.0, 1, began=2.9)
+    for holder, entering in ((early, 1.2), (early, 2.5), (late, 5.0)):
         assert only_sections(
             holder, section(OK, entering, entering + 0.1, 2, pid=8), excuses=failover, lease=3.0
         ) == ["lock: two holders overlapped, with no pause or restart that explains it"]
-    for holder, entering in ((early, 2.95), (late, 6.2)):  # a lease after: fine
+    for holder, entering in ((early, 2.95), (late, 7.2)):  # a lease after: fine
         assert (
             only_sections(
                 holder,
