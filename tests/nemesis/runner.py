@@ -332,19 +332,32 @@ def _run_id(port: int) -> str:
         admin.close()
 
 
-def restart(target: Target, pick: float) -> tuple[bool, str]:
-    """Stop and start the Redis server (its data kept only if it persists)."""
+def _bounce(
+    target: Target, stop: Callable[[RedisServer], None], kept: bool, how: str
+) -> tuple[bool, str]:
+    """Stop the Redis server with ``stop`` and start it again, the downtime an excuse (its
+    leases ``kept``, or erased); effective if its run id changed."""
     assert target.server is not None
     server = target.server
     before = _run_id(server.port)
     began = time.monotonic()
-    server.stop()
-    time.sleep(0.2)
+    stop(server)
     server.start()
     ended = time.monotonic()
-    target.excuses.append(Excuse(RESTART if server.durable else ERASED, 0, began, ended))
+    target.excuses.append(Excuse(RESTART if kept else ERASED, 0, began, ended))
     after = _run_id(server.port)
-    return after != before, f"run_id {before[:8]} -> {after[:8]}"
+    return after != before, f"{how}run_id {before[:8]} -> {after[:8]}"
+
+
+def _stop_gently(server: RedisServer) -> None:
+    server.stop()
+    time.sleep(0.2)
+
+
+def restart(target: Target, pick: float) -> tuple[bool, str]:
+    """Stop and start the Redis server (its data kept only if it persists)."""
+    assert target.server is not None
+    return _bounce(target, _stop_gently, target.server.durable, "")
 
 
 def crash(target: Target, pick: float) -> tuple[bool, str]:
@@ -353,15 +366,8 @@ def crash(target: Target, pick: float) -> tuple[bool, str]:
     last second, leases included: an erasure)."""
     assert target.server is not None
     server = target.server
-    before = _run_id(server.port)
-    began = time.monotonic()
-    server.kill()
-    server.start()
-    ended = time.monotonic()
     always = server.durable and "everysec" not in server.extra
-    target.excuses.append(Excuse(RESTART if always else ERASED, 0, began, ended))
-    after = _run_id(server.port)
-    return after != before, f"SIGKILL; run_id {before[:8]} -> {after[:8]}"
+    return _bounce(target, RedisServer.kill, always, "SIGKILL; ")
 
 
 def partition(target: Target, pick: float) -> tuple[bool, str]:
