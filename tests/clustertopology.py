@@ -24,6 +24,24 @@ from .redisserver import RedisServer, free_port, in_ci
 NODE_TIMEOUT = 1000
 
 
+def key_slot(key: str) -> int:
+    """The hash slot of ``key``."""
+    from redis.crc import key_slot as slot_of
+
+    return int(slot_of(key.encode()))
+
+
+def lease_slot(cache: Any, name: str) -> int:
+    """The hash slot of lock ``name``'s lease in ``cache`` (a cluster backend)."""
+    from cachekit.redis.leases import RedisLeases
+    from cachekit.resolve import strategy_for
+    from cachekit.threadlocks import LOCKS
+
+    leases = strategy_for(cache)._locks
+    assert isinstance(leases, RedisLeases)
+    return key_slot(leases.key(leases.stripe(LOCKS, name)))
+
+
 def redis_cli() -> str:
     """The path of redis-cli (it builds and reshards clusters); skips locally, fails in CI."""
     found = shutil.which("redis-cli")
@@ -92,6 +110,34 @@ class ClusterTopology:
     def client(self, node: RedisServer) -> Any:  # (redis-py's execute_command is untyped)
         return redis.Redis(port=node.port, socket_timeout=5)
 
+    def migrate(self, slot: int, pause: float) -> tuple[RedisServer, RedisServer]:
+        """Move ``slot`` to another master as ``redis-cli --cluster reshard`` does (``SETSLOT
+        ... IMPORTING/MIGRATING``, ``MIGRATE`` a key at a time with ``pause`` s between,
+        ``SETSLOT ... NODE`` on every master): operations meanwhile meet ``ASK`` and then
+        ``MOVED``. Returns (from, to)."""
+        source = next(n for n in self.masters() if any(a <= slot <= b for a, b in self._owned(n)))
+        target = next(n for n in self.masters() if n is not source)
+        source_id, target_id = self.node_id(source), self.node_id(target)
+        to_source, to_target = self.client(source), self.client(target)
+        try:
+            to_target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+            to_source.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+            while keys := to_source.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1):
+                to_source.execute_command(
+                    "MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys
+                )
+                time.sleep(pause)
+            for node in self.masters():
+                client = self.client(node)
+                try:
+                    client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+                finally:
+                    client.close()
+        finally:
+            to_source.close()
+            to_target.close()
+        return source, target
+
     def role(self, node: RedisServer) -> str:
         client = self.client(node)
         try:
@@ -104,7 +150,10 @@ class ClusterTopology:
 
     def master_of(self, key: str) -> RedisServer:
         """The live master that serves ``key``'s hash slot now."""
-        slot = int(self.client(self.masters()[0]).cluster("keyslot", key))
+        return self.master_of_slot(key_slot(key))
+
+    def master_of_slot(self, slot: int) -> RedisServer:
+        """The live master that serves hash slot ``slot`` now."""
         for node in self.masters():
             owned = self._owned(node)
             if any(start <= slot <= end for start, end in owned):
@@ -133,16 +182,20 @@ class ClusterTopology:
 
     def wait_promoted(self, key: str, old: RedisServer, wait: float = 30.0) -> RedisServer:
         """Until a live master other than ``old`` serves ``key``'s slot; that master."""
+        return self.wait_promoted_slot(key_slot(key), old, wait)
+
+    def wait_promoted_slot(self, slot: int, old: RedisServer, wait: float = 30.0) -> RedisServer:
+        """Until a live master other than ``old`` serves ``slot``; that master."""
         deadline = time.monotonic() + wait
         while True:
             try:
-                found = self.master_of(key)
+                found = self.master_of_slot(slot)
                 if found is not old:
                     return found
             except (AssertionError, OSError, redis.RedisError):
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"no replica took over {key!r} within {wait} s")
+                raise RuntimeError(f"no replica took over slot {slot} within {wait} s")
             time.sleep(0.1)
 
     def node_id(self, node: RedisServer) -> str:

@@ -8,6 +8,8 @@ fixture that starts it.
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,7 +26,8 @@ from flask_caching.backends import RedisClusterCache, RedisSentinelCache
 import cachekit.settings
 from cachekit import LMDBCache
 
-from .redisserver import RedisServer, SentinelTopology, redis_binary, valkey_binary
+from .clustertopology import ClusterTopology
+from .redisserver import RedisServer, SentinelTopology, in_ci, redis_binary, valkey_binary
 
 # Served by gunicorn in test_gunicorn.py: importing it here (doctest collection) would
 # create an app whose cache is the repository's own instance folder.
@@ -155,6 +158,36 @@ def sentinel_topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sent
         yield topology
     finally:
         topology.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterTopology]:
+    """A test's own Redis Cluster: three masters with a replica each (function-scoped: a
+    test may kill a master or move slots; every process is stopped at the end)."""
+    topology = ClusterTopology(tmp_path_factory.mktemp("cluster"), redis_binary())
+    topology.start()
+    try:
+        yield topology
+    finally:
+        topology.stop()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """An 8 MiB tmpfs of the test's own (needs root and mount: skipped elsewhere, and a
+    failure as root under CI)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(mount)],
+        capture_output=True,
+    )
+    if done.returncode:
+        if in_ci() and os.geteuid() == 0:
+            pytest.fail(f"cannot mount a tmpfs as root under CI: {done.stderr!r}")
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
 @pytest.fixture(scope="session")

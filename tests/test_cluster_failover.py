@@ -27,20 +27,15 @@ import multiprocessing as mp
 import os
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from redis.cluster import RedisCluster
 
-from cachekit.redis.leases import RedisLeases
-from cachekit.resolve import strategy_for
-from cachekit.threadlocks import LOCKS
-
 from . import failover
-from .clustertopology import NODE_TIMEOUT, ClusterTopology
+from .clustertopology import NODE_TIMEOUT, ClusterTopology, key_slot, lease_slot
 from .conftest import use_settings
-from .redisserver import RedisServer, redis_binary
+from .redisserver import RedisServer
 
 FORK = mp.get_context("fork")
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -52,55 +47,6 @@ RESUME_SLACK = 4.0
 #: And, after a kill, for the restarted node to rejoin and sync as the new master's replica.
 REJOIN = 4.0
 PREFIX_TAG = "{t}"
-
-
-@pytest.fixture
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterTopology]:
-    topology = ClusterTopology(tmp_path_factory.mktemp("cluster"), redis_binary())
-    topology.start()
-    try:
-        yield topology
-    finally:
-        topology.stop()
-
-
-def migrate_slot(cluster: ClusterTopology, slot: int, pause: float) -> None:
-    """Move ``slot`` to another master, a key at a time with ``pause`` between, as reshard does."""
-    source = next(n for n in cluster.masters() if any(a <= slot <= b for a, b in cluster._owned(n)))
-    target = next(n for n in cluster.masters() if n is not source)
-    source_id, target_id = cluster.node_id(source), cluster.node_id(target)
-    to_source, to_target = cluster.client(source), cluster.client(target)
-    try:
-        to_target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
-        to_source.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
-        while keys := to_source.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1):
-            to_source.execute_command(
-                "MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys
-            )
-            time.sleep(pause)
-        for node in cluster.masters():
-            client = cluster.client(node)
-            try:
-                client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
-            finally:
-                client.close()
-    finally:
-        to_source.close()
-        to_target.close()
-
-
-def lock_slot(where: str, prefix: str) -> int:
-    """The hash slot of lock "L"'s lease under ``prefix``."""
-    cache = failover.open_cache("cluster", where, prefix)
-    leases = strategy_for(cache)._locks
-    assert isinstance(leases, RedisLeases)
-    return int(key_slot(leases.key(leases.stripe(LOCKS, "L"))))
-
-
-def key_slot(key: str) -> int:
-    from redis.crc import key_slot as slot_of
-
-    return int(slot_of(key.encode()))
 
 
 def final(where: str, prefix: str) -> tuple[int, tuple[int, int]]:
@@ -151,8 +97,9 @@ def test_cluster_fault_under_load_loses_nothing_and_keeps_locks_exclusive(
             victim.start()
         else:
             before = cluster.master_of(f"{prefix}n")
-            migrate_slot(cluster, key_slot(f"{prefix}n"), pause=0.2)
-            migrate_slot(cluster, lock_slot(where, prefix), pause=0.2)
+            cluster.migrate(key_slot(f"{prefix}n"), pause=0.2)
+            lease = lease_slot(failover.open_cache("cluster", where, prefix), "L")
+            cluster.migrate(lease, pause=0.2)
             assert cluster.master_of(f"{prefix}n") is not before  # the fault took effect
         for worker in workers:
             worker.join(RUN + 60)

@@ -378,6 +378,46 @@ def test_one_directory_spelled_several_ways_shares_one_lock(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real", "rel", "sub"]
 
 
+#: A container's process: ``incr`` and ``lock`` on the shared directory; prints JSON.
+CONTAINER_WORKER = """
+import json, os, sys, time
+import cachekit
+from cachelib import FileSystemCache
+cache = FileSystemCache(sys.argv[1], threshold=0)
+values, sections = [], []
+for _ in range(int(sys.argv[2])):
+    values.append(cachekit.incr(cache, "n"))
+    with cachekit.lock(cache, "L", timeout=60):
+        entered = time.monotonic()
+        time.sleep(0.001)
+        sections.append((entered, time.monotonic()))
+print(json.dumps({"pid": os.getpid(), "values": values, "sections": sections}), flush=True)
+"""
+
+
+@pytest.mark.timeout(180)
+def test_containers_sharing_a_directory_are_exact(tmp_path: Path) -> None:
+    """Three processes, each pid 1 of a pid namespace of its own (containers sharing the
+    directory as a volume): record locks are the kernel's, which know no namespaces, so
+    every number is handed out once and no two holders overlap."""
+    import itertools
+    import json
+
+    from .pidnamespaces import in_a_container
+
+    directory = tmp_path / "shared"
+    directory.mkdir(mode=0o700)
+    runs = [in_a_container(CONTAINER_WORKER, str(directory), "200") for _ in range(3)]
+    said = [json.loads(run.communicate(timeout=150)[0]) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0, 0]
+    assert [each["pid"] for each in said] == [1, 1, 1]
+    assert sorted(v for each in said for v in each["values"]) == list(range(1, 601))
+    sections = sorted(tuple(s) for each in said for s in each["sections"])
+    assert len(sections) == 600
+    overlaps = [(a, b) for a, b in itertools.pairwise(sections) if b[0] < a[1]]
+    assert not overlaps, overlaps[:3]
+
+
 def test_two_spellings_in_one_process_share_the_thread_stripes(tmp_path: Path) -> None:
     """Record locks belong to the process: two lock-file objects would let its threads overlap."""
     import threading

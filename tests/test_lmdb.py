@@ -10,7 +10,6 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -24,6 +23,8 @@ import cachekit
 from cachekit import LMDBCache
 from cachekit.lmdb import store as lmdb_store
 from cachekit.resolve import strategy_for
+
+from .pidnamespaces import in_a_container
 
 FORK = mp.get_context("fork")
 
@@ -189,23 +190,6 @@ def test_a_full_store_refuses_the_write_and_keeps_everything(tmp_path: Path) -> 
             txn["doc"] = b"y" * (2 << 20)
     assert backend.get("n") == 1 and backend.get("doc") == {"a": 1}  # all or nothing
     assert cachekit.incr(backend, "n") == 2  # and it goes on
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Any:
-    """An 8 MiB tmpfs (needs root and mount; skipped elsewhere)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(mount)],
-        capture_output=True,
-    )
-    if done.returncode:
-        if os.environ.get("CI") == "true" and os.geteuid() == 0:
-            pytest.fail(f"cannot mount a tmpfs as root under CI: {done.stderr!r}")
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
 def test_a_full_disk_is_a_write_error_not_a_crash(small_disk: Path) -> None:
@@ -377,6 +361,52 @@ def test_one_directory_spelled_two_ways_is_one_store(tmp_path: Path) -> None:
     a, b = LMDBCache(str(tmp_path / "real")), LMDBCache(str(tmp_path / "link" / "."))
     assert cachekit.incr(a, "n") == 1 and cachekit.incr(b, "n") == 2
     assert strategy_for(a)._locks is strategy_for(b)._locks
+
+
+#: A process in a pid namespace of its own (a container sharing the directory as a volume):
+#: opens the store, sets ``who``, says "open" and holds it until its input closes.
+IN_A_CONTAINER = """
+import os, sys
+import cachekit
+from cachekit import LMDBCache
+try:
+    store = LMDBCache(sys.argv[1])
+except cachekit.ConfigurationError as error:
+    print("refused:", error, flush=True)
+    raise SystemExit(0)
+store.set("who", f"pid {os.getpid()}")
+print("open", os.getpid(), flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_store_open_from_another_pid_namespace_is_refused(tmp_path: Path) -> None:
+    """LMDB tells readers apart by pid; in two containers sharing the directory, pids collide
+    (each one's first process is pid 1). Found: the second container's pid 1 could not open
+    the store (``mdb_txn_begin: Resource temporarily unavailable``), and one whose pid did
+    not collide opened it, its dead readers taken for live ones. Now refused clearly, from
+    any other namespace, while the first has it open; opened once it has gone, nothing lost."""
+    directory = tmp_path / "shared"
+    first = in_a_container(IN_A_CONTAINER, str(directory))
+    try:
+        assert first.stdout is not None
+        said = first.stdout.readline().split()
+        assert said == ["open", "1"], said  # pid 1, in its namespace
+        # pid 1 as well: LMDB's pid lock would collide
+        second = in_a_container(IN_A_CONTAINER, str(directory))
+        out, _ = second.communicate(timeout=60)
+        assert out.startswith("refused:") and "another pid namespace" in out, out
+        with pytest.raises(cachekit.ConfigurationError, match="another pid namespace"):
+            LMDBCache(str(directory))  # this one's pid does not collide: refused all the same
+    finally:
+        first.communicate("", timeout=60)
+    assert first.returncode == 0
+    store = LMDBCache(str(directory))  # the other namespace has gone: its claim is stale
+    assert store.get("who") == "pid 1"
+    assert sorted(p.name for p in directory.glob(".cachekit-pidns-*")) == [
+        f".cachekit-pidns-{os.stat('/proc/self/ns/pid').st_ino}.lock"
+    ]
 
 
 MOUNTINFO = """22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw

@@ -30,7 +30,7 @@ import cachekit.redis.strategy
 from cachekit.doctor import PROBLEM, WARNING, diagnose, diagnose_backend
 from cachekit.redis.leases import RedisLeases
 from cachekit.resolve import strategy_for
-from cachekit.threadlocks import KEYS
+from cachekit.threadlocks import KEYS, LOCKS
 
 from .conftest import use_settings
 from .netfaults import BlackholeProxy
@@ -129,6 +129,66 @@ def test_a_paused_holder_is_overtaken_and_told_with_a_lower_token(
     assert held.get(timeout=20)[:2] == ("held at the end", False)
     assert held.get(timeout=20)[0] == "lost"  # LeaseLost on leaving the block
     holder.join(10)
+
+
+#: A lock holder in a container (pid 1 of a pid namespace of its own): holds lock "L" with a
+#: lease of ``argv[3]`` s until its input says so, renewing it; prints its token.
+CONTAINER_HOLDER = """
+import dataclasses, sys
+import redis
+import cachekit, cachekit.settings
+from cachelib import RedisCache
+settings = cachekit.settings
+settings.DEFAULTS = dataclasses.replace(settings.DEFAULTS, lease=float(sys.argv[3]))
+cache = RedisCache(host=redis.Redis.from_url(sys.argv[1]), key_prefix=sys.argv[2])
+with cachekit.lock(cache, "L", timeout=30) as handle:
+    print("held", handle.token, flush=True)
+    sys.stdin.readline()
+print("left", flush=True)
+"""
+
+
+def test_a_holder_in_another_container_is_waited_for_not_judged_dead(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A holder's death is proven through /proc only on its own machine and pid namespace.
+    A holder in a container is pid 1 there; on the host pid 1 is init, started at another
+    time: judged by pid alone it would look like a pid reused, its live lease taken. It is
+    waited for: while alive (renewing) never overtaken; killed, overtaken only once its
+    lease has run out, with a larger fencing token."""
+    from .pidnamespaces import in_a_container, inner_pid
+
+    use_settings(monkeypatch, lease=1.5)
+    prefix = f"container-{uuid.uuid4().hex[:6]}:"
+    holder = in_a_container(CONTAINER_HOLDER, redis_url, prefix, "1.5")
+    try:
+        assert holder.stdout is not None
+        said = holder.stdout.readline().split()
+        assert said[0] == "held", said
+        cache = open_cache(redis_url, prefix)
+        with pytest.raises(cachekit.LockTimeout):  # alive, renewing past its lease: waited for
+            with cachekit.lock(cache, "L", timeout=4.0):
+                pass
+        leases = strategy_for(cache)._locks
+        assert isinstance(leases, RedisLeases)
+        key = leases.key(leases.stripe(LOCKS, "L"))
+        admin = redis.Redis.from_url(redis_url)
+        os.kill(inner_pid(holder), signal.SIGKILL)  # the container's pid 1: all of it dies
+        killed = time.monotonic()
+        lease = admin.get(key)
+        assert isinstance(lease, bytes)
+        expiry, token = lease.split(b" ", 1)  # "<expiry, server ms> <token>"
+        seconds, micros = admin.time()
+        left = (int(expiry) - (seconds * 1000 + micros // 1000)) / 1000
+        assert token.decode().split(".")[1] == "1" and left > 0  # pid 1's lease, still on
+        with cachekit.lock(cache, "L", timeout=30) as handle:
+            granted = time.monotonic()
+            assert handle.token > int(said[1])
+        assert granted >= killed + left - 0.05  # not before its lease ran out: no proof
+        assert granted <= killed + 1.5 + 5  # and then soon (generous on a busy machine)
+    finally:
+        holder.kill()
+        holder.communicate(timeout=30)
 
 
 def test_fencing_tokens_increase_across_processes_and_a_lost_counter(redis_url: str) -> None:

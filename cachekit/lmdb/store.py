@@ -38,6 +38,10 @@ Invariants:
   written. On file systems that copy on write (btrfs, ZFS), where rewriting
   an allocated page needs new blocks, the map is not writable: LMDB writes
   with ``pwrite``, whose errors are plain errors.
+- **One pid namespace per store.** LMDB tells readers apart by pid, unique
+  only within a pid namespace: a store open from another namespace (another
+  container sharing the directory) is refused at open
+  (:mod:`cachekit.lmdb.namespaces`).
 - **Nothing expires by eviction.** An entry is removed only when it expired
   (lazily invisible on read, deleted by a bounded sweep), when deleted, or
   by ``clear()``. A store that is full fails the write with
@@ -84,6 +88,7 @@ from ..errors import (
 )
 from ..forking import at_fork
 from ..lockfiles import lock_file, private_file_problem
+from . import namespaces
 
 #: The expiry header of every entry (0: never).
 HEADER: Final = struct.Struct("<I")
@@ -356,6 +361,7 @@ class Store:
                         path=self.directory,
                     )
                 _check_files(self.directory)
+                namespaces.claim(self.directory, identity)  # before LMDB uses pids
                 _release_inherited(identity, self.directory)
                 found = _environments[identity] = (
                     _generation,

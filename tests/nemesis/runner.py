@@ -16,6 +16,8 @@ fault it asked for never took effect.
 
 from __future__ import annotations
 
+import errno
+import functools
 import http.client
 import json
 import multiprocessing as mp
@@ -34,6 +36,7 @@ from typing import Any, Final
 
 import redis
 
+from ..clustertopology import ClusterTopology
 from ..netfaults import BlackholeProxy
 from ..redisserver import RedisServer, SentinelTopology
 from .checker import ERASED, FAILOVER, PAUSE, RESTART, Client, Excuse, Run
@@ -85,6 +88,12 @@ class Target:
     behind_proxy: str = ""
     #: A master, replicas and sentinels: the faults fail the master over.
     topology: SentinelTopology | None = None
+    #: A Redis Cluster, and the hash slots the workloads use (their keys', their lock's):
+    #: the ``cluster_failover`` and ``migrate`` faults act on the masters serving them.
+    cluster: ClusterTopology | None = None
+    slots: tuple[int, ...] = ()
+    #: A small file system the store lives on: the ``disk_full`` fault fills it.
+    disk: Path | None = None
     master: int = 0  # gunicorn's master pid
     lease: float = 1.0
     done: list[str] = field(default_factory=list)
@@ -108,9 +117,14 @@ class Target:
     ended: float = 0.0
 
     def victims(self) -> list[int]:
+        """The client processes (workers) alive now: never one killed, even while its
+        threads are still exiting (its main thread shows ``Z`` and ``is_alive()`` still
+        says True until the last one is gone: a pause aimed there stops nothing)."""
         if self.master:
-            return sorted(gunicorn_workers(self.master))
-        return [started.proc.pid for started in self.procs if started.proc.is_alive()]
+            pids = gunicorn_workers(self.master)
+        else:
+            pids = [started.proc.pid for started in self.procs if started.proc.is_alive()]
+        return sorted(pid for pid in pids if pid not in self.kills and _state(pid) not in DEAD)
 
     def paused_for(self, pid: int, began: float, ended: float) -> float:
         """Seconds of [began, ended] that process ``pid`` may not have made progress: it was
@@ -130,7 +144,7 @@ class Target:
 
     def run_lease(self) -> float | None:
         """The lock's lease if it has one (Redis), else None (the kernel holds the lock)."""
-        return self.lease if self.server or self.topology else None
+        return self.lease if self.server or self.topology or self.cluster else None
 
     def run(self, kinds: tuple[str, ...], clients: list[Client], **options: Any) -> Run:
         """What the checker needs to know of this run; a lease only for Redis."""
@@ -168,12 +182,21 @@ def _pick(victims: list[int], pick: float) -> int:
     return victims[int(pick * len(victims))]
 
 
+#: The states of a process that is gone or going (``''``: no longer in /proc).
+DEAD: Final = ("", "Z", "X")
+
+
 def _state(pid: int) -> str:
     """The process's state letter ('' if it is gone)."""
     try:
         return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split() or [""])[0]
     except (OSError, IndexError):
         return ""
+
+
+def _halted(pid: int) -> bool:
+    """Whether ``pid`` is stopped, or gone."""
+    return _state(pid) in ("T", "t", *DEAD)
 
 
 def _open_grant(target: Target, pid: int) -> float | None:
@@ -255,7 +278,7 @@ def kill9(target: Target, pick: float) -> tuple[bool, str]:
         return False, "the victim was already gone"
     if target.spawn is not None:
         target.procs.append(target.spawn())
-    dead = _wait_for(lambda: _state(victim) in ("", "Z", "X"))
+    dead = _wait_for(lambda: _state(victim) in DEAD)
     inside = dead and _inside_section(target, victim)  # (its notes are final: it is dead)
     if inside:
         target.killed_holders.append(victim)
@@ -270,21 +293,30 @@ def pause(target: Target, pick: float) -> tuple[bool, str]:
     other fault meanwhile), so that a stopped holder's exit meets a working
     store and is told ``LeaseLost``; elsewhere other faults go on meanwhile.
     """
-    victims = [pid for pid in target.victims() if pid not in target.paused]
-    if not victims:
-        return False, "no live victim"
-    # (with a lease, longer: a stop of a holder is what shows a holder told)
-    victim = _aim(target, victims, pick, 1.5 if target.run_lease() is None else 4.0)
-    began = time.monotonic()
-    target.paused.add(victim)
-    try:
-        os.kill(victim, signal.SIGSTOP)
-    except ProcessLookupError:
+    leased = target.run_lease() is not None
+    for attempt in range(3 if leased else 1):
+        victims = [pid for pid in target.victims() if pid not in target.paused]
+        if not victims:
+            return False, "no live victim"
+        # (with a lease, longer: a stop of a holder is what shows a holder told)
+        victim = _aim(target, victims, pick, 4.0 if leased else 1.5)
+        began = time.monotonic()
+        target.paused.add(victim)
+        try:
+            os.kill(victim, signal.SIGSTOP)
+        except ProcessLookupError:
+            target.paused.discard(victim)
+            return False, "the victim was already gone"
+        stopped = _wait_for(functools.partial(_halted, victim), 2.0)
+        stopped = stopped and _state(victim) in ("T", "t")
+        inside = stopped and _inside_section(target, victim)  # (read once stopped: final)
+        if inside or not leased or attempt == 2:
+            break
+        # With a lease, a pause is there to stop a holder past it: one that held nothing
+        # is resumed at once (its short stop excused) and another is aimed at.
+        os.kill(victim, signal.SIGCONT)
+        target.excuses.append(Excuse(PAUSE, victim, began, time.monotonic()))
         target.paused.discard(victim)
-        return False, "the victim was already gone"
-    stopped = _wait_for(lambda: _state(victim) in ("T", "t", "", "Z"), 2.0)
-    stopped = stopped and _state(victim) in ("T", "t")
-    inside = stopped and _inside_section(target, victim)  # (read once it is stopped: final)
     if inside:
         target.paused_holders.append(victim)
 
@@ -479,6 +511,70 @@ def switchover(target: Target, pick: float) -> tuple[bool, str]:
     return _sentinel_fault(target, kill=False)
 
 
+def cluster_failover(target: Target, pick: float) -> tuple[bool, str]:
+    """``kill -9`` the Cluster master serving one of the workloads' slots (by ``pick``); its
+    replica is promoted; the killed node is started again, as a supervisor would, and rejoins
+    as the new master's replica. The window from the kill to a stable cluster is a
+    :data:`.checker.FAILOVER` excuse (a lease granted on the old master may not reach the
+    new one before the kill: its holder is told)."""
+    cluster = target.cluster
+    assert cluster is not None
+    slot = _pick(list(target.slots), pick)
+    victim = cluster.master_of_slot(slot)
+    began = time.monotonic()
+    victim.kill()
+    try:
+        try:
+            promoted = cluster.wait_promoted_slot(slot, victim, wait=30)
+        finally:
+            victim.start()
+        cluster.wait_stable(40)
+    except RuntimeError as error:
+        return False, f"not settled: {error}"[:200]
+    finally:
+        target.excuses.append(Excuse(FAILOVER, 0, began, time.monotonic()))
+    took = time.monotonic() - began
+    return True, f"slot {slot}: master {victim.port} -> {promoted.port} in {took:.1f} s"
+
+
+def migrate(target: Target, pick: float) -> tuple[bool, str]:
+    """Move every slot the workloads use to another master, a key at a time, as ``redis-cli
+    --cluster reshard`` does: operations meanwhile meet ``ASK`` and ``MOVED``. Nothing is
+    excused: each operation completes exactly or raises with nothing written."""
+    cluster = target.cluster
+    assert cluster is not None
+    moves, moved = [], True
+    for slot in sorted(set(target.slots)):
+        source, dest = cluster.migrate(slot, pause=0.05)
+        moved = moved and cluster.master_of_slot(slot) is dest
+        moves.append(f"slot {slot}: {source.port} -> {dest.port}")
+    return moved and bool(moves), "; ".join(moves)
+
+
+def disk_full(target: Target, pick: float) -> tuple[bool, str]:
+    """Fill the small disk the store is on with a file of junk until the kernel refuses a
+    byte more (``ENOSPC``), keep it full for a second or two, then delete the junk: writes
+    meanwhile fail with nothing written (``WriteError``), and service resumes after."""
+    assert target.disk is not None
+    junk = target.disk / f"junk-{time.monotonic_ns()}"
+    written, full = 0, False
+    chunk = b"\0" * 65536
+    descriptor = os.open(junk, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        while not full:
+            try:
+                written += os.write(descriptor, chunk)  # (short once nearly full)
+            except OSError as error:
+                if error.errno != errno.ENOSPC:
+                    raise
+                full = True
+        time.sleep(0.5 + 1.5 * pick)
+    finally:
+        os.close(descriptor)
+        junk.unlink()
+    return full, f"{written:,} bytes of junk until {'ENOSPC' if full else 'never full'}"
+
+
 def memory_pressure(target: Target, pick: float) -> tuple[bool, str]:
     """Fill Redis with keys that have a TTL until it has evicted 100 of them (10 s at most)."""
     assert target.server is not None
@@ -536,7 +632,10 @@ FAULTS: dict[str, Callable[[Target, float], tuple[bool, str] | None]] = {
     "partition": partition,
     "failover": failover,
     "switchover": switchover,
+    "cluster_failover": cluster_failover,
+    "migrate": migrate,
     "memory": memory_pressure,
+    "disk_full": disk_full,
     "reload": reload_workers,
 }
 
@@ -545,7 +644,13 @@ FAULTS: dict[str, Callable[[Target, float], tuple[bool, str] | None]] = {
 #: (a restart or memory pressure waits seconds for its effect, delaying the next; a
 #: failover waits for the sentinels to agree and the replicas to resync).
 PER_FAULT: Final = 2.5
-SLOW_FAULTS: Final = {"partition": 4.0, "failover": 6.0, "switchover": 13.0}
+SLOW_FAULTS: Final = {
+    "partition": 4.0,
+    "failover": 6.0,
+    "switchover": 13.0,
+    "cluster_failover": 8.0,
+    "migrate": 4.0,
+}
 
 
 def long_enough(seconds: float, faults: list[str], lease: float | None = None) -> float:
@@ -665,6 +770,9 @@ def run_processes(
     proxy: BlackholeProxy | None = None,
     behind_proxy: str = "",
     topology: SentinelTopology | None = None,
+    cluster: ClusterTopology | None = None,
+    slots: tuple[int, ...] = (),
+    disk: Path | None = None,
     lease: float = 1.0,
     kinds: tuple[str, ...] = KINDS,
     seed: int = 0,
@@ -673,10 +781,12 @@ def run_processes(
 
     ``proxy``: the clients whose spec is ``behind_proxy`` reach Redis through it
     (the ``partition`` fault cuts them off). ``topology``: a Sentinel topology
-    the ``failover`` and ``switchover`` faults act on.
+    the ``failover`` and ``switchover`` faults act on; ``cluster``: a Redis Cluster the
+    ``cluster_failover`` and ``migrate`` faults act on, at the masters of ``slots``;
+    ``disk``: the small file system the ``disk_full`` fault fills.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    seconds = long_enough(seconds, faults, lease if server or topology else None)
+    seconds = long_enough(seconds, faults, lease if server or topology or cluster else None)
     until = time.monotonic() + seconds
     count = iter(range(10**6))
 
@@ -696,6 +806,9 @@ def run_processes(
         proxy=proxy,
         behind_proxy=behind_proxy,
         topology=topology,
+        cluster=cluster,
+        slots=slots,
+        disk=disk,
         lease=lease,
         seed=seed,
         notes=folder,

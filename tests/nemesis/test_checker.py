@@ -627,3 +627,39 @@ def test_notes_survive_a_kill_and_join_their_operation(tmp_path: Path) -> None:
     )
     attach_notes(http, tmp_path)
     assert http[0].extra["notes"] == {"granted": 2.0, "token": 6, "pid": 99, "left": 2.5}
+
+
+def _threads_then_sleep() -> None:
+    import threading
+    import time
+
+    def spin() -> None:
+        while True:
+            pass
+
+    for _ in range(2):
+        threading.Thread(target=spin, daemon=True).start()
+    time.sleep(60)
+
+
+def test_a_dying_client_is_no_victim() -> None:
+    """A client killed while its threads still exit (its main thread ``Z``, ``is_alive()``
+    still True until the last thread is gone) is never a fault's victim: a pause aimed at
+    it stops nothing (CI saw ``pause: pid ... not seen stopped`` right after a kill)."""
+    import os
+    import signal
+    import time
+
+    from .runner import DEAD, FORK, Started, Target, _state
+
+    for _ in range(20):  # the window is short: several tries, each asserting
+        proc = FORK.Process(target=_threads_then_sleep)
+        proc.start()
+        assert proc.pid is not None
+        target = Target(procs=[Started(proc, "s", time.monotonic())])
+        assert target.victims() == [proc.pid]
+        os.kill(proc.pid, signal.SIGKILL)  # not through the nemesis: not in target.kills
+        while _state(proc.pid) not in DEAD:
+            time.sleep(0.0005)
+        assert target.victims() == []
+        proc.join(30)

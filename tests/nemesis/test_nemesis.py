@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from ..clustertopology import ClusterTopology, key_slot, lease_slot
 from ..conftest import use_settings
 from ..netfaults import BlackholeProxy
 from ..redisserver import RedisServer, SentinelTopology, redis_binary
@@ -157,6 +158,24 @@ def test_processes_on_lmdb_spelled_four_ways(tmp_path: Path) -> None:
     verify("processes/LMDBCache", history, target, clients, f"lmdb:{real}", wanted, tmp_path)
 
 
+@pytest.mark.parametrize("store", ["FileSystemCache", "LMDBCache"])
+def test_processes_on_a_full_disk(small_disk: Path, tmp_path: Path, store: str) -> None:
+    """The store's small disk filled to the last byte, for a second or two, again and again,
+    while clients write, are killed and paused: every write refused meanwhile raises a
+    cachekit error with nothing written, nothing acknowledged is lost, and service resumes
+    once the space is back."""
+    folder = small_disk / "cache"
+    folder.mkdir(mode=0o700)
+    spec = str(folder) if store == "FileSystemCache" else f"lmdb:{folder}"
+    wanted = ["disk_full", "kill9", "pause"]
+    history, target, clients = run_processes(
+        [spec] * 4, tmp_path / "history", SECONDS, wanted, disk=small_disk, seed=seed()
+    )
+    verify(f"processes/{store} on a full disk", history, target, clients, spec, wanted, tmp_path)
+    refused = [op for op in history if "disk" in str(op.value).lower()]
+    assert refused, "the disk was full, yet no client was refused a write"
+
+
 def test_processes_on_redis(
     tmp_path: Path, nemesis_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -246,6 +265,35 @@ def test_processes_on_a_sentinel_topology_failed_over(
         seed=seed(),
     )
     verify("processes/Sentinel", history, target, clients, spec, wanted, tmp_path)
+
+
+def test_processes_on_a_cluster_failed_over_and_resharded(
+    tmp_path: Path, cluster: ClusterTopology, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three masters with a replica each: the master serving the workloads' keys (or their
+    lock's lease) killed, its replica promoted and the node back as a replica; the slots
+    moved to another master key by key while the workloads run; clients paused and killed.
+
+    ``CACHEKIT_REDIS_DURABLE_WRITES = 1``: a write is acknowledged once the shard's replica
+    has it, so a killed master loses nothing acknowledged (while its shard has no replica,
+    writes there raise ``StorageError``); a migration loses nothing by itself.
+    """
+    use_settings(monkeypatch, lease=LEASE, redis_timeout=2.0, durable_writes=1)
+    prefix = "{n}:"  # every workload key in one slot: a transaction's keys must share one
+    spec = f"cluster:{cluster.startup}|{prefix}"
+    slots = (key_slot(prefix), lease_slot(open_cache(spec), "section"))
+    wanted = ["cluster_failover", "migrate", "pause", "kill9"]
+    history, target, clients = run_processes(
+        [spec] * 4,
+        tmp_path / "history",
+        SECONDS,
+        wanted,
+        cluster=cluster,
+        slots=slots,
+        lease=LEASE,
+        seed=seed(),
+    )
+    verify("processes/Cluster", history, target, clients, spec, wanted, tmp_path)
 
 
 def gunicorn_master(tmp_path: Path) -> int:

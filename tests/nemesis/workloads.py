@@ -49,7 +49,14 @@ NOT_APPLIED = (
 
 def open_cache(spec: str) -> Any:
     """A backend from a spec: a cache directory, ``lmdb:<directory>``, ``redis://...|prefix``
-    or ``sentinel:<port>,<port>...|prefix`` (the sentinels of master ``mymaster``)."""
+    ``sentinel:<port>,<port>...|prefix`` (the sentinels of master ``mymaster``) or
+    ``cluster:<host:port>,...|prefix`` (a Redis Cluster's nodes; a prefix with a hash tag
+    keeps a transaction's keys in one slot)."""
+    if spec.startswith("cluster:"):
+        from flask_caching.backends import RedisClusterCache
+
+        nodes, prefix = spec.removeprefix("cluster:").split("|")
+        return RedisClusterCache(cluster=nodes, key_prefix=prefix)
     if spec.startswith("sentinel:"):
         from flask_caching.backends import RedisSentinelCache
 
