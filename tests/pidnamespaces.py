@@ -1,8 +1,9 @@
 """Python in a pid namespace of its own, as in a container (tests only).
 
-``unshare --pid --fork --mount-proc``: the process is pid 1 of a new pid
+``unshare --pid --fork --kill-child --mount-proc``: the process is pid 1 of a new pid
 namespace and sees that namespace's ``/proc``, as a container's first process
-does; the files it opens are the host's, as through a shared volume.
+does; the files it opens are the host's, as through a shared volume. It dies
+with ``unshare`` (a test that fails leaves no container behind).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ def in_a_container(script: str, *args: str) -> subprocess.Popen[str]:
             [unshare, "--pid", "--fork", "--mount-proc", "true"], capture_output=True
         )
         if not probe.returncode:
-            command = [unshare, "--pid", "--fork", "--mount-proc", sys.executable, "-c", script]
+            command = [unshare, "--pid", "--fork", "--kill-child", "--mount-proc"]
+            command += [sys.executable, "-c", script]
             return subprocess.Popen(
                 [*command, *args],
                 stdin=subprocess.PIPE,

@@ -23,7 +23,7 @@ from limits.strategies import STRATEGIES
 import cachekit
 from cachekit.limits_storage import CachekitStorage
 
-from .conftest import BACKENDS, clear_of_a_window_edge, clear_of_an_edge_for
+from .conftest import BACKENDS, clear_of_a_window_edge, clear_of_an_edge_for, use_settings
 from .server import free_port
 
 pytestmark = pytest.mark.timeout(120)
@@ -162,6 +162,24 @@ def test_redis_windows_ignore_the_hosts_clock(
     monkeypatch.setattr(time, "time", lambda: real() + 120)
     hits += [limiter.hit(item, "k") for _ in range(3)]
     assert hits == [True] * 5 + [False]
+
+
+@pytest.mark.parametrize("strategy", STRATEGY_NAMES)
+def test_durable_writes_make_every_hit_wait_for_replicas(
+    redis_url: str, strategy: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With CACHEKIT_REDIS_DURABLE_WRITES a hit counts once the replicas have it (a failover
+    then loses no hit let through: the nemesis's Sentinel and Cluster cases check that). A
+    server with no replica cannot confirm one: every hit raises, none is let through untold.
+    """
+    import redis
+    from cachelib import RedisCache
+
+    use_settings(monkeypatch, durable_writes=1)
+    backend = RedisCache(host=redis.Redis.from_url(redis_url), key_prefix=uuid.uuid4().hex[:8])
+    limiter = STRATEGIES[strategy](storage_for(backend))
+    with pytest.raises(cachekit.StorageError, match="did not replicate a write in time"):
+        limiter.hit(RateLimitItemPerMinute(5), "k")
 
 
 def test_redis_keys_are_cachekits_own_and_reset_leaves_the_apps(

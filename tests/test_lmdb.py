@@ -388,20 +388,23 @@ def test_a_store_open_from_another_pid_namespace_is_refused(tmp_path: Path) -> N
     not collide opened it, its dead readers taken for live ones. Now refused clearly, from
     any other namespace, while the first has it open; opened once it has gone, nothing lost."""
     directory = tmp_path / "shared"
-    first = in_a_container(IN_A_CONTAINER, str(directory))
+    directory.mkdir(mode=0o700)
+    # two containers starting at once: exactly one opens (the claims are serialized)
+    both = [in_a_container(IN_A_CONTAINER, str(directory)) for _ in range(2)]
+    said = [run.stdout.readline() if run.stdout else "" for run in both]
+    opened = [run for run, line in zip(both, said, strict=True) if line.split() == ["open", "1"]]
     try:
-        assert first.stdout is not None
-        said = first.stdout.readline().split()
-        assert said == ["open", "1"], said  # pid 1, in its namespace
-        # pid 1 as well: LMDB's pid lock would collide
-        second = in_a_container(IN_A_CONTAINER, str(directory))
-        out, _ = second.communicate(timeout=60)
-        assert out.startswith("refused:") and "another pid namespace" in out, out
+        assert len(opened) == 1, said
+        refused = next(line for line in said if line.split() != ["open", "1"])
+        assert refused.startswith("refused:") and "another pid namespace" in refused, said
+        # pid 1 as well, the second's LMDB pid lock would have collided; this process's pid
+        # does not collide: refused all the same
         with pytest.raises(cachekit.ConfigurationError, match="another pid namespace"):
-            LMDBCache(str(directory))  # this one's pid does not collide: refused all the same
+            LMDBCache(str(directory))
     finally:
-        first.communicate("", timeout=60)
-    assert first.returncode == 0
+        for run in both:
+            run.communicate("", timeout=60)
+    assert [run.returncode for run in both] == [0, 0]
     store = LMDBCache(str(directory))  # the other namespace has gone: its claim is stale
     assert store.get("who") == "pid 1"
     assert sorted(p.name for p in directory.glob(".cachekit-pidns-*")) == [

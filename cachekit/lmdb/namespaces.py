@@ -24,6 +24,15 @@ directory, and refuses to open it while another namespace holds a claim:
   :class:`~cachekit.errors.ConfigurationError`, nothing opened.
 - Where this process's pid namespace cannot be read (no ``/proc``), no claim
   is made and nothing is refused.
+- No fork happens during a claim (an at-fork hook waits for it): a child
+  would inherit the guard's exclusive ``flock`` and hold it for its life.
+  The guard is waited for :data:`GUARD_WAIT` seconds at most (a process
+  stopped inside its claim): then :class:`~cachekit.errors.StorageError`.
+- Claims are kept per directory and pid namespace: a directory made again,
+  or a process that moved to another pid namespace, claims again.
+- A rolling update that starts the new container before the old one has
+  stopped (two pid namespaces on one volume) is refused until the old one's
+  processes are gone, as it must be: their pids would collide.
 
 ``flock`` works between pid namespaces of one kernel: it is what containers
 on one host share. Stores on network file systems are refused before this
@@ -32,21 +41,45 @@ on one host share. Stores on network file systems are refused before this
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
 import threading
+import time
 from typing import Final
 
 from ..errors import ConfigurationError, StorageError
+from ..forking import at_fork
 
 #: The lock file that serializes claims; claims are ``PREFIX<inode>.lock``.
 GUARD: Final = ".cachekit-pidns.lock"
 PREFIX: Final = ".cachekit-pidns-"
 
-#: (directory's device, inode) -> the descriptor holding this process's claim.
-_claims: dict[tuple[int, int], int] = {}
+#: The longest wait for another process's claim in progress, in seconds.
+GUARD_WAIT: Final = 10.0
+
+#: (directory's device, inode, pid namespace) -> the descriptor holding this process's claim.
+_claims: dict[tuple[int, int, int], int] = {}
 _claiming = threading.Lock()
+
+
+def _before_fork() -> None:
+    _claiming.acquire()  # no fork in the middle of a claim
+
+
+def _after_fork_in_parent() -> None:
+    _claiming.release()
+
+
+def _after_fork_in_child() -> None:
+    global _claiming
+    _claiming = threading.Lock()
+
+
+at_fork(
+    before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
+)
 
 
 def pid_namespace() -> int | None:
@@ -62,21 +95,22 @@ def claim(directory: str, identity: tuple[int, int]) -> None:
 
     :class:`ConfigurationError` if a process of another pid namespace has it open.
     """
-    if identity in _claims:
-        return
     namespace = pid_namespace()
     if namespace is None:
         return
+    claimed = (*identity, namespace)
+    if claimed in _claims:
+        return
     with _claiming:
-        if identity not in _claims:
-            _claims[identity] = _claim(directory, namespace)
+        if claimed not in _claims:
+            _claims[claimed] = _claim(directory, namespace)
 
 
 def _claim(directory: str, namespace: int) -> int:
     flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
     guard = _open(os.path.join(directory, GUARD), flags)
     try:
-        fcntl.flock(guard, fcntl.LOCK_EX)
+        _lock_guard(guard, directory)
         mine = f"{PREFIX}{namespace}.lock"
         held = _open(os.path.join(directory, mine), flags)
         try:
@@ -87,17 +121,41 @@ def _claim(directory: str, namespace: int) -> int:
                         raise _refusal(directory, name)
         except BaseException:
             os.close(held)
-            _gone(os.path.join(directory, mine))  # no claim left behind if none holds it
+            with contextlib.suppress(OSError):  # no claim left behind if none holds it
+                _gone(os.path.join(directory, mine))
             raise
         return held
     except OSError as error:
-        raise StorageError(
-            f"cannot open the LMDB store in {directory!r}: its pid namespace claim:"
-            f" {error.strerror}",
+        raise ConfigurationError(
+            f"cannot open the LMDB store in {directory!r}: cachekit keeps its pid namespace"
+            f" claim there ({PREFIX}<namespace>.lock) and cannot: {error.strerror}. The"
+            " directory must be writable by the app's user",
             path=directory,
         ) from error
     finally:
         os.close(guard)  # (releases the guard's flock)
+
+
+def _lock_guard(guard: int, directory: str) -> None:
+    """Take the guard's exclusive ``flock``, waiting :data:`GUARD_WAIT` s at most."""
+    deadline = time.monotonic() + GUARD_WAIT
+    pause = 0.001
+    while True:
+        try:
+            fcntl.flock(guard, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as error:
+            if error.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+        if time.monotonic() > deadline:
+            raise StorageError(
+                f"cannot open the LMDB store in {directory!r}: another process has held"
+                f" {os.path.join(directory, GUARD)!r} for {GUARD_WAIT:.0f} s while it opened"
+                " the store (stopped, or frozen with its container)",
+                path=directory,
+            )
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 def _gone(path: str) -> bool:

@@ -158,7 +158,9 @@ class RedisStrategy(Strategy):
         weakref.finalize(self, _close_quietly, client, renewal_client)  # cachekit's own
         self._scripts = scripts
         self._prefix = parts.prefix
-        self._rate_limits = RedisRateLimits(client, scripts, self._key)
+        self._rate_limits = RedisRateLimits(
+            client, scripts, self._key, self._replication, self._durable_writes
+        )
         self._serializer = parts.serializer
         kind = type(parts.serializer)
         self._default_serializer = (

@@ -37,6 +37,10 @@ Then what must hold, whatever the faults:
   sections that ran and the overtaken holders' stale writes allow.
 - **memo**: a memoized call that began after an invalidation returned got a
   value at least as new as that invalidation.
+- **limit**: no rate limit let more than its limit through (twice that if
+  memory pressure evicted its key: a window is a key with a timeout), and
+  none refused a hit before the hits let through and the unknown ones that
+  began before the refusal ended reached the limit.
 """
 
 from __future__ import annotations
@@ -48,10 +52,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .history import FAIL, INFO, OK, Op
+from .history import FAIL, INFO, OK, TOLD, Op
+from .workloads import LIMIT
 
-#: A section that raised LeaseLost on exit: it ran, but knew it may have overlapped.
-TOLD = "told"
 #: Kinds of excuse: a SIGSTOP of one process; a restart of a Redis that persists (its
 #: leases kept, but nobody can renew them while it is down); a restart of one that
 #: persists nothing (every lease erased when it stopped); a failover of a replicated
@@ -113,6 +116,8 @@ class Run:
     excuses: tuple[Excuse, ...] = ()
     deaths: Mapping[int, float] = field(default_factory=dict)
     ended: float = math.inf
+    #: Rate limits (operation arguments) whose key memory pressure evicted.
+    evicted: frozenset[str] = frozenset()
     min_ok: int = 3
     min_life: float = 2.0
     every_kind_per_client: bool = True
@@ -133,6 +138,8 @@ def check(history: list[Op], final: dict[str, Any], opening_total: int, run: Run
         anomalies += _sections(history, final.get("guarded"), run)
     if "memo" in kinds or "invalidate" in kinds:
         anomalies += _invalidations(history)
+    if "limit" in kinds:
+        anomalies += _limits(history, LIMIT, run.evicted)
     return anomalies
 
 
@@ -249,6 +256,48 @@ def _invalidations(history: list[Op]) -> list[Anomaly]:
                 )
             )
     return _capped("memo", found)
+
+
+def _limits(history: list[Op], limit: int, evicted: frozenset[str] = frozenset()) -> list[Anomaly]:
+    """No rate limit let more than ``limit`` hits through; none refused one before ``limit``
+    hits that began before that refusal ended were let through, or might have been
+    (unknown outcomes count as hits that may have landed).
+
+    A limit is an operation's argument, ``<strategy>:<number>`` (a key of its own). One
+    that memory pressure evicted (``evicted``) may have lost its window once and let
+    ``limit`` more through: a limit on Redis under ``volatile-*`` eviction is only as
+    exact as its keys are kept. A hit's value is ``[let through, day of its window]``: the
+    sliding window counter's windows are days aligned to the clock, so a limit hit across
+    midnight is not judged for it (the previous day's count weighs in).
+    """
+    found = []
+    for name in sorted({str(op.arg) for op in history if op.kind == "limit"}):
+        ops = [op for op in history if op.kind == "limit" and str(op.arg) == name]
+        done = [op for op in ops if op.outcome == OK]
+        if name.startswith("sliding:") and len({op.value[1] for op in done}) > 1:
+            continue
+        through = [op for op in done if op.value[0]]
+        most = limit * (1 + (name in evicted))
+        if len(through) > most:
+            found.append(
+                Anomaly(
+                    f"limit: {name} let {len(through)} hits through, more than {most}",
+                    tuple(sorted(through, key=lambda op: op.ended)[most : most + 1]),
+                )
+            )
+        counted = sorted(op.began for op in ops if op.outcome == INFO or op in through)
+        for op in done:
+            if not op.value[0] and bisect.bisect_left(counted, op.ended) < limit:
+                before = bisect.bisect_left(counted, op.ended)
+                found.append(
+                    Anomaly(
+                        f"limit: {name} refused a hit when {before} hits (unknown ones"
+                        f" included) had begun before it ended, fewer than {limit}",
+                        (op,),
+                    )
+                )
+                break
+    return found
 
 
 def _counter(history: list[Op], final: int | None) -> list[Anomaly]:
@@ -419,21 +468,24 @@ def _held(history: list[Op], run: Run) -> list[_Section]:
 
 
 def _struck(excuse: Excuse, holder: _Section) -> bool:
-    """The pause (of this holder's process) or restart struck while the holder was at it; a
-    failover, if the holder was at it at any time during the failover.
+    """The pause (of this holder's process) struck while the holder was at it; a restart or
+    failover, if the holder was at it at any time during it.
 
     "At it" runs to the end of the operation, past the noted exit: a holder
     stopped after noting its exit and before its release reached the store is
     told as rightly as one stopped inside its section (nothing it wrote then
     can overlap another's section: [granted, end] is what the overlap check
-    compares).
+    compares). A restart strikes a holder granted while the server was
+    stopping (it serves until it exits) whose release or renewals then found
+    it down until its lease had run out (a run saw one granted 0.09 s after
+    the stop began, its release answered 2 s later: told, rightly).
     """
     if excuse.kind == PAUSE and excuse.pid != holder.pid:
         return False
     until = max(holder.end, holder.op.ended)
-    if excuse.kind == FAILOVER:
-        return holder.op.began <= excuse.end and excuse.start <= until
-    return holder.op.began <= excuse.start <= until
+    if excuse.kind == PAUSE:
+        return holder.op.began <= excuse.start <= until
+    return holder.op.began <= excuse.end and excuse.start <= until
 
 
 def _overtaken(holder: _Section, other_granted: float, run: Run) -> Excuse | None:
@@ -471,8 +523,11 @@ def _overtaken(holder: _Section, other_granted: float, run: Run) -> Excuse | Non
         if excuse.kind == ERASED:
             if holder.granted <= excuse.end:
                 return excuse
+        elif excuse.kind == RESTART:  # the lease kept: it runs at least a lease from its grant
+            if other_granted >= holder.granted + run.lease - SLACK:
+                return excuse
         elif other_granted >= min(holder.granted, excuse.start) + run.lease - SLACK:
-            return excuse
+            return excuse  # a pause: from its grant, or from a grant it noted late
     return None
 
 

@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 OK, FAIL, INFO = "ok", "fail", "info"
+#: A section that raised LeaseLost on exit: it ran, but knew it may have overlapped.
+TOLD = "told"
 
 
 @dataclass

@@ -16,6 +16,7 @@ fault it asked for never took effect.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import http.client
@@ -23,6 +24,7 @@ import json
 import multiprocessing as mp
 import os
 import random
+import re
 import signal
 import threading
 import time
@@ -41,7 +43,7 @@ from ..netfaults import BlackholeProxy
 from ..redisserver import RedisServer, SentinelTopology
 from .checker import ERASED, FAILOVER, PAUSE, RESTART, Client, Excuse, Run
 from .history import FAIL, INFO, OK, Op, Recorder, attach_notes, load
-from .workloads import KINDS, open_cache, run_op
+from .workloads import KINDS, arg_for, open_cache, run_op
 
 FORK = mp.get_context("fork")
 #: How long a fault waits to see its effect (a death, a stop, new workers), in seconds.
@@ -111,6 +113,8 @@ class Target:
     #: Pids killed, and pids stopped, while inside a section (grant noted, not the exit).
     killed_holders: list[int] = field(default_factory=list)
     paused_holders: list[int] = field(default_factory=list)
+    #: Rate limits (``<strategy>:<number>``) whose key memory pressure evicted.
+    evicted: set[str] = field(default_factory=set)
     #: (start, end) of each stop of a holder: while the others may have waited for its lock.
     holder_stops: list[tuple[float, float]] = field(default_factory=list)
     seed: int = 0
@@ -154,6 +158,7 @@ class Target:
             lease=self.run_lease(),
             excuses=tuple(self.excuses),
             deaths=dict(self.kills),
+            evicted=frozenset(self.evicted),
             ended=self.ended,
             **options,
         )
@@ -227,6 +232,32 @@ def _open_grant(target: Target, pid: int) -> float | None:
     return max(open_sections.values(), default=None)
 
 
+def _granted_since(target: Target, since: float, other_than: int) -> bool:
+    """Whether a process other than ``other_than`` noted a grant at ``since`` or later."""
+    if target.notes is None:
+        return False
+    for path in target.notes.glob("*.jsonl"):
+        if path.stem.removeprefix("notes-") == str(other_than):
+            continue
+        try:
+            with open(path, "rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - 16384))
+                tail = f.read().decode("utf-8", "replace").splitlines()[1:]
+        except OSError:
+            continue
+        for line in reversed(tail):
+            if '"granted"' not in line:
+                continue
+            try:
+                granted = float(json.loads(line)["note"]["granted"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            if granted >= since:
+                return True
+            break  # (a process's grants are noted in order, nearly: the latest decides)
+    return False
+
+
 def _inside_section(target: Target, pid: int) -> bool:
     return _open_grant(target, pid) is not None
 
@@ -266,7 +297,7 @@ def kill9(target: Target, pick: float) -> tuple[bool, str]:
     is to end and its holder be told; where the kernel holds the lock, a stopped holder is
     the one everybody waits for."""
     victims = target.victims()
-    if target.server or target.topology:
+    if target.run_lease() is not None:
         victims = [pid for pid in victims if pid not in target.paused]
     if not victims:
         return False, "no live victim"
@@ -294,8 +325,9 @@ def pause(target: Target, pick: float) -> tuple[bool, str]:
     store and is told ``LeaseLost``; elsewhere other faults go on meanwhile.
     """
     leased = target.run_lease() is not None
+    tried: set[int] = set()
     for attempt in range(3 if leased else 1):
-        victims = [pid for pid in target.victims() if pid not in target.paused]
+        victims = [pid for pid in target.victims() if pid not in target.paused | tried]
         if not victims:
             return False, "no live victim"
         # (with a lease, longer: a stop of a holder is what shows a holder told)
@@ -314,9 +346,11 @@ def pause(target: Target, pick: float) -> tuple[bool, str]:
             break
         # With a lease, a pause is there to stop a holder past it: one that held nothing
         # is resumed at once (its short stop excused) and another is aimed at.
-        os.kill(victim, signal.SIGCONT)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGCONT)
         target.excuses.append(Excuse(PAUSE, victim, began, time.monotonic()))
         target.paused.discard(victim)
+        tried.add(victim)
     if inside:
         target.paused_holders.append(victim)
 
@@ -336,8 +370,12 @@ def pause(target: Target, pick: float) -> tuple[bool, str]:
     seen = f"pid {victim} {'stopped' if stopped else 'not seen stopped'}{where}"
     if target.run_lease() is not None:
         time.sleep(target.lease * 2.5)
+        if inside:  # stopped until another took the lock (they may all be busy elsewhere)
+            _wait_for(lambda: _granted_since(target, began, victim), SETTLE)
         resume()
-        time.sleep(0.3)  # its exit reaches the store before the next fault
+        if inside:  # its exit reaches the store (and it is told) before the next fault
+            _wait_for(lambda: not _inside_section(target, victim), SETTLE)
+        time.sleep(0.3)
         return stopped, seen
     timer = threading.Timer(target.lease * 2.5, resume)  # other faults go on meanwhile
     timer.start()
@@ -545,7 +583,10 @@ def migrate(target: Target, pick: float) -> tuple[bool, str]:
     assert cluster is not None
     moves, moved = [], True
     for slot in sorted(set(target.slots)):
-        source, dest = cluster.migrate(slot, pause=0.05)
+        try:
+            source, dest = cluster.migrate(slot, pause=0.05)
+        except redis.RedisError as error:  # (reported: a migration that failed took no effect)
+            return False, f"slot {slot}: {type(error).__name__}: {error}"[:200]
         moved = moved and cluster.master_of_slot(slot) is dest
         moves.append(f"slot {slot}: {source.port} -> {dest.port}")
     return moved and bool(moves), "; ".join(moves)
@@ -553,12 +594,15 @@ def migrate(target: Target, pick: float) -> tuple[bool, str]:
 
 def disk_full(target: Target, pick: float) -> tuple[bool, str]:
     """Fill the small disk the store is on with a file of junk until the kernel refuses a
-    byte more (``ENOSPC``), keep it full for a second or two, then delete the junk: writes
-    meanwhile fail with nothing written (``WriteError``), and service resumes after."""
-    assert target.disk is not None
+    byte more (``ENOSPC``), keep it full until a client has been refused a write (a second
+    at least, ``SETTLE`` s at most: clients may all be waiting for a paused holder), then
+    delete the junk: writes meanwhile fail with nothing written (``WriteError``), and
+    service resumes after. Effective if the disk was full and a write was refused."""
+    assert target.disk is not None and target.notes is not None
     junk = target.disk / f"junk-{time.monotonic_ns()}"
-    written, full = 0, False
+    written, full, refused = 0, False, False
     chunk = b"\0" * 65536
+    seen = {path: path.stat().st_size for path in target.notes.glob("*.jsonl")}
     descriptor = os.open(junk, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         while not full:
@@ -568,17 +612,42 @@ def disk_full(target: Target, pick: float) -> tuple[bool, str]:
                 if error.errno != errno.ENOSPC:
                     raise
                 full = True
-        time.sleep(0.5 + 1.5 * pick)
+        time.sleep(0.5 + 0.5 * pick)
+        refused = _wait_for(lambda: _refused_since(target.notes, seen), SETTLE)
     finally:
         os.close(descriptor)
         junk.unlink()
-    return full, f"{written:,} bytes of junk until {'ENOSPC' if full else 'never full'}"
+    said = "refused a write" if refused else "no write refused"
+    return full and refused, f"{written:,} bytes of junk until ENOSPC: {said}"
+
+
+def _refused_since(folder: Path | None, seen: dict[Path, int]) -> bool:
+    """Whether a client recorded a write refused for want of space since ``seen`` (sizes)."""
+    assert folder is not None
+    for path in folder.glob("*.jsonl"):
+        try:
+            with open(path, "rb") as f:
+                f.seek(seen.get(path, 0))
+                if b"WriteError" in f.read():
+                    return True
+        except OSError:
+            continue
+    return False
 
 
 def memory_pressure(target: Target, pick: float) -> tuple[bool, str]:
-    """Fill Redis with keys that have a TTL until it has evicted 100 of them (10 s at most)."""
+    """Fill Redis with keys that have a TTL until it has evicted 100 of them (10 s at most),
+    then delete that junk (so evictions stop with the fault).
+
+    Every key evicted meanwhile is heard of (keyspace notifications, ``evicted``): a rate
+    limit's window among them may let its count through again (``Target.evicted``).
+    """
     assert target.server is not None
     admin = redis.Redis(port=target.server.port, socket_timeout=5)
+    admin.config_set("notify-keyspace-events", "Ee")
+    heard = admin.pubsub()
+    heard.subscribe("__keyevent@0__:evicted")
+    junk_keys: list[str] = []
     try:
         start = int(admin.info("stats")["evicted_keys"])
         junk = b"j" * 20000
@@ -586,12 +655,33 @@ def memory_pressure(target: Target, pick: float) -> tuple[bool, str]:
         deadline = time.monotonic() + SETTLE
         while evicted < 100 and time.monotonic() < deadline:
             for _ in range(50):
-                admin.set(f"junk:{os.getpid()}:{time.monotonic_ns()}:{written}", junk, ex=600)
+                junk_keys.append(f"junk:{os.getpid()}:{time.monotonic_ns()}:{written}")
+                admin.set(junk_keys[-1], junk, ex=600)
                 written += 1
             evicted = int(admin.info("stats")["evicted_keys"]) - start
+        for at in range(0, len(junk_keys), 500):
+            admin.delete(*junk_keys[at : at + 500])
+        names = _evicted_limits(heard)
     finally:
+        heard.close()
         admin.close()
-    return evicted > 0, f"{evicted} keys evicted after {written} written"
+    target.evicted |= names
+    detail = f"{evicted} keys evicted after {written} written ({len(names)} rate limits)"
+    return evicted > 0, detail
+
+
+def _evicted_limits(heard: Any) -> set[str]:
+    """The rate limits (``<strategy>:<number>``, see :func:`.workloads.arg_for`) whose keys
+    the notifications heard so far say were evicted."""
+    found = set()
+    while (message := heard.get_message(timeout=0.3)) is not None:
+        if message["type"] != "message":
+            continue  # (the subscription's confirmation)
+        key = message["data"].decode() if isinstance(message["data"], bytes) else ""
+        match = re.search(r"nemesis(\d+)/.*#(fixed|moving|sliding)$", key)
+        if match:
+            found.add(f"{match.group(2)}:{match.group(1)}")
+    return found
 
 
 def reload_workers(target: Target, pick: float) -> tuple[bool, str] | None:
@@ -658,7 +748,7 @@ def long_enough(seconds: float, faults: list[str], lease: float | None = None) -
     (with a lease, a pause holds the schedule until its victim resumes)."""
     slow = dict(SLOW_FAULTS)
     if lease is not None:
-        slow["pause"] = lease * 2.5 + 1.0
+        slow["pause"] = lease * 2.5 + 4.0  # and until another took the lock
     return max(seconds, sum(slow.get(fault, PER_FAULT) for fault in faults) + 1.0)
 
 
@@ -745,11 +835,7 @@ def client_process(spec: str, folder: str, until: float, seed: int, kinds: tuple
             n += 1
             kind = rng.choice(kinds)
             tag = f"{os.getpid()}.{nonce}.{thread}.{n}"
-            arg: Any = None
-            if kind == "append":
-                arg = tag
-            elif kind == "transfer":
-                arg = f"{'ab' if rng.random() < 0.5 else 'ba'}.{tag}"
+            arg = arg_for(kind, tag, rng)
             with recorder.op(kind, arg) as pending:
                 pending.outcome, pending.value = run_op(cache, kind, arg, rng, pending.note)
 
@@ -879,14 +965,10 @@ def run_http(
         while time.monotonic() < until:
             n += 1
             kind = rng.choice(kinds)
-            arg = ""
-            if kind == "append":
-                arg = f"c{i}.{n}"
-            elif kind == "transfer":
-                arg = f"{'ab' if rng.random() < 0.5 else 'ba'}.c{i}.{n}"
-            op = Op(f"c{i}-{n}", kind, arg or None, began=time.monotonic(), client=f"c{i}")
+            arg = arg_for(kind, f"c{i}.{n}", rng)
+            op = Op(f"c{i}-{n}", kind, arg, began=time.monotonic(), client=f"c{i}")
             try:
-                url = f"{base}/op/{kind}?arg={arg}&id={op.id}"
+                url = f"{base}/op/{kind}?arg={arg or ''}&id={op.id}"
                 with urllib.request.urlopen(url, timeout=30) as response:
                     body = json.load(response)
                 op.outcome, op.value = body["outcome"], body["value"]

@@ -19,7 +19,7 @@ import pytest
 
 from .checker import ERASED, FAILOVER, PAUSE, RESTART, TOLD, Client, Excuse, Run, check
 from .history import FAIL, INFO, OK, Op, Recorder, attach_notes, load
-from .workloads import KINDS
+from .workloads import KINDS, LIMIT
 
 LEASE = 1.0
 
@@ -76,6 +76,12 @@ def clean() -> tuple[list[Op], dict[str, Any]]:
         section(INFO, 1.4, 1.5, 12),
         op("invalidate", OK, 3, at=1.0),
         op("memo", OK, 3, at=1.2),
+        *(op("limit", OK, [True, 7], arg="fixed:1", at=1.0 + i / 10) for i in range(LIMIT)),
+        op("limit", OK, [False, 7], arg="fixed:1", at=6.0),
+        op("limit", INFO, arg="moving:1", at=1.0),
+        *(op("limit", OK, [True, 7], arg="moving:1", at=2.0 + i / 10) for i in range(LIMIT - 1)),
+        op("limit", OK, [False, 7], arg="moving:1", at=7.0),  # the unknown hit may have landed
+        op("limit", OK, [True, 7], arg="sliding:1", at=1.0),
     ]
     final = {
         "counter": 3,
@@ -171,7 +177,7 @@ def test_a_missing_process_fails() -> None:
     found = whats(history, {**final, "counter": 4}, quiet)
     assert found == [
         "progress: client 8 ('d') ran 10.0 s and acknowledged no operation of"
-        " append, transfer, section, invalidate, memo"
+        " append, transfer, section, invalidate, memo, limit"
     ]
     # short-lived, or paused most of its life: not held to it; HTTP clients: any kind will do
     brief = run(clients=(Client("7", "d", 0.0, 10.0), Client("8", "d", 0.0, 1.0)), min_life=2)
@@ -415,6 +421,14 @@ def test_a_durable_restart_excuses_only_holders_it_struck_a_lease_before() -> No
     assert only_sections(struck, section(OK, 1.4, 1.5, 2, pid=8), excuses=restart) == [
         "lock: two holders overlapped, with no pause or restart that explains it"
     ]
+    # granted while the server was stopping (it serves until it exits), its release answered
+    # once it was back, past its lease: rightly told; overtaken no sooner than a lease after
+    stopping = section(TOLD, 1.1, 1.15, 1, began=1.08)
+    stopping.ended = 2.5
+    assert only_sections(stopping, excuses=restart) == []
+    assert only_sections(stopping, section(OK, 1.12, 1.13, 2, pid=8), excuses=restart) == [
+        "lock: two holders overlapped, with no pause or restart that explains it"
+    ]
     # a holder that began after the restart: not excused by it
     after = section(TOLD, 1.5, 3.0, 1)
     assert only_sections(after, section(OK, 2.6, 2.7, 2, pid=8), excuses=restart) == [
@@ -553,6 +567,30 @@ def test_a_value_older_than_a_returned_invalidation_is_reported() -> None:
     ]
 
 
+def test_limit_anomalies() -> None:
+    """A limit that let one hit too many through, or refused one too early, is reported."""
+    history, final = clean()
+    history += [
+        op("limit", OK, [True, 7], arg="fixed:1", at=8.0),  # one past the limit
+        op("limit", OK, [False, 7], arg="sliding:1", at=8.0),  # after 1 through, none unknown
+    ]
+    too_many = f"limit: fixed:1 let {LIMIT + 1} hits through, more than {LIMIT}"
+    too_soon = (
+        "limit: sliding:1 refused a hit when 1 hits (unknown ones included) had begun before"
+        f" it ended, fewer than {LIMIT}"
+    )
+    assert whats(history, final) == [too_many, too_soon]
+    # order: hits let through after a refusal do not make up for it
+    late = [op("limit", OK, [True, 7], arg="sliding:1", at=9 + i / 10) for i in range(LIMIT - 1)]
+    assert whats(history + late, final) == [too_many, too_soon]
+    # memory pressure evicted the key: its window may have been lost once
+    evicted = run(evicted=frozenset({"fixed:1"}))
+    assert whats(history, final, evicted) == [too_soon]
+    # the sliding window counter across midnight: the previous day's count weighs in
+    history += [op("limit", OK, [False, 8], arg="sliding:1", at=9.0)]
+    assert whats(history, final) == [too_many]
+
+
 def test_many_anomalies_of_one_rule_are_capped() -> None:
     history, final = clean()
     history += [op("incr", OK, 100 + i, at=0.6) for i in range(25)]
@@ -594,6 +632,8 @@ ANOMALY_KINDS = {
     "the guarded counter is": test_the_guarded_counter_is_bounded,
     "memo: got version": test_a_value_older_than_a_returned_invalidation_is_reported,
     "more like these": test_many_anomalies_of_one_rule_are_capped,
+    "hits through, more than": test_limit_anomalies,
+    "refused a hit when": test_limit_anomalies,
 }
 
 

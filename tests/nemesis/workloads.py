@@ -9,6 +9,10 @@ same transaction, so that every acknowledged transfer can be found), and a
 (time, fencing token, pid) the moment the lock is granted, and its exit just
 before the release, through ``note``: a holder killed inside the section is
 then still known to have held the lock.
+``limit`` hits a rate limit of :data:`LIMIT` a day through the ``cachekit://``
+storage of Flask-Limiter's ``limits``, with the strategy its argument names
+(``fixed``, ``moving``, ``sliding``) and a key of its own every
+:data:`LIMIT_KEY_SECONDS`: never more than the limit let through.
 ``invalidate`` raises ``version`` (incr), then invalidates the tag ``memo``;
 ``memo`` calls a memoized function (tag ``memo``, short timeout, stale
 allowed) whose value is the ``version`` it read: a call that began after an
@@ -29,13 +33,18 @@ from cachelib import FileSystemCache, RedisCache
 import cachekit
 from cachekit import LMDBCache
 
-from .checker import TOLD
-from .history import FAIL, INFO, OK
+from .history import FAIL, INFO, OK, TOLD
 
 OPENING = 1000
 #: Where a holder writes its notes (see :mod:`.history`): called with a dict, writes at once.
 Note = Callable[[dict[str, Any]], None]
-KINDS = ("incr", "append", "transfer", "section", "invalidate", "memo")
+KINDS = ("incr", "append", "transfer", "section", "invalidate", "memo", "limit")
+#: Hits a day each rate limit lets through (one limit per strategy of ``limits``).
+LIMIT = 40
+#: Seconds each limit's key is used before the next: windows fill while faults strike.
+LIMIT_KEY_SECONDS = 3
+#: The strategies of ``limits`` by the names an operation gives them.
+LIMITERS = {"fixed": "fixed-window", "moving": "moving-window", "sliding": "sliding-window-counter"}
 #: The memoized function of each cache, made once per process (see :func:`_memoized`).
 _MEMOIZED: dict[int, Any] = {}
 #: Certainly not applied: the operation said so before changing anything.
@@ -83,6 +92,38 @@ def _memoized(cache: Any) -> Any:
 
         found = _MEMOIZED.setdefault(id(cache), versioned)
     return found
+
+
+def arg_for(kind: str, tag: str, rng: random.Random) -> str | None:
+    """The argument of an operation of ``kind``, unique by ``tag`` where it must be."""
+    if kind == "append":
+        return tag
+    if kind == "transfer":
+        return f"{'ab' if rng.random() < 0.5 else 'ba'}.{tag}"
+    if kind == "limit":  # a fresh window every LIMIT_KEY_SECONDS: filling while faults strike
+        return f"{rng.choice(sorted(LIMITERS))}:{int(time.time() // LIMIT_KEY_SECONDS)}"
+    return None
+
+
+#: The limiter of each cache and strategy, made once per process.
+_LIMITERS: dict[tuple[int, str], Any] = {}
+
+
+def _hit(cache: Any, arg: str) -> tuple[bool, int]:
+    """One hit of the limit ``arg`` names (``<strategy>:<number>``, its own key); (let
+    through, the day of its window)."""
+    from limits import RateLimitItemPerDay
+    from limits.storage import storage_from_string
+    from limits.strategies import STRATEGIES
+
+    strategy, number = arg.split(":")
+    limiter = _LIMITERS.get((id(cache), strategy))
+    if limiter is None:
+        storage = storage_from_string("cachekit://", cache=cache)
+        made = STRATEGIES[LIMITERS[strategy]](storage)
+        limiter = _LIMITERS.setdefault((id(cache), strategy), made)
+    day = int(time.time() // 86400)
+    return bool(limiter.hit(RateLimitItemPerDay(LIMIT), f"nemesis{number}")), day
 
 
 def _ignore(data: dict[str, Any]) -> None:
@@ -142,6 +183,8 @@ def run_op(
             return OK, version
         if kind == "memo":
             return OK, _memoized(cache)(f"key{rng.randrange(3)}")
+        if kind == "limit":
+            return OK, _hit(cache, str(arg))
         raise ValueError(kind)
     except cachekit.LeaseLost as error:
         if kind == "section":
