@@ -355,6 +355,37 @@ class SentinelTopology:
                 client.close()
         raise RuntimeError("no sentinel names a master")
 
+    def named_masters(self) -> set[int]:
+        """The master port each live sentinel names, in both of its views: ``SENTINEL
+        MASTERS`` (how redis-py finds the master) and ``GET-MASTER-ADDR-BY-NAME``; 0 for a
+        sentinel that does not answer. One port: they agree."""
+        import redis
+
+        named = set()
+        for sentinel in self.sentinels:
+            if sentinel.process is None:
+                continue
+            client: Any = redis.Redis(port=sentinel.port, socket_timeout=2)
+            try:
+                named.add(int(client.sentinel_master("mymaster")["port"]))
+                named.add(int(client.sentinel_get_master_addr_by_name("mymaster")[1]))
+            except (redis.exceptions.RedisError, KeyError, TypeError, ValueError):
+                named.add(0)
+            finally:
+                client.close()
+        return named
+
+    def wait_renamed(self, old: int, wait: float = 40.0) -> int:
+        """The port every sentinel names as the master once none names ``old`` (see
+        :meth:`named_masters`); 0 if that did not happen within ``wait`` seconds."""
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            named = self.named_masters()
+            if len(named) == 1 and old not in named and 0 not in named:
+                return named.pop()
+            time.sleep(0.05)
+        return 0
+
     def server_on(self, port: int) -> RedisServer:
         return next(server for server in self.servers if server.port == port)
 

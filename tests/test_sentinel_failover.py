@@ -69,18 +69,6 @@ def final_values(topology: SentinelTopology, prefix: str) -> tuple[int, tuple[in
     return n, (a, b)
 
 
-def masters_named(topology: SentinelTopology) -> set[int]:
-    """The master's port in each sentinel's ``SENTINEL MASTERS`` state."""
-    ports = set()
-    for sentinel in topology.sentinels:
-        client: Any = redis.Redis(port=sentinel.port, socket_timeout=5)
-        try:
-            ports.add(int(client.sentinel_master("mymaster")["port"]))
-        finally:
-            client.close()
-    return ports
-
-
 def test_a_replaced_master_grants_no_lease(
     sentinel_topology: SentinelTopology, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -105,9 +93,7 @@ def test_a_replaced_master_grants_no_lease(
         sentinel.close()
     # Until the failover ends, SENTINEL MASTERS (how redis-py finds the master) names the old
     # one: wait until every sentinel names the new one there too.
-    deadline = time.monotonic() + 20
-    while old in masters_named(topology) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    topology.wait_renamed(old, 20)
     topology.wait_stable(20, replicas=1)
     assert topology.master_port() != old
     fresh = open_cache(topology.addresses, prefix)

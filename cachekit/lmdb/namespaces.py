@@ -108,7 +108,10 @@ def claim(directory: str, identity: tuple[int, int]) -> None:
 
 def _claim(directory: str, namespace: int) -> int:
     flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
-    guard = _open(os.path.join(directory, GUARD), flags)
+    try:
+        guard = _open(os.path.join(directory, GUARD), flags)
+    except OSError as error:
+        raise _unwritable(directory, error) from error
     try:
         _lock_guard(guard, directory)
         mine = f"{PREFIX}{namespace}.lock"
@@ -126,14 +129,18 @@ def _claim(directory: str, namespace: int) -> int:
             raise
         return held
     except OSError as error:
-        raise ConfigurationError(
-            f"cannot open the LMDB store in {directory!r}: cachekit keeps its pid namespace"
-            f" claim there ({PREFIX}<namespace>.lock) and cannot: {error.strerror}. The"
-            " directory must be writable by the app's user",
-            path=directory,
-        ) from error
+        raise _unwritable(directory, error) from error
     finally:
         os.close(guard)  # (releases the guard's flock)
+
+
+def _unwritable(directory: str, error: OSError) -> ConfigurationError:
+    return ConfigurationError(
+        f"cannot open the LMDB store in {directory!r}: cachekit keeps its pid namespace claim"
+        f" there ({PREFIX}<namespace>.lock) and cannot: {error.strerror}. The directory must"
+        " be writable by the app's user",
+        path=directory,
+    )
 
 
 def _lock_guard(guard: int, directory: str) -> None:

@@ -478,7 +478,7 @@ def _sentinel_fault(target: Target, kill: bool) -> tuple[bool, str]:
     if kill:
         killed = topology.server_on(old)
         killed.kill()
-        new = _new_master(topology, old)
+        new = topology.wait_renamed(old)
         if new:  # back as a replica of the new master (it persists nothing: empty as a master)
             plain = _without_replicaof(killed.extra)
             killed.extra = (*plain, "--replicaof", "127.0.0.1", str(new))
@@ -501,7 +501,7 @@ def _sentinel_fault(target: Target, kill: bool) -> tuple[bool, str]:
                     time.sleep(0.25)
         finally:
             sentinel.close()
-        _new_master(topology, old)
+        topology.wait_renamed(old)
     try:
         topology.wait_stable(40)
     except RuntimeError as error:
@@ -510,26 +510,6 @@ def _sentinel_fault(target: Target, kill: bool) -> tuple[bool, str]:
         target.excuses.append(Excuse(FAILOVER, 0, began, time.monotonic()))
     new = topology.master_port()
     return new != old, f"master {old} -> {new} in {time.monotonic() - began:.1f} s"
-
-
-def _new_master(topology: SentinelTopology, old: int, wait: float = 40.0) -> int:
-    """The port every sentinel names as the master once none names ``old``; 0 if that did
-    not happen within ``wait`` seconds."""
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        named = set()
-        for sentinel in topology.sentinels:
-            client: Any = redis.Redis(port=sentinel.port, socket_timeout=2)
-            try:
-                named.add(int(client.sentinel_get_master_addr_by_name("mymaster")[1]))
-            except (redis.RedisError, TypeError):
-                named.add(0)
-            finally:
-                client.close()
-        if len(named) == 1 and old not in named and 0 not in named:
-            return named.pop()
-        time.sleep(0.05)
-    return 0
 
 
 def _without_replicaof(extra: tuple[str, ...]) -> tuple[str, ...]:
