@@ -37,6 +37,9 @@ Then what must hold, whatever the faults:
   sections that ran and the overtaken holders' stale writes allow.
 - **memo**: a memoized call that began after an invalidation returned got a
   value at least as new as that invalidation.
+- **single flight**: no two computations of one memoized key ran at once
+  (unless the first one's lease was struck by a pause, restart or failover
+  and the second began after it may have lapsed), and some were noted.
 - **limit**: no rate limit let more than its limit through (twice that if
   memory pressure evicted its key: a window is a key with a timeout), and
   none refused a hit before the hits let through and the unknown ones that
@@ -52,7 +55,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .history import FAIL, INFO, OK, TOLD, Op
+from .history import FAIL, INFO, OK, TOLD, Computation, Op
 from .workloads import LIMIT
 
 #: Kinds of excuse: a SIGSTOP of one process; a restart of a Redis that persists (its
@@ -118,6 +121,8 @@ class Run:
     ended: float = math.inf
     #: Rate limits (operation arguments) whose key memory pressure evicted.
     evicted: frozenset[str] = frozenset()
+    #: The memoized function's computations, if they were noted (None: not judged).
+    computations: tuple[Computation, ...] | None = None
     min_ok: int = 3
     min_life: float = 2.0
     every_kind_per_client: bool = True
@@ -140,6 +145,8 @@ def check(history: list[Op], final: dict[str, Any], opening_total: int, run: Run
         anomalies += _invalidations(history)
     if "limit" in kinds:
         anomalies += _limits(history, LIMIT, run.evicted)
+    if "memo" in kinds and run.computations is not None:
+        anomalies += _single_flight(run.computations, run)
     return anomalies
 
 
@@ -256,6 +263,64 @@ def _invalidations(history: list[Op]) -> list[Anomaly]:
                 )
             )
     return _capped("memo", found)
+
+
+def _single_flight(computations: tuple[Computation, ...], run: Run) -> list[Anomaly]:
+    """No two computations of one memoized key ran at once, unless the first one's COMPUTE
+    stripe was a lease that may have lapsed (:func:`_lapsed`); and some were noted.
+
+    A computation noted its start and its end while holding the key's stripe, so
+    [began, ended] lies inside the holding; one with no end (its process killed in
+    it) held until its death, or the run's end.
+    """
+    if not computations:
+        return [Anomaly("single flight: no computation was noted (nothing to judge)")]
+    by_key: defaultdict[str, list[Computation]] = defaultdict(list)
+    for done in computations:
+        by_key[done.key].append(done)
+    found = []
+    for key, runs in sorted(by_key.items()):
+        runs.sort(key=lambda c: c.began)
+        for i, first in enumerate(runs):
+            end = first.ended
+            if end is None:
+                end = min(run.deaths.get(first.pid, math.inf), run.ended)
+            for second in runs[i + 1 :]:
+                if second.began >= end:
+                    break
+                if not _lapsed(first, end, second.began, run):
+                    found.append(
+                        Anomaly(
+                            f"single flight: two computations of {key!r} ran at once (pid"
+                            f" {first.pid} [{first.began:.3f}, {end:.3f}], pid {second.pid}"
+                            f" from {second.began:.3f})"
+                        )
+                    )
+    return _capped("single flight", found)
+
+
+def _lapsed(first: Computation, end: float, other_began: float, run: Run) -> bool:
+    """Whether ``first``'s COMPUTE lease may have lapsed (or been lost) by ``other_began``.
+
+    Only with a lease (Redis). A pause of its process or a restart of a persisting
+    server that struck while it computed: its last renewal came at most a third of a
+    lease before the stop, so the lease runs at least two thirds of one past it. A
+    restart that erased the leases, or a failover (the lease may never have reached the
+    new master): from its start.
+    """
+    if run.lease is None:
+        return False
+    for excuse in run.excuses:
+        if excuse.kind == PAUSE and excuse.pid != first.pid:
+            continue
+        if not (excuse.start <= end and first.began <= excuse.end):
+            continue
+        if excuse.kind in (ERASED, FAILOVER):
+            if other_began >= excuse.start - (REPLICATION_LAG if excuse.kind == FAILOVER else 0):
+                return True
+        elif other_began >= excuse.start + run.lease * 2 / 3 - SLACK:
+            return True
+    return False
 
 
 def _limits(history: list[Op], limit: int, evicted: frozenset[str] = frozenset()) -> list[Anomaly]:

@@ -167,3 +167,34 @@ def attach_notes(history: list[Op], folder: Path) -> None:
 
 def merge(*histories: Iterable[Op]) -> list[Op]:
     return sorted((op for history in histories for op in history), key=lambda op: op.began)
+
+
+@dataclass(frozen=True)
+class Computation:
+    """One computation of a memoized key: ``ended`` None if its process died in it."""
+
+    key: str
+    pid: int
+    began: float
+    ended: float | None
+
+
+def load_computations(folder: Path) -> list[Computation]:
+    """Every computation noted in ``folder`` (``<pid>.computations``), in the order they began."""
+    found: dict[tuple[int, float, str], Computation] = {}
+    for path in sorted(folder.glob("*.computations")):
+        for record in _records(path):
+            try:
+                done = Computation(
+                    str(record["key"]), int(record["pid"]), float(record["began"]), None
+                )
+            except (KeyError, TypeError, ValueError):
+                continue
+            ended = record.get("ended")
+            identity = (done.pid, done.began, done.key)
+            if ended is not None:
+                done = Computation(done.key, done.pid, done.began, float(ended))
+                found[identity] = done
+            else:
+                found.setdefault(identity, done)
+    return sorted(found.values(), key=lambda c: c.began)

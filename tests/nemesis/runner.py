@@ -42,8 +42,8 @@ from ..clustertopology import ClusterTopology
 from ..netfaults import BlackholeProxy
 from ..redisserver import RedisServer, SentinelTopology
 from .checker import ERASED, FAILOVER, PAUSE, RESTART, Client, Excuse, Run
-from .history import FAIL, INFO, OK, Op, Recorder, attach_notes, load
-from .workloads import KINDS, arg_for, open_cache, run_op
+from .history import FAIL, INFO, OK, Op, Recorder, attach_notes, load, load_computations
+from .workloads import KINDS, arg_for, computations, open_cache, run_op
 
 FORK = mp.get_context("fork")
 #: How long a fault waits to see its effect (a death, a stop, new workers), in seconds.
@@ -159,6 +159,7 @@ class Target:
             excuses=tuple(self.excuses),
             deaths=dict(self.kills),
             evicted=frozenset(self.evicted),
+            computations=(None if self.notes is None else tuple(load_computations(self.notes))),
             ended=self.ended,
             **options,
         )
@@ -800,6 +801,7 @@ def client_process(spec: str, folder: str, until: float, seed: int, kinds: tuple
     operations until ``until``. A failure to open is recorded and exits with code 1."""
     recorder = Recorder(Path(folder))
     nonce = recorder.nonce
+    computations.folder = folder  # (the memoized function notes its computations there)
     with recorder.op("open", spec) as opening:
         try:
             cache = open_cache(spec)

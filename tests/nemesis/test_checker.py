@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from .checker import ERASED, FAILOVER, PAUSE, RESTART, TOLD, Client, Excuse, Run, check
-from .history import FAIL, INFO, OK, Op, Recorder, attach_notes, load
+from .history import FAIL, INFO, OK, Computation, Op, Recorder, attach_notes, load
 from .workloads import KINDS, LIMIT
 
 LEASE = 1.0
@@ -591,6 +591,38 @@ def test_limit_anomalies() -> None:
     assert whats(history, final) == [too_many]
 
 
+def test_single_flight_anomalies() -> None:
+    """Two computations of one key at once are reported, unless the first one's lease may
+    have lapsed; a run that noted no computation proves nothing."""
+    history, final = clean()
+    a = Computation("k1", 7, 1.0, 1.02)
+    assert whats(history, final, run(computations=())) == [
+        "single flight: no computation was noted (nothing to judge)"
+    ]
+    apart = (a, Computation("k1", 8, 1.03, 1.05), Computation("k2", 8, 1.01, 1.02))
+    assert whats(history, final, run(computations=apart)) == []
+    at_once = (a, Computation("k1", 8, 1.01, 1.03))
+    assert whats(history, final, run(computations=at_once, lease=None)) == [
+        "single flight: two computations of 'k1' ran at once (pid 7 [1.000, 1.020],"
+        " pid 8 from 1.010)"
+    ]
+    # a computer killed inside: it held until its death
+    killed = Computation("k1", 7, 1.0, None)
+    late = Computation("k1", 8, 2.5, 2.6)
+    deaths = {7: 2.0}
+    assert whats(history, final, run(computations=(killed, late), deaths=deaths)) == []
+    assert whats(history, final, run(computations=(killed, late), ended=3.0)) != []
+    # with a lease: a pause of the computer, and the other began once the lease may have
+    # lapsed (two thirds of a lease after the stop, less SLACK), or before that
+    long = Computation("k1", 7, 1.0, 3.0)
+    paused = (Excuse(PAUSE, 7, 1.1, 2.9),)
+    after = (long, Computation("k1", 8, 1.8, 1.9))
+    before = (long, Computation("k1", 8, 1.5, 1.6))
+    assert whats(history, final, run(computations=after, excuses=paused)) == []
+    assert whats(history, final, run(computations=before, excuses=paused)) != []
+    assert whats(history, final, run(computations=after, excuses=paused, lease=None))
+
+
 def test_many_anomalies_of_one_rule_are_capped() -> None:
     history, final = clean()
     history += [op("incr", OK, 100 + i, at=0.6) for i in range(25)]
@@ -634,6 +666,8 @@ ANOMALY_KINDS = {
     "more like these": test_many_anomalies_of_one_rule_are_capped,
     "hits through, more than": test_limit_anomalies,
     "refused a hit when": test_limit_anomalies,
+    "single flight: no computation was noted": test_single_flight_anomalies,
+    "single flight: two computations of": test_single_flight_anomalies,
 }
 
 

@@ -89,6 +89,7 @@ def verify(
             for op in history
             if op.kind == "section" and op.outcome == "told" and isinstance(op.value, dict)
         ).most_common(4),
+        "computations": len(run.computations or ()),
         "outcomes": summary(history),
         "errors": dict(errors.most_common(8)),
     }

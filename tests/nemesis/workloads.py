@@ -16,11 +16,14 @@ storage of Flask-Limiter's ``limits``, with the strategy its argument names
 ``invalidate`` raises ``version`` (incr), then invalidates the tag ``memo``;
 ``memo`` calls a memoized function (tag ``memo``, short timeout, stale
 allowed) whose value is the ``version`` it read: a call that began after an
-invalidation returned must never get a version older than that one.
+invalidation returned must never get a version older than that one; each
+computation is noted as it begins and ends (:class:`Computations`), and no two
+of one key may run at once (single flight).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import time
@@ -80,6 +83,31 @@ def open_cache(spec: str) -> Any:
     return FileSystemCache(spec, threshold=0)
 
 
+class Computations:
+    """Where this process notes each computation of the memoized function, as it begins and
+    as it ends (``<folder>/<pid>.computations``, a JSON line each): single flight is
+    checked on them (:func:`.checker._single_flight`). The folder is ``NEMESIS_NOTES`` (a
+    gunicorn worker), or the one :func:`.runner.client_process` sets."""
+
+    def __init__(self) -> None:
+        self.folder = os.environ.get("NEMESIS_NOTES", "")
+        self._fds: dict[int, int] = {}
+
+    def write(self, key: str, began: float, ended: float | None = None) -> None:
+        if not self.folder:
+            return
+        pid = os.getpid()
+        fd = self._fds.get(pid)
+        if fd is None:
+            path = os.path.join(self.folder, f"{pid}.computations")
+            fd = self._fds[pid] = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        line = {"key": key, "pid": pid, "began": began, "ended": ended}
+        os.write(fd, (json.dumps(line) + "\n").encode())
+
+
+computations = Computations()
+
+
 def _memoized(cache: Any) -> Any:
     """The memoized reader of ``version`` for ``cache`` (key from ``arg``)."""
     found = _MEMOIZED.get(id(cache))
@@ -87,8 +115,13 @@ def _memoized(cache: Any) -> Any:
 
         @cachekit.memoize(cache, timeout=0.5, stale=0.5, tags=("memo",), fail_open=False)
         def versioned(name: str) -> int:
-            time.sleep(random.uniform(0, 0.02))
-            return int(cache.get("version") or 0)
+            began = time.monotonic()
+            computations.write(name, began)  # (at once: a computer killed still counts)
+            try:
+                time.sleep(random.uniform(0, 0.02))
+                return int(cache.get("version") or 0)
+            finally:  # (a computation that raised stored nothing, and ended here)
+                computations.write(name, began, time.monotonic())
 
         found = _MEMOIZED.setdefault(id(cache), versioned)
     return found
