@@ -152,19 +152,18 @@ def sentinel_topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sent
     Function-scoped: a test may fail the master over or kill it. Every process
     is stopped at the end, whatever state the test left the topology in.
     """
-    topology = SentinelTopology(tmp_path_factory.mktemp("topology"), redis_binary())
-    topology.start()
-    try:
-        yield topology
-    finally:
-        topology.stop()
+    yield from _running(SentinelTopology(tmp_path_factory.mktemp("topology"), redis_binary()))
 
 
 @pytest.fixture
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterTopology]:
     """A test's own Redis Cluster: three masters with a replica each (function-scoped: a
     test may kill a master or move slots; every process is stopped at the end)."""
-    topology = ClusterTopology(tmp_path_factory.mktemp("cluster"), redis_binary())
+    yield from _running(ClusterTopology(tmp_path_factory.mktemp("cluster"), redis_binary()))
+
+
+def _running(topology: Any) -> Iterator[Any]:
+    """``topology`` started, and stopped at the end whatever the test left it in."""
     topology.start()
     try:
         yield topology

@@ -8,6 +8,7 @@ with ``unshare`` (a test that fails leaves no container behind).
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -19,27 +20,34 @@ import pytest
 from .redisserver import in_ci
 
 
+@functools.cache
+def _unshare() -> tuple[str, str]:
+    """(the path of ``unshare``, why it cannot make a pid namespace here: '' if it can)."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return "", "unshare is not installed (util-linux)"
+    probe = subprocess.run(
+        [unshare, "--pid", "--fork", "--mount-proc", "true"], capture_output=True
+    )
+    if probe.returncode:
+        return unshare, probe.stderr.decode().strip() or f"exit code {probe.returncode}"
+    return unshare, ""
+
+
 def in_a_container(script: str, *args: str) -> subprocess.Popen[str]:
     """Run ``script`` (Python source, given ``args``) in a pid namespace of its own; its
     stdin and stdout are pipes (text). Skipped where namespaces cannot be made; a failure
     under CI as root, where they can."""
-    unshare = shutil.which("unshare")
-    why = "unshare is not installed (util-linux)"
-    if unshare is not None:
-        probe = subprocess.run(
-            [unshare, "--pid", "--fork", "--mount-proc", "true"], capture_output=True
+    unshare, why = _unshare()
+    if not why:
+        command = [unshare, "--pid", "--fork", "--kill-child", "--mount-proc"]
+        return subprocess.Popen(
+            [*command, sys.executable, "-c", script, *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).parent.parent,
         )
-        if not probe.returncode:
-            command = [unshare, "--pid", "--fork", "--kill-child", "--mount-proc"]
-            command += [sys.executable, "-c", script]
-            return subprocess.Popen(
-                [*command, *args],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-                cwd=Path(__file__).parent.parent,
-            )
-        why = probe.stderr.decode().strip()
     if in_ci() and os.geteuid() == 0:
         pytest.fail(f"cannot make a pid namespace as root under CI: {why}")
     pytest.skip(f"cannot make a pid namespace here: {why}")

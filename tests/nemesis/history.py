@@ -105,19 +105,25 @@ class Recorder:
 
 
 class NoteFile:
-    """A gunicorn worker's notes, in ``<folder>/notes-<pid>.jsonl`` (opened again after a fork)."""
+    """A gunicorn worker's notes, in ``<folder>/notes-<pid>.jsonl`` (opened again after a fork);
+    ``name`` spells the file another way (``{pid}`` is the process's)."""
 
-    def __init__(self, folder: str) -> None:
+    def __init__(self, folder: str, name: str = "notes-{pid}.jsonl") -> None:
         self.folder = folder
+        self.name = name
         self._fds: dict[int, int] = {}
 
     def write(self, op_id: str, data: dict[str, Any]) -> None:
+        self.write_record({"id": op_id, "note": data})
+
+    def write_record(self, record: dict[str, Any]) -> None:
+        """Append ``record`` as a JSON line to this process's file, at once."""
         pid = os.getpid()
         fd = self._fds.get(pid)
         if fd is None:
-            path = os.path.join(self.folder, f"notes-{pid}.jsonl")
+            path = os.path.join(self.folder, self.name.format(pid=pid))
             fd = self._fds[pid] = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-        os.write(fd, (json.dumps({"id": op_id, "note": data}, default=str) + "\n").encode())
+        os.write(fd, (json.dumps(record, default=str) + "\n").encode())
 
 
 def _records(path: Path) -> Iterator[dict[str, Any]]:

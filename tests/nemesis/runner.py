@@ -205,6 +205,16 @@ def _halted(pid: int) -> bool:
     return _state(pid) in ("T", "t", *DEAD)
 
 
+def _tail(path: Path) -> list[str]:
+    """The whole lines of the last 16 KiB of ``path`` (none if it cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 16384))
+            return f.read().decode("utf-8", "replace").splitlines()[1:]
+    except OSError:
+        return []
+
+
 def _open_grant(target: Target, pid: int) -> float | None:
     """When ``pid``'s latest section still open was granted (its notes show the grant and not
     the exit, read from their end); None if it holds none."""
@@ -212,13 +222,7 @@ def _open_grant(target: Target, pid: int) -> float | None:
         return None
     open_sections: dict[str, float] = {}
     for name in (f"{pid}.jsonl", f"notes-{pid}.jsonl"):
-        try:
-            with open(target.notes / name, "rb") as f:
-                f.seek(max(0, f.seek(0, os.SEEK_END) - 16384))
-                tail = f.read().decode("utf-8", "replace").splitlines()[1:]
-        except OSError:
-            continue
-        for line in tail:
+        for line in _tail(target.notes / name):
             if '"note"' not in line:
                 continue
             try:
@@ -240,13 +244,7 @@ def _granted_since(target: Target, since: float, other_than: int) -> bool:
     for path in target.notes.glob("*.jsonl"):
         if path.stem.removeprefix("notes-") == str(other_than):
             continue
-        try:
-            with open(path, "rb") as f:
-                f.seek(max(0, f.seek(0, os.SEEK_END) - 16384))
-                tail = f.read().decode("utf-8", "replace").splitlines()[1:]
-        except OSError:
-            continue
-        for line in reversed(tail):
+        for line in reversed(_tail(path)):
             if '"granted"' not in line:
                 continue
             try:

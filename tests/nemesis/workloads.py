@@ -23,7 +23,6 @@ of one key may run at once (single flight).
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import time
@@ -36,7 +35,7 @@ from cachelib import FileSystemCache, RedisCache
 import cachekit
 from cachekit import LMDBCache
 
-from .history import FAIL, INFO, OK, TOLD
+from .history import FAIL, INFO, OK, TOLD, NoteFile
 
 OPENING = 1000
 #: Where a holder writes its notes (see :mod:`.history`): called with a dict, writes at once.
@@ -90,19 +89,20 @@ class Computations:
     gunicorn worker), or the one :func:`.runner.client_process` sets."""
 
     def __init__(self) -> None:
-        self.folder = os.environ.get("NEMESIS_NOTES", "")
-        self._fds: dict[int, int] = {}
+        self.file = NoteFile(os.environ.get("NEMESIS_NOTES", ""), "{pid}.computations")
+
+    @property
+    def folder(self) -> str:
+        return self.file.folder
+
+    @folder.setter
+    def folder(self, folder: str) -> None:
+        self.file.folder = folder
 
     def write(self, key: str, began: float, ended: float | None = None) -> None:
-        if not self.folder:
-            return
-        pid = os.getpid()
-        fd = self._fds.get(pid)
-        if fd is None:
-            path = os.path.join(self.folder, f"{pid}.computations")
-            fd = self._fds[pid] = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        line = {"key": key, "pid": pid, "began": began, "ended": ended}
-        os.write(fd, (json.dumps(line) + "\n").encode())
+        if self.folder:
+            record = {"key": key, "pid": os.getpid(), "began": began, "ended": ended}
+            self.file.write_record(record)
 
 
 computations = Computations()
