@@ -252,9 +252,9 @@ class RedisStrategy(Strategy):
                 findings.append(
                     Finding(
                         WARNING,
-                        "CACHEKIT_NEAR_CACHE is experimental: its race test once found reads"
-                        " of a replaced value after the invalidation had arrived (a cause was"
-                        " found and fixed since; that run was never reproduced)",
+                        "CACHEKIT_NEAR_CACHE is experimental: its race test still finds"
+                        " reads of a replaced value after the invalidation had arrived, now"
+                        " and then (within a millisecond of it; the cause is not found)",
                         "leave it off where a stale memoized value matters (docs: Backends)",
                     )
                 )
