@@ -42,7 +42,8 @@ log = logging.getLogger(__name__)
 
 #: Longest wait, in seconds, for replicas to confirm one write (at most half the reply timeout).
 REPLICA_WAIT: Final = 1.0
-#: Tries of a Cluster write whose slot moved (MOVED, ASK) before the error is raised.
+#: Tries of a write whose slot moved (MOVED, ASK) or whose node lacked the script (NOSCRIPT)
+#: before the error is raised.
 REDIRECTS: Final = 3
 
 _ODD: tuple[type[Exception], ...] = (KeyError, ValueError, TypeError)  # an odd answer
@@ -150,8 +151,10 @@ class Replication:
             reply, acknowledged = replies[-2], replies[-1]
             if isinstance(reply, Exception):
                 name = type(reply).__name__
-                if name == "NoScriptError" and source is not None and attempt == 0:
-                    target.script_load(source)  # a restart or SCRIPT FLUSH: nothing ran
+                if name == "NoScriptError" and source is not None and attempt < REDIRECTS:
+                    # A restart, a SCRIPT FLUSH, or a node that became master (a failover, a
+                    # MOVED just followed): nothing ran. Loaded on that node, tried again.
+                    target.script_load(source)
                     continue
                 if self._cluster and name in ("MovedError", "AskError") and attempt < REDIRECTS:
                     asking = name == "AskError"  # nothing ran on this node
