@@ -27,7 +27,9 @@ Keys: ``HMAC-SHA256(secret, b"cachekit signed values v1")`` for the app's
 ``SECRET_KEY`` (writes and reads) and each of ``SECRET_KEY_FALLBACKS`` (reads
 only), so the raw secret is never the MAC key and the same secret signs
 nothing else of Flask's. Each key's inner and outer SHA-256 states are
-computed once, so a MAC costs two hash copies and the hashing itself.
+computed once, so a MAC costs two hash copies and the hashing itself; an
+envelope byte-for-byte equal to one this codec made or checked before is not
+hashed again (:class:`_Trusted`).
 
 Invariants:
 
@@ -88,6 +90,9 @@ UNSIGNED_MODES: Final = ("refuse", "miss", "accept")
 SERIALIZERS: Final = ("pickle", "json")
 #: Keys whose refusal a process logs (once each) before it stops logging new ones.
 LOGGED_KEYS: Final = 4096
+#: Envelopes a codec remembers as checked (:class:`_Trusted`): the longest one, and all together.
+TRUSTED_SIZE: Final = 64 << 10
+TRUSTED_BUDGET: Final = 4 << 20
 #: Statistics (:mod:`cachekit.stats`): values refused, and values read without a signature.
 TAMPERED: Final = "tampered"
 UNSIGNED: Final = "unsigned"
@@ -130,6 +135,46 @@ class _Mac:
         outer = self._outer.copy()
         outer.update(inner.digest())
         return outer.digest()
+
+
+class _Trusted:
+    """Envelopes this process made or checked under a codec's keys, by their tag.
+
+    An envelope byte-for-byte equal to one whose MAC matched has the same
+    MAC, so finding it here is what checking it again would conclude, at the
+    cost of a 32-byte dict lookup and a ``memcmp`` instead of hashing the
+    payload (a hot value read again, a value read back by the worker that
+    wrote it). The lookup is by tag and the whole envelope is compared, so a
+    genuine tag over other bytes is checked (and refused) as before.
+
+    Bounded: envelopes of at most :data:`TRUSTED_SIZE` bytes, about
+    :data:`TRUSTED_BUDGET` bytes in all; when full, all are forgotten at once
+    (amortized O(1), no lock: dict reads and writes are atomic, and a race
+    between threads only misstates the running size until the next reset).
+    The codec's keys never change (installing another key makes another
+    codec), so nothing here outlives the keys it was checked with.
+    """
+
+    __slots__ = ("_envelopes", "_size")
+
+    def __init__(self) -> None:
+        self._envelopes: dict[bytes, bytes] = {}
+        self._size = 0
+
+    def holds(self, tag: bytes, stored: bytes, size: int) -> bool:
+        """Whether the last ``size`` bytes of ``stored`` are an envelope kept under ``tag``."""
+        known = self._envelopes.get(tag)
+        return known is not None and len(known) == size and stored.endswith(known)
+
+    def add(self, tag: bytes, envelope: bytes) -> None:
+        size = len(envelope)
+        if size > TRUSTED_SIZE:
+            return
+        if self._size + size > TRUSTED_BUDGET:
+            self._envelopes.clear()
+            self._size = 0
+        self._envelopes[tag] = envelope
+        self._size += size
 
 
 #: The reasons that mean "not written by a holder of the key": TamperedValue, counted.
@@ -185,6 +230,7 @@ class Codec:
         self._logged: set[str] = set()
         self._guard = threading.Lock()
         self._pending: dict[str, int] = {}
+        self._trusted = _Trusted()
 
     @property
     def reads_unsigned_as_missing(self) -> bool:
@@ -212,8 +258,12 @@ class Codec:
             ) from None
         return text.encode("utf-8")
 
-    def seal(self, value: Any) -> bytes:
-        """The envelope of ``value``, signed with the current key (signing must be on)."""
+    def seal(self, value: Any, prefix: bytes = b"") -> bytes:
+        """``prefix`` and the envelope of ``value``, signed with the current key (signing on).
+
+        The envelope is remembered as checked (:class:`_Trusted`): reading it
+        back costs no MAC.
+        """
         payload = self.serialize(value)
         if len(payload) + OVERHEAD > self.max_size:
             raise SerializationError(
@@ -222,13 +272,23 @@ class Codec:
                 key=None,
             )
         header = self._header
-        return b"".join((header, self._macs[0](header, payload), payload))
+        tag = self._macs[0](header, payload)
+        envelope = b"".join((header, tag, payload))
+        self._trusted.add(tag, envelope)
+        return envelope if not prefix else prefix + envelope
 
     # -- reading -----------------------------------------------------------------------
 
-    def open(self, stored: bytes | memoryview) -> Any:
-        """The value in an envelope, decoded only once its MAC matched; raises :class:`Refused`."""
-        size = len(stored)
+    def open(self, stored: bytes | memoryview, start: int = 0) -> Any:
+        """The value in the envelope at ``stored[start:]``, decoded only once its MAC matched.
+
+        Raises :class:`Refused`. An envelope equal to one made or checked
+        here before is not hashed again (:class:`_Trusted`); any other is
+        checked against the current key, then each fallback.
+        """
+        if type(stored) is not bytes:
+            stored, start = bytes(stored[start:]), 0
+        size = len(stored) - start
         if size > self.max_size:
             raise Refused(
                 self,
@@ -241,9 +301,7 @@ class Codec:
                 "truncated",
                 f"its signature is truncated ({size} bytes, an envelope has at least {OVERHEAD})",
             )
-        view = stored if isinstance(stored, memoryview) else memoryview(stored)
-        header = bytes(view[:HEADER_SIZE])
-        if header[:3] != MAGIC:
+        if not stored.startswith(MAGIC, start):
             raise Refused(self, "unsigned", "it has no signature")
         if not self._macs:
             raise Refused(
@@ -251,20 +309,22 @@ class Codec:
                 "no key",
                 "it is signed, but this app has no SECRET_KEY to check it with",
             )
-        tag, payload = view[HEADER_SIZE:OVERHEAD], view[OVERHEAD:]
-        macs = self._macs
-        if not hmac.compare_digest(macs[0](header, payload), tag) and not any(
-            hmac.compare_digest(mac(header, payload), tag) for mac in macs[1:]
-        ):
-            raise Refused(
-                self,
-                "signature",
-                "its signature does not match (made with a key this app does not have, or"
-                " over other bytes)",
-            )
-        kind = header[3]
-        if kind == JSON:
-            return json.loads(bytes(payload), object_hook=self._json.untag)
+        tag = stored[start + HEADER_SIZE : start + OVERHEAD]
+        if not self._trusted.holds(tag, stored, size):
+            header = stored[start : start + HEADER_SIZE]
+            payload = memoryview(stored)[start + OVERHEAD :]
+            macs = self._macs
+            if not hmac.compare_digest(macs[0](header, payload), tag) and not any(
+                hmac.compare_digest(mac(header, payload), tag) for mac in macs[1:]
+            ):
+                raise Refused(
+                    self,
+                    "signature",
+                    "its signature does not match (made with a key this app does not have, or"
+                    " over other bytes)",
+                )
+            self._trusted.add(tag, stored[start:] if start else stored)
+        kind = stored[start + HEADER_SIZE - 1]
         if kind == PICKLE:
             if self._header[3] == JSON:
                 raise Refused(
@@ -272,7 +332,9 @@ class Codec:
                     "serializer",
                     "it is a signed pickle, and CACHEKIT_SERIALIZER = 'json' reads no pickle",
                 )
-            return pickle.loads(payload)
+            return pickle.loads(stored[start + OVERHEAD :])
+        if kind == JSON:
+            return json.loads(stored[start + OVERHEAD :], object_hook=self._json.untag)
         raise Refused(self, "format", f"it is signed in an unknown format {kind!r}")
 
     def unsigned_value(self, decode: Callable[[], Any]) -> Any:

@@ -392,6 +392,57 @@ def test_bad_input_is_a_clear_error(
 
 
 @pytest.mark.parametrize("kind", FORMS)
+def test_a_value_checked_before_is_checked_again_once_its_bytes_differ(
+    request: pytest.FixtureRequest, tmp_path: Path, kind: str
+) -> None:
+    """An envelope remembered as checked (made, then read) vouches for its own bytes only.
+
+    The planted value reuses the remembered envelope's signature, so a memo
+    keyed by the signature alone would take it: the payload is compared too.
+    """
+    app, cache, backend = make_app(request, tmp_path, kind)
+    marker = tmp_path / "pwned"
+    with app.app_context():
+        cache.set("k", "harmless")
+        assert cache.get("k") == "harmless"  # made here, then read: not hashed again
+        honest = raw(backend, "k")
+        assert honest is not None
+        envelope = honest[1:] if kind == "LMDBCache" else honest
+        assert envelope[:3] == MAGIC
+        planted = envelope[:OVERHEAD] + pickle.dumps(Planted(marker))
+        plant(backend, "k", envelope_form(backend, planted))
+        with pytest.raises(TamperedValue) as refused:
+            cache.get("k")
+        assert refused.value.reason == "signature"
+        plant(backend, "k", honest)  # the genuine bytes are still read, as before
+        assert cache.get("k") == "harmless"
+        assert tampered(cache) == 1
+    assert not marker.exists()
+
+
+def test_the_checked_envelopes_are_bounded() -> None:
+    """Envelopes longer than TRUSTED_SIZE are not kept, and all those kept fit TRUSTED_BUDGET."""
+    from cachekit import signing
+
+    codec = Codec(["current secret"], sign=True)
+    trusted = codec._trusted
+    big = codec.seal(b"x" * (signing.TRUSTED_SIZE + 1))
+    assert not trusted.holds(big[4:OVERHEAD], big, len(big))
+    assert codec.open(big) == b"x" * (signing.TRUSTED_SIZE + 1)  # checked, each time
+    assert not trusted.holds(big[4:OVERHEAD], big, len(big))
+    made = [codec.seal(os.urandom(signing.TRUSTED_SIZE - 100)) for _ in range(100)]
+    assert trusted._size <= signing.TRUSTED_BUDGET
+    assert sum(len(e) for e in trusted._envelopes.values()) == trusted._size
+    oldest = made[0]
+    assert not trusted.holds(oldest[4:OVERHEAD], oldest, len(oldest))  # forgotten when full
+    assert trusted.holds(made[-1][4:OVERHEAD], made[-1], len(made[-1]))
+    assert codec.open(made[0]) == pickle.loads(made[0][OVERHEAD:])  # and checked again
+    # Another key's codec never takes this one's envelopes on trust.
+    with pytest.raises(cachekit.errors.Refused):
+        Codec(["another secret"], sign=True).open(made[-1])
+
+
+@pytest.mark.parametrize("kind", FORMS)
 def test_an_oversize_value_is_refused_both_ways(
     request: pytest.FixtureRequest, tmp_path: Path, kind: str
 ) -> None:

@@ -693,7 +693,7 @@ def encode(value: Any, codec: Any = None) -> bytes:
         size = (value.bit_length() + 8) // 8
         return b"\x02" + value.to_bytes(size, "little", signed=True)
     if codec is not None and codec.sign:
-        return b"\x03" + codec.seal(value)  # type: ignore[no-any-return]
+        return codec.seal(value, b"\x03")  # type: ignore[no-any-return]
     return b"\x00" + pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
 
 
@@ -701,6 +701,8 @@ def pack(expires: int, value: Any, codec: Any = None) -> bytes:
     """The stored form of ``value`` expiring at ``expires`` (0: never)."""
     if type(value) is int and _INT_MIN <= value <= _INT_MAX:
         return _INT_HEADER.pack(expires, INTEGER, value)
+    if codec is not None and codec.sign and type(value) is not int:
+        return codec.seal(value, HEADER.pack(expires) + b"\x03")  # type: ignore[no-any-return]
     return HEADER.pack(expires) + encode(value, codec)
 
 
@@ -770,7 +772,7 @@ def value(key: str, stored: bytes, now: float, codec: Any = None) -> Any:
         kind = stored[HEADER.size]
         try:
             if kind == SIGNED and codec is not None:
-                return codec.open(memoryview(stored)[HEADER.size + 1 :])
+                return codec.open(stored, HEADER.size + 1)
             if kind == PICKLED and codec is None:
                 return pickle.loads(stored[HEADER.size + 1 :])
             if kind == INTEGER and len(stored) == _INT_HEADER.size:
@@ -803,6 +805,8 @@ def unpack(
         return None
     body = memoryview(stored)[HEADER.size :]
     try:
+        if codec is not None and stored[HEADER.size] == SIGNED:
+            return codec.open(stored, HEADER.size + 1), expires, body
         return decode(body, codec), expires, body
     except Refused as refused:
         error = codec.named(refused, key)
