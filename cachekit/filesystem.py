@@ -306,7 +306,10 @@ class FileSystemStrategy(Strategy):
         """Sweep expired files every ``SWEEP_EVERY`` writes of this process (outside every lock)."""
         if self._writes >= SWEEP_EVERY:
             self._writes = 0
-            if self.sweep() * 4 > SWEEP_BATCH:  # a flood of expired files: again next write
+            swept = self.sweep()
+            if swept:
+                self.stats.count("swept", swept)
+            if swept * 4 > SWEEP_BATCH:  # a flood of expired files: again next write
                 self._writes = SWEEP_EVERY
 
     def sweep(self, batch: int = SWEEP_BATCH) -> int:

@@ -59,6 +59,7 @@ COUNTERS: Final = (
     "limit_refusals",
     "tampered",  # values refused by their signature check (cachekit.signing)
     "unsigned",  # values without a signature read as missing, or accepted (CACHEKIT_UNSIGNED)
+    "swept",  # expired files the FileSystemCache sweep deleted (cachekit.filesystem)
 )
 #: Takings of a lock that found it free; the waits are the ``wait:<bucket>`` counts.
 UNCONTENDED: Final = "locks_uncontended"

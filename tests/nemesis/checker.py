@@ -40,6 +40,14 @@ Then what must hold, whatever the faults:
 - **single flight**: no two computations of one memoized key ran at once
   (unless the first one's lease was struck by a pause, restart or failover
   and the second began after it may have lapsed), and some were noted.
+- **expire** (a key of its own per thread, written with a timeout): a read
+  finds nothing, or the value of the last acknowledged write of that key or of
+  an unknown one since; never an older one, and never one whose timeout had
+  certainly run out when the read began; a value that certainly had not
+  expired when the read ended is found (a live value lost, by the sweep or
+  anything else, is an anomaly). The read right after a write finds that
+  value or nothing (the FileSystemCache sweep may hold a file aside for
+  microseconds while it checks it against a plain ``cache.set``).
 - **limit**: no rate limit let more than its limit through (twice that if
   memory pressure evicted its key: a window is a key with a timeout), and
   none refused a hit before the hits let through and the unknown ones that
@@ -56,7 +64,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .history import FAIL, INFO, OK, TOLD, Computation, Op
-from .workloads import LIMIT
+from .workloads import EXPIRE_SECONDS, LIMIT, expiring_key
 
 #: Kinds of excuse: a SIGSTOP of one process; a restart of a Redis that persists (its
 #: leases kept, but nobody can renew them while it is down); a restart of one that
@@ -145,6 +153,8 @@ def check(history: list[Op], final: dict[str, Any], opening_total: int, run: Run
         anomalies += _invalidations(history)
     if "limit" in kinds:
         anomalies += _limits(history, LIMIT, run.evicted)
+    if "expire" in kinds:
+        anomalies += _expiring(history, EXPIRE_SECONDS)
     if "memo" in kinds and run.computations is not None:
         anomalies += _single_flight(run.computations, run)
     return anomalies
@@ -363,6 +373,71 @@ def _limits(history: list[Op], limit: int, evicted: frozenset[str] = frozenset()
                 )
                 break
     return found
+
+
+def _expiring(history: list[Op], seconds: float) -> list[Anomaly]:
+    """Each ``expire`` read against the writes of its key before it (see the module's doc).
+
+    A write's expiry is an int between ``seconds - 1`` and ``seconds`` after the
+    write (cachelib's ``int(now + timeout)``, cachekit's ``int(now) + ceil(timeout)``),
+    and a value is served while its expiry is not before the read's clock; the
+    value holds the wall-clock times around each call: [before the first read,
+    after it, after the write, after the second read].
+    """
+    by_key: defaultdict[str, list[Op]] = defaultdict(list)
+    for op in history:
+        if op.kind == "expire":
+            by_key[expiring_key(op.arg)].append(op)
+    found = []
+    for key, ops in sorted(by_key.items()):
+        ops.sort(key=lambda op: op.began)
+        candidates: dict[Any, float] = {}  # a value that may be there: its latest write's end
+        known: Op | None = None  # the last acknowledged write, if no unknown one came after
+        for op in ops:
+            value = op.value if isinstance(op.value, dict) else None
+            if value is not None:
+                began, read, written, _ = value["times"]
+                before = value["before"]
+                if before is not None and before not in candidates:
+                    found.append(
+                        Anomaly(
+                            f"expire: {key} read {before!r}, which no write of this key since"
+                            " the last acknowledged one made",
+                            (op,),
+                        )
+                    )
+                elif before is not None and began > candidates[before] + seconds + 0.001:
+                    found.append(
+                        Anomaly(
+                            f"expire: {key} served {before!r} {began - candidates[before]:.3f} s"
+                            f" after its write ended, past its timeout of {seconds} s",
+                            (op,),
+                        )
+                    )
+                if known is not None and before != known.arg:
+                    made = known.value["times"][1]  # (the write began after this)
+                    if read < made + seconds - 1:
+                        found.append(
+                            Anomaly(
+                                f"expire: {key} read {before!r} {read - made:.3f} s after the"
+                                f" write of {known.arg!r} began, before it could expire: a live"
+                                " value was lost",
+                                (known, op),
+                            )
+                        )
+                if value["after"] not in (None, op.arg) and op.outcome == OK:
+                    found.append(
+                        Anomaly(
+                            f"expire: {key} read {value['after']!r} right after writing {op.arg!r}",
+                            (op,),
+                        )
+                    )
+            if op.outcome == OK and value is not None:
+                known, candidates = op, {op.arg: value["times"][2]}
+            else:  # unknown: it may have written, up to its end (a killed one: its thread's last)
+                known = None
+                candidates[op.arg] = op.ended or math.inf
+    return _capped("expire", found)
 
 
 def _counter(history: list[Op], final: int | None) -> list[Anomaly]:

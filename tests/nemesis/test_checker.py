@@ -19,7 +19,7 @@ import pytest
 
 from .checker import ERASED, FAILOVER, PAUSE, RESTART, TOLD, Client, Excuse, Run, check
 from .history import FAIL, INFO, OK, Computation, Op, Recorder, attach_notes, load
-from .workloads import KINDS, LIMIT
+from .workloads import EXPIRE_SECONDS, KINDS, LIMIT
 
 LEASE = 1.0
 
@@ -591,6 +591,49 @@ def test_limit_anomalies() -> None:
     assert whats(history, final) == [too_many]
 
 
+def expire(n: int, at: float, before: Any, after: Any = "same", outcome: str = OK) -> Op:
+    """Thread 7.x.0's ``expire`` number ``n`` of key 1 at ``at`` (wall clock), its reads."""
+    arg = f"1|7.x.0.{n}"
+    times = [at, at + 0.001, at + 0.002, at + 0.003]
+    value = {"before": before, "after": arg if after == "same" else after, "times": times}
+    done = op("expire", outcome, value, arg=arg, at=at)
+    done.ended = at + 0.004
+    return done
+
+
+def only_expiring(*ops: Op) -> list[str]:
+    history, final = clean()
+    the_run = run(kinds=(*KINDS, "expire"))
+    return whats([*history, *ops], final, the_run)
+
+
+def test_expire_anomalies() -> None:
+    """A read of an expiring key: nothing, or a value that may be there and has not expired."""
+    first, second = "1|7.x.0.1", "1|7.x.0.2"
+    live = EXPIRE_SECONDS - 1  # (a write's value certainly lives this long)
+    # exact: missing at first, found while live, gone once expired, unknown outcomes
+    exact = only_expiring(
+        expire(1, 0.0, None),
+        expire(2, live - 0.5, first),  # live: must be found
+        expire(3, live - 0.4, second, after=None),  # (read back missing: a sweep's instant)
+        expire(4, 0.5 + EXPIRE_SECONDS, None),  # may have expired: either
+        expire(5, 0.6 + EXPIRE_SECONDS, "1|7.x.0.4", outcome=INFO),
+        expire(6, 0.7 + EXPIRE_SECONDS, "1|7.x.0.5"),  # an unknown write may be there
+    )
+    assert exact == []
+    lost = only_expiring(expire(1, 0.0, None), expire(2, live - 0.5, None))
+    assert len(lost) == 1 and "s after the write of '1|7.x.0.1' began, before it" in lost[0]
+    served = only_expiring(expire(1, 0.0, None), expire(2, EXPIRE_SECONDS + 0.1, first))
+    assert len(served) == 1 and "past its timeout" in served[0]
+    nowhere = only_expiring(expire(1, 0.0, "1|7.x.9.1"))
+    assert len(nowhere) == 1 and "which no write of this key since" in nowhere[0]
+    # an older value came back after a newer write was acknowledged
+    older = only_expiring(expire(1, 0.0, None), expire(2, 0.1, first), expire(3, 0.2, first))
+    assert "which no write of this key since" in older[0]
+    wrong = only_expiring(expire(1, 0.0, None, after="1|7.x.0.0"))
+    assert len(wrong) == 1 and "right after writing" in wrong[0]
+
+
 def test_single_flight_anomalies() -> None:
     """Two computations of one key at once are reported, unless the first one's lease may
     have lapsed; a run that noted no computation proves nothing."""
@@ -667,6 +710,10 @@ ANOMALY_KINDS = {
     "hits through, more than": test_limit_anomalies,
     "refused a hit when": test_limit_anomalies,
     "single flight: no computation was noted": test_single_flight_anomalies,
+    "which no write of this key since": test_expire_anomalies,
+    "served {before!r}": test_expire_anomalies,
+    "s after the": test_expire_anomalies,
+    "right after writing": test_expire_anomalies,
     "single flight: two computations of": test_single_flight_anomalies,
 }
 

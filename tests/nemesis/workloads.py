@@ -19,6 +19,13 @@ allowed) whose value is the ``version`` it read: a call that began after an
 invalidation returned must never get a version older than that one; each
 computation is noted as it begins and ends (:class:`Computations`), and no two
 of one key may run at once (single flight).
+``expire`` (not in :data:`KINDS`: the embedded stores' cases add it) reads, then
+plainly ``cache.set``s with a timeout of :data:`EXPIRE_SECONDS`, then reads
+again, a key of its own thread (one of :data:`EXPIRING_KEYS`; half the time one of
+the first :data:`HOT_KEYS`, so that it reads values still live): the wall-clock
+times around each call are in its value, so a value served after it expired, a
+live one missing, or one nobody wrote there is found; the files left to expire
+are what the FileSystemCache sweep deletes.
 """
 
 from __future__ import annotations
@@ -45,6 +52,13 @@ KINDS = ("incr", "append", "transfer", "section", "invalidate", "memo", "limit")
 LIMIT = 40
 #: Seconds each limit's key is used before the next: windows fill while faults strike.
 LIMIT_KEY_SECONDS = 3
+#: ``expire``'s timeout (seconds: cachelib and cachekit both make an int expiry of it, between
+#: ``EXPIRE_SECONDS - 1`` and ``EXPIRE_SECONDS`` after the write), its keys per thread, and
+#: the few of them it uses half the time.
+EXPIRE_SECONDS = 2
+EXPIRING_KEYS = 64
+HOT_KEYS = 4
+SWEEP_ONE_IN = 4
 #: The strategies of ``limits`` by the names an operation gives them.
 LIMITERS = {"fixed": "fixed-window", "moving": "moving-window", "sliding": "sliding-window-counter"}
 #: The memoized function of each cache, made once per process (see :func:`_memoized`).
@@ -135,7 +149,16 @@ def arg_for(kind: str, tag: str, rng: random.Random) -> str | None:
         return f"{'ab' if rng.random() < 0.5 else 'ba'}.{tag}"
     if kind == "limit":  # a fresh window every LIMIT_KEY_SECONDS: filling while faults strike
         return f"{rng.choice(sorted(LIMITERS))}:{int(time.time() // LIMIT_KEY_SECONDS)}"
+    if kind == "expire":  # half on a few keys (read again while live), half on many (expiring)
+        number = rng.randrange(HOT_KEYS) if rng.random() < 0.5 else rng.randrange(EXPIRING_KEYS)
+        return f"{number}|{tag}"
     return None
+
+
+def expiring_key(arg: Any) -> str:
+    """The key an ``expire`` operation writes: one of its thread's (its tag without the count)."""
+    number, tag = str(arg).split("|")
+    return f"expiring:{tag.rsplit('.', 1)[0]}:{number}"
 
 
 #: The limiter of each cache and strategy, made once per process.
@@ -218,6 +241,8 @@ def run_op(
             return OK, _memoized(cache)(f"key{rng.randrange(3)}")
         if kind == "limit":
             return OK, _hit(cache, str(arg))
+        if kind == "expire":
+            return _expire(cache, arg, rng)
         raise ValueError(kind)
     except cachekit.LeaseLost as error:
         if kind == "section":
@@ -227,6 +252,29 @@ def run_op(
         return FAIL, section or _said(error)
     except Exception as error:  # StorageError, a plain cache call cut off: unknown
         return INFO, section or _said(error)
+
+
+def _expire(cache: Any, arg: Any, rng: random.Random) -> tuple[str, Any]:
+    """Read, ``cache.set`` (the plain call, no cachekit lock) and read again ``arg``'s key.
+
+    On FileSystemCache, one in :data:`SWEEP_ONE_IN` then also runs a sweep, as a
+    worker does every 256 writes (a short run makes fewer per process): its
+    deletions are the value's ``swept``.
+    """
+    key = expiring_key(arg)
+    times = [time.time()]
+    before = cache.get(key)
+    times.append(time.time())
+    stored = cache.set(key, arg, timeout=EXPIRE_SECONDS)
+    times.append(time.time())
+    after = cache.get(key)
+    times.append(time.time())
+    value = {"before": before, "after": after, "times": times}
+    if isinstance(cache, FileSystemCache) and rng.random() * SWEEP_ONE_IN < 1:
+        from cachekit.resolve import strategy_for
+
+        value["swept"] = strategy_for(cache).sweep()  # type: ignore[attr-defined]
+    return (OK if stored else INFO), value
 
 
 def _said(error: BaseException) -> str:
