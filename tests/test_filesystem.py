@@ -493,6 +493,7 @@ def test_writes_sweep_expired_files_on_their_own(fs_backend: Any) -> None:
         cachekit.incr(fs_backend, "n")
     assert entry_names(fs_backend) == {file_of(fs_backend, "n").name}
     assert fs_backend.get("n") == 2 * SWEEP_EVERY
+    assert cachekit.statistics(fs_backend, merged=False)["swept"] == 300  # each one counted
 
 
 def hold_key_in_an_update(directory: str, ready: Any, go: Any) -> None:
