@@ -61,7 +61,7 @@ import math
 from collections import Counter, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from .history import FAIL, INFO, OK, TOLD, Computation, Op
 from .workloads import EXPIRE_SECONDS, LIMIT, expiring_key
@@ -131,6 +131,8 @@ class Run:
     evicted: frozenset[str] = frozenset()
     #: The memoized function's computations, if they were noted (None: not judged).
     computations: tuple[Computation, ...] | None = None
+    #: When the clients' wall clock was stepped (monotonic times of the ``clock_jump`` fault).
+    clock_steps: tuple[float, ...] = ()
     min_ok: int = 3
     min_life: float = 2.0
     every_kind_per_client: bool = True
@@ -154,7 +156,7 @@ def check(history: list[Op], final: dict[str, Any], opening_total: int, run: Run
     if "limit" in kinds:
         anomalies += _limits(history, LIMIT, run.evicted)
     if "expire" in kinds:
-        anomalies += _expiring(history, EXPIRE_SECONDS)
+        anomalies += _expiring(history, EXPIRE_SECONDS, run.clock_steps)
     if "memo" in kinds and run.computations is not None:
         anomalies += _single_flight(run.computations, run)
     return anomalies
@@ -343,7 +345,9 @@ def _limits(history: list[Op], limit: int, evicted: frozenset[str] = frozenset()
     ``limit`` more through: a limit on Redis under ``volatile-*`` eviction is only as
     exact as its keys are kept. A hit's value is ``[let through, day of its window]``: the
     sliding window counter's windows are days aligned to the clock, so a limit hit across
-    midnight is not judged for it (the previous day's count weighs in).
+    midnight is not judged for it (the previous day's count weighs in), and a fixed
+    window lets ``limit`` through on each day its hits saw (a clock stepped across
+    midnight starts a new window).
     """
     found = []
     for name in sorted({str(op.arg) for op in history if op.kind == "limit"}):
@@ -352,7 +356,8 @@ def _limits(history: list[Op], limit: int, evicted: frozenset[str] = frozenset()
         if name.startswith("sliding:") and len({op.value[1] for op in done}) > 1:
             continue
         through = [op for op in done if op.value[0]]
-        most = limit * (1 + (name in evicted))
+        days = len({op.value[1] for op in through}) if name.startswith("fixed:") else 1
+        most = limit * max(days, 1) * (1 + (name in evicted))
         if len(through) > most:
             found.append(
                 Anomaly(
@@ -375,15 +380,27 @@ def _limits(history: list[Op], limit: int, evicted: frozenset[str] = frozenset()
     return found
 
 
-def _expiring(history: list[Op], seconds: float) -> list[Anomaly]:
+def _expiring(
+    history: list[Op], seconds: float, clock_steps: tuple[float, ...] = ()
+) -> list[Anomaly]:
     """Each ``expire`` read against the writes of its key before it (see the module's doc).
 
     A write's expiry is an int between ``seconds - 1`` and ``seconds`` after the
     write (cachelib's ``int(now + timeout)``, cachekit's ``int(now) + ceil(timeout)``),
     and a value is served while its expiry is not before the read's clock; the
     value holds the wall-clock times around each call: [before the first read,
-    after it, after the write, after the second read].
+    after it, after the write, after the second read]. Those bounds hold on a clock
+    that runs on: where the wall clock was stepped (``clock_steps``) between a write's
+    start and a read's end, only what the read may find is judged, not when (a value
+    may have expired and been swept before the clock went back, or a write may have
+    read the clock before a step its recorded times came after).
     """
+    steps = sorted(clock_steps)
+
+    def stepped(began: float, ended: float) -> bool:
+        at = bisect.bisect_left(steps, began)
+        return at < len(steps) and steps[at] <= ended
+
     by_key: defaultdict[str, list[Op]] = defaultdict(list)
     for op in history:
         if op.kind == "expire":
@@ -391,7 +408,8 @@ def _expiring(history: list[Op], seconds: float) -> list[Anomaly]:
     found = []
     for key, ops in sorted(by_key.items()):
         ops.sort(key=lambda op: op.began)
-        candidates: dict[Any, float] = {}  # a value that may be there: its latest write's end
+        # a value that may be there: (its write's end, wall clock; its start, monotonic)
+        candidates: dict[Any, tuple[float, float]] = {}
         known: Op | None = None  # the last acknowledged write, if no unknown one came after
         for op in ops:
             value = op.value if isinstance(op.value, dict) else None
@@ -406,17 +424,19 @@ def _expiring(history: list[Op], seconds: float) -> list[Anomaly]:
                             (op,),
                         )
                     )
-                elif before is not None and began > candidates[before] + seconds + 0.001:
-                    found.append(
-                        Anomaly(
-                            f"expire: {key} served {before!r} {began - candidates[before]:.3f} s"
-                            f" after its write ended, past its timeout of {seconds} s",
-                            (op,),
+                elif before is not None:
+                    ended, start = candidates[before]
+                    if began > ended + seconds + 0.001 and not stepped(start, op.ended):
+                        found.append(
+                            Anomaly(
+                                f"expire: {key} served {before!r} {began - ended:.3f} s after"
+                                f" its write ended, past its timeout of {seconds} s",
+                                (op,),
+                            )
                         )
-                    )
                 if known is not None and before != known.arg:
                     made = known.value["times"][1]  # (the write began after this)
-                    if read < made + seconds - 1:
+                    if read < made + seconds - 1 and not stepped(known.began, op.ended):
                         found.append(
                             Anomaly(
                                 f"expire: {key} read {before!r} {read - made:.3f} s after the"
@@ -433,10 +453,10 @@ def _expiring(history: list[Op], seconds: float) -> list[Anomaly]:
                         )
                     )
             if op.outcome == OK and value is not None:
-                known, candidates = op, {op.arg: value["times"][2]}
-            else:  # unknown: it may have written, up to its end (a killed one: its thread's last)
+                known, candidates = op, {op.arg: (value["times"][2], op.began)}
+            else:  # unknown: it may have written (by its end, if it recorded its times)
                 known = None
-                candidates[op.arg] = op.ended or math.inf
+                candidates[op.arg] = (value["times"][2] if value else math.inf, op.began)
     return _capped("expire", found)
 
 
@@ -628,7 +648,9 @@ def _struck(excuse: Excuse, holder: _Section) -> bool:
     return holder.op.began <= excuse.end and excuse.start <= until
 
 
-def _overtaken(holder: _Section, other_granted: float, run: Run) -> Excuse | None:
+def _overtaken(
+    holder: _Section, other_granted: float, run: Run, other: _Section | None = None
+) -> Excuse | None:
     """The excuse that lets ``other`` enter while ``holder`` (not ``ok``) held, if any.
 
     A pause of the holder's own process or a restart of a persisting Redis that
@@ -642,6 +664,11 @@ def _overtaken(holder: _Section, other_granted: float, run: Run) -> Excuse | Non
     entering after it began: that lease may never have reached the new master
     (the contract: no overlap with a holder that is not told); a holder granted
     earlier, as for a restart. Never with a lock that has no lease.
+
+    For a pause, the lease's run is also read from the server's own clock where the
+    fencing tokens are its time (:func:`_server_gap`): a holder that noted its grant
+    late (its process starved between the reply and the note) is then judged by when
+    the server granted it, not by its note.
     """
     if run.lease is None or holder.op.outcome == OK:
         return None
@@ -668,7 +695,26 @@ def _overtaken(holder: _Section, other_granted: float, run: Run) -> Excuse | Non
                 return excuse
         elif other_granted >= min(holder.granted, excuse.start) + run.lease - SLACK:
             return excuse  # a pause: from its grant, or from a grant it noted late
+        elif other is not None and _server_gap(holder, other) >= run.lease - SERVER_SLACK:
+            return excuse  # a pause: granted a lease apart by the server's clock
     return None
+
+
+#: Fencing tokens at least this large are the server's time in microseconds (a token is the
+#: larger of the lock's counter plus one and ``TIME``): from 2001 on.
+TIME_TOKENS: Final = 10**15
+#: How much earlier than a lease after a grant the server may grant the next (its own clock,
+#: read by both scripts: rounding only), in seconds.
+SERVER_SLACK: Final = 0.001
+
+
+def _server_gap(first: _Section, second: _Section) -> float:
+    """Seconds between two grants by the server's clock, if their tokens are its time; else
+    -inf. A token is ``max(counter + 1, TIME in us)``: once one is the time, every later
+    grant's is the time too unless the server's clock went back (not injected here)."""
+    if first.token < TIME_TOKENS or second.token < TIME_TOKENS:
+        return -math.inf
+    return (second.token - first.token) / 1e6
 
 
 def _sections(history: list[Op], guarded: int | None, run: Run) -> list[Anomaly]:
@@ -714,7 +760,9 @@ def _sections(history: list[Op], guarded: int | None, run: Run) -> list[Anomaly]
         for second in held[i + 1 :]:
             if second.granted >= first.end:
                 break
-            if _overtaken(first, second.granted, run) or _overtaken(second, first.granted, run):
+            if _overtaken(first, second.granted, run, second) or _overtaken(
+                second, first.granted, run, first
+            ):
                 continue
             what = "lock: two holders overlapped, neither told"
             if TOLD in (first.op.outcome, second.op.outcome):

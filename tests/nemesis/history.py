@@ -89,7 +89,8 @@ class Recorder:
             self._next += 1
             op_id = f"{os.getpid()}-{self.nonce}-{self._next}"
         began = time.monotonic()
-        self.write({"id": op_id, "kind": kind, "arg": arg, "began": began})
+        wall = time.time()  # (the process's wall clock: the clock_jump fault steps it)
+        self.write({"id": op_id, "kind": kind, "arg": arg, "began": began, "wall": wall})
         pending = Pending(op_id, self)
         try:
             yield pending

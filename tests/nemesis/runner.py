@@ -46,6 +46,9 @@ from .history import FAIL, INFO, OK, Op, Recorder, attach_notes, load, load_comp
 from .workloads import KINDS, arg_for, computations, open_cache, run_op
 
 FORK = mp.get_context("fork")
+#: Clients whose clock jumps start afresh (``spawn``), with libfaketime preloaded.
+SPAWN = mp.get_context("spawn")
+_ENVIRONMENT = threading.Lock()
 #: How long a fault waits to see its effect (a death, a stop, new workers), in seconds.
 SETTLE = 10.0
 
@@ -96,6 +99,11 @@ class Target:
     slots: tuple[int, ...] = ()
     #: A small file system the store lives on: the ``disk_full`` fault fills it.
     disk: Path | None = None
+    #: The file the client processes' wall clock is offset by (libfaketime's
+    #: ``FAKETIME_TIMESTAMP_FILE``): the ``clock_jump`` fault writes it.
+    clock: Path | None = None
+    clock_offset: int = 0
+    clock_steps: list[float] = field(default_factory=list)  # (monotonic)
     master: int = 0  # gunicorn's master pid
     lease: float = 1.0
     done: list[str] = field(default_factory=list)
@@ -159,6 +167,7 @@ class Target:
             excuses=tuple(self.excuses),
             deaths=dict(self.kills),
             evicted=frozenset(self.evicted),
+            clock_steps=tuple(self.clock_steps),
             computations=(None if self.notes is None else tuple(load_computations(self.notes))),
             ended=self.ended,
             **options,
@@ -614,6 +623,89 @@ def _refused_since(folder: Path | None, seen: dict[Path, int]) -> bool:
     return False
 
 
+#: The steps of the clients' wall clock the ``clock_jump`` fault makes, in seconds: NTP's
+#: small steps, a minute and more, an hour (a time zone mistaken for UTC).
+JUMPS: Final = (-3600, -90, -5, 5, 90, 3600)
+#: The furthest the clients' clock is taken from the real one; a step beyond turns back.
+MAX_OFFSET: Final = 7200
+
+
+def clock_jump(target: Target, pick: float) -> tuple[bool, str]:
+    """Step the wall clock of every client process at once, as a host's clock steps: the
+    offset file libfaketime reads at every call (:func:`faketime_environment`) replaced
+    in one rename; their monotonic clock is left alone. Effective once a client recorded
+    an operation begun on the new clock (its ``wall`` less its ``began``)."""
+    assert target.clock is not None and target.notes is not None
+    step = JUMPS[int(pick * len(JUMPS))]
+    if abs(target.clock_offset + step) > MAX_OFFSET:
+        step = -step
+    offset = target.clock_offset + step
+    seen = {path: path.stat().st_size for path in target.notes.glob("*.jsonl")}
+    target.clock_steps.append(time.monotonic())  # (just before: a client may step at once)
+    set_clock_offset(target.clock, offset)
+    target.clock_offset = offset
+    base = time.time() - time.monotonic()  # (this process's clock is the real one)
+    struck = _wait_for(lambda: _clock_seen(target.notes, seen, base + offset), SETTLE)
+    said = "a client began an operation on it" if struck else "no client was seen on it"
+    return struck, f"the clients' clock stepped {step:+d} s, to {offset:+d} s: {said}"
+
+
+def set_clock_offset(path: Path, offset: int) -> None:
+    """Make ``offset`` seconds libfaketime's offset in ``path``, in one rename."""
+    fresh = path.with_name(path.name + ".new")
+    fresh.write_text(f"{offset:+d}s\n")
+    os.replace(fresh, path)
+
+
+def _clock_seen(folder: Path | None, seen: dict[Path, int], base: float) -> bool:
+    """Whether a client's operation recorded since ``seen`` began with ``wall`` - ``began``
+    within half a second of ``base`` (the real clock's, offset by the jump)."""
+    assert folder is not None
+    for path in folder.glob("*.jsonl"):
+        try:
+            with open(path, "rb") as f:
+                f.seek(seen.get(path, 0))
+                lines = f.read().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if "wall" in record and abs(record["wall"] - record["began"] - base) < 0.5:
+                return True
+    return False
+
+
+def faketime_library() -> str | None:
+    """The libfaketime shared library the ``libfaketime`` wheel ships, if it is installed."""
+    try:
+        import libfaketime  # type: ignore[import-untyped]
+    except ImportError:
+        return None
+    found = Path(libfaketime.__file__).parent / "vendor/libfaketime/src/libfaketime.so.1"
+    return str(found) if found.exists() else None
+
+
+def faketime_environment(clock: Path) -> dict[str, str]:
+    """What a client process's environment needs to read its wall clock offset by ``clock``.
+
+    ``FAKETIME_NO_CACHE``: the file is read at every call, so every process steps at
+    once; ``FAKETIME_DONT_FAKE_MONOTONIC``: the monotonic clock is the real one, as a
+    step of the system clock leaves it. (Debian's libfaketime 0.9.10 makes
+    ``time.sleep`` fail with ``EINVAL`` so; the wheel's does not.)
+    """
+    library = faketime_library()
+    assert library is not None
+    return {
+        "LD_PRELOAD": library,
+        "FAKETIME_TIMESTAMP_FILE": str(clock),
+        "FAKETIME_NO_CACHE": "1",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+    }
+
+
 def memory_pressure(target: Target, pick: float) -> tuple[bool, str]:
     """Fill Redis with keys that have a TTL until it has evicted 100 of them (10 s at most),
     then delete that junk (so evictions stop with the fault).
@@ -705,6 +797,7 @@ FAULTS: dict[str, Callable[[Target, float], tuple[bool, str] | None]] = {
     "migrate": migrate,
     "memory": memory_pressure,
     "disk_full": disk_full,
+    "clock_jump": clock_jump,
     "reload": reload_workers,
 }
 
@@ -794,9 +887,21 @@ def gunicorn_workers(master: int) -> list[int]:
 # -- clients: processes ----------------------------------------------------------
 
 
-def client_process(spec: str, folder: str, until: float, seed: int, kinds: tuple[str, ...]) -> None:
+def client_process(
+    spec: str,
+    folder: str,
+    until: float,
+    seed: int,
+    kinds: tuple[str, ...],
+    defaults: Any = None,
+) -> None:
     """A client process: opens the store (recorded as ``open``), then two threads of random
-    operations until ``until``. A failure to open is recorded and exits with code 1."""
+    operations until ``until``. A failure to open is recorded and exits with code 1.
+    ``defaults``: the parent's cachekit settings, for a process started afresh."""
+    if defaults is not None:
+        import cachekit.settings
+
+        cachekit.settings.DEFAULTS = defaults
     recorder = Recorder(Path(folder))
     nonce = recorder.nonce
     computations.folder = folder  # (the memoized function notes its computations there)
@@ -839,6 +944,7 @@ def run_processes(
     cluster: ClusterTopology | None = None,
     slots: tuple[int, ...] = (),
     disk: Path | None = None,
+    clock: Path | None = None,
     lease: float = 1.0,
     kinds: tuple[str, ...] = KINDS,
     seed: int = 0,
@@ -849,22 +955,34 @@ def run_processes(
     (the ``partition`` fault cuts them off). ``topology``: a Sentinel topology
     the ``failover`` and ``switchover`` faults act on; ``cluster``: a Redis Cluster the
     ``cluster_failover`` and ``migrate`` faults act on, at the masters of ``slots``;
-    ``disk``: the small file system the ``disk_full`` fault fills.
+    ``disk``: the small file system the ``disk_full`` fault fills; ``clock``: the
+    offset file of the clients' wall clock, which the ``clock_jump`` fault writes
+    (clients are then started afresh, with libfaketime preloaded).
     """
     folder.mkdir(parents=True, exist_ok=True)
     seconds = long_enough(seconds, faults, lease if server or topology or cluster else None)
-    until = time.monotonic() + seconds
+    until = time.monotonic() + seconds + (STARTUP if clock else 0.0)
     count = iter(range(10**6))
 
     def spawn() -> Started:
         n = next(count)
         spec = specs[n % len(specs)]
-        proc = FORK.Process(
-            target=client_process, args=(spec, str(folder), until, seed * 1000 + n, kinds)
-        )
+        args = (spec, str(folder), until, seed * 1000 + n, kinds)
+        if clock is None:
+            proc = FORK.Process(target=client_process, args=args)
+            began = time.monotonic()
+            proc.start()
+            return Started(proc, spec, began)
+        import cachekit.settings
+
+        fresh = SPAWN.Process(target=client_process, args=(*args, cachekit.settings.DEFAULTS))
         began = time.monotonic()
-        proc.start()
-        return Started(proc, spec, began)
+        with _ENVIRONMENT, _environment(faketime_environment(clock)):
+            fresh.start()
+        return Started(fresh, spec, began)
+
+    if clock is not None:
+        set_clock_offset(clock, 0)
 
     target = Target(
         spawn=spawn,
@@ -875,14 +993,18 @@ def run_processes(
         cluster=cluster,
         slots=slots,
         disk=disk,
+        clock=clock,
         lease=lease,
         seed=seed,
         notes=folder,
     )
     target.procs = [spawn() for _ in specs]
-    nemesis(target, faults, seconds - 0.5, interval=fault_interval(seconds))
+    if clock is not None:  # started afresh: no fault while they import (a second of CPU each)
+        _wait_until_open(folder, len(specs))
+    left = until - 0.5 - time.monotonic()
+    nemesis(target, faults, left, interval=fault_interval(seconds))
     clients = []
-    for started in target.procs:
+    for started in target.procs:  # (all joined first: the history is read once they are done)
         proc = started.proc
         if proc.is_alive() and proc.pid:
             os.kill(proc.pid, signal.SIGCONT)
@@ -890,20 +1012,52 @@ def run_processes(
         if proc.is_alive():  # hung: killed here, and its exit code says so
             proc.kill()
             proc.join(5)
+    history = load(folder)
+    # A client's life begins when it opened its store: a process started afresh (spawn)
+    # spends its first second importing.
+    opened = {op.client: op.began for op in history if op.kind == "open"}
+    for started in target.procs:
+        proc = started.proc
         ended = min(target.kills.get(proc.pid, until), until)
+        began = max(started.began, opened.get(str(proc.pid), started.began))
         clients.append(
             Client(
                 str(proc.pid),
                 started.spelling,
-                started.began,
+                began,
                 ended,
-                paused=target.paused_for(proc.pid, started.began, ended),
+                paused=target.paused_for(proc.pid, began, ended),
                 exitcode=proc.exitcode,
                 killed=proc.pid in target.kills,
             )
         )
     target.ended = time.monotonic()
-    return load(folder), target, clients
+    return history, target, clients
+
+
+#: Seconds a run of clients started afresh is made longer by: they import for about a
+#: second of CPU each before they open their store, and no fault strikes until they have.
+STARTUP: Final = 3.0
+
+
+def _wait_until_open(folder: Path, clients: int) -> None:
+    """Wait until ``clients`` processes recorded their store opened (``SETTLE`` s at most)."""
+    _wait_for(lambda: sum(op.kind == "open" and op.ended > 0 for op in load(folder)) >= clients)
+
+
+@contextlib.contextmanager
+def _environment(changes: dict[str, str]) -> Any:
+    """``os.environ`` with ``changes`` inside the block (a spawned process inherits it)."""
+    before = {name: os.environ.get(name) for name in changes}
+    os.environ.update(changes)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 # -- clients: HTTP against gunicorn ------------------------------------------------

@@ -402,6 +402,25 @@ def test_an_overlap_is_excused_only_by_a_pause_of_that_holder_a_lease_before() -
     ]
 
 
+def test_a_pause_is_judged_by_the_servers_grant_times_where_tokens_are_them() -> None:
+    """A holder whose note came late (its process starved after the reply) is overtaken a
+    lease after the server granted it, by the tokens (the server's time in us): excused;
+    tokens less than a lease apart are not, whatever the notes say."""
+    base = 1_796_687_414_587_913  # (a token: the server's TIME in microseconds)
+    pause = (Excuse(PAUSE, 7, 1.2, 4.0),)
+    late = section(TOLD, 1.15, 4.0, base)  # noted 0.15 s after the server's grant
+    apart = section(OK, 2.0, 2.1, base + 1_000_100, pid=8)  # 0.85 s (a lease: 1 s) after
+    assert only_sections(late, apart, excuses=pause) == []
+    early = section(OK, 2.0, 2.1, base + 800_000, pid=8)  # the lease taken early
+    unexplained = ["lock: two holders overlapped, with no pause or restart that explains it"]
+    assert only_sections(late, early, excuses=pause) == unexplained
+    # counter tokens say nothing of time: judged by the notes alone
+    counted = section(TOLD, 1.15, 4.0, 10)
+    assert only_sections(counted, section(OK, 2.0, 2.1, 1_000_111, pid=8), excuses=pause) == (
+        unexplained
+    )
+
+
 def test_a_holder_paused_before_noting_its_grant_may_be_overtaken() -> None:
     """Granted, stopped before it noted it, overtaken: its noted grant comes after the other."""
     late = section(TOLD, 3.4, 3.5, 1, began=0.9)  # noted on resuming
@@ -586,6 +605,12 @@ def test_limit_anomalies() -> None:
     # memory pressure evicted the key: its window may have been lost once
     evicted = run(evicted=frozenset({"fixed:1"}))
     assert whats(history, final, evicted) == [too_soon]
+    # a fixed window whose hits saw two days (a clock stepped across midnight): twice
+    hits = [op("limit", OK, [True, 8], arg="fixed:1", at=9 + i / 10) for i in range(LIMIT)]
+    assert whats(history + hits[1:], final) == [too_soon]  # (41 on day 7, 39 on day 8)
+    assert whats(history + hits, final)[0].startswith(
+        f"limit: fixed:1 let {2 * LIMIT + 1} hits through, more than {2 * LIMIT}"
+    )
     # the sliding window counter across midnight: the previous day's count weighs in
     history += [op("limit", OK, [False, 8], arg="sliding:1", at=9.0)]
     assert whats(history, final) == [too_many]
@@ -632,6 +657,16 @@ def test_expire_anomalies() -> None:
     assert "which no write of this key since" in older[0]
     wrong = only_expiring(expire(1, 0.0, None, after="1|7.x.0.0"))
     assert len(wrong) == 1 and "right after writing" in wrong[0]
+    # a step of the wall clock between the write and the read: when is not judged, what is
+    history, final = clean()
+    steps = run(kinds=(*KINDS, "expire"), clock_steps=(live - 0.6,))
+    late = [expire(1, 0.0, None), expire(2, EXPIRE_SECONDS + 0.1, first)]
+    gone = [expire(1, 0.0, None), expire(2, live - 0.5, None)]
+    assert whats([*history, *late], final, steps) == []
+    assert whats([*history, *gone], final, steps) == []
+    assert whats([*history, expire(1, 0.0, "1|7.x.9.1")], final, steps) == [nowhere[0]]
+    before = run(kinds=(*KINDS, "expire"), clock_steps=(-1.0, EXPIRE_SECONDS + 1))
+    assert whats([*history, *late], final, before) == served  # (stepped outside: judged)
 
 
 def test_single_flight_anomalies() -> None:

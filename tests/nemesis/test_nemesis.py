@@ -28,7 +28,7 @@ from ..redisserver import RedisServer, SentinelTopology, redis_binary
 from ..server import get_ok, gunicorn
 from .checker import Client, check, report, summary
 from .history import Op
-from .runner import Target, run_http, run_processes
+from .runner import Target, faketime_library, run_http, run_processes
 from .workloads import KINDS, OPENING, open_cache
 
 SECONDS = float(os.environ.get("NEMESIS_SECONDS", "6"))
@@ -191,6 +191,40 @@ def test_processes_on_a_full_disk(small_disk: Path, tmp_path: Path, store: str) 
     name = f"processes/{store} on a full disk"
     verify(name, history, target, clients, spec, wanted, tmp_path, kinds=EMBEDDED)
     assert any("WriteError" in str(op.value) for op in history)  # (disk_full saw them)
+
+
+@pytest.mark.parametrize("store", ["FileSystemCache", "LMDBCache", "RedisCache"])
+def test_processes_whose_clock_jumps(
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, store: str
+) -> None:
+    """The clients' wall clock stepped back and forth (5 s to an hour) while they run, are
+    killed and paused; their monotonic clock runs on, as a host's does. Values expire by
+    the stepped clock (early or late: the expire workload judges them by it); leases and
+    waits are timed by the monotonic clock and, on Redis, judged by the server's clock, so
+    every workload stays exact."""
+    if faketime_library() is None:
+        message = "the libfaketime wheel is not installed (pip install libfaketime)"
+        if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+            pytest.fail(message)
+        pytest.skip(message)
+    clock = tmp_path / "clock"
+    kinds: tuple[str, ...] = EMBEDDED
+    server, lease = None, 1.0
+    if store == "RedisCache":
+        use_settings(monkeypatch, lease=LEASE, redis_timeout=2.0)
+        server = request.getfixturevalue("nemesis_redis")
+        spec, kinds, lease, wanted = f"{server.url}|n:", KINDS, LEASE, ["clock_jump", "pause"]
+    else:
+        folder = tmp_path / "store"
+        folder.mkdir(mode=0o700)
+        spec = str(folder) if store == "FileSystemCache" else f"lmdb:{folder}"
+        wanted = ["clock_jump", "kill9", "pause"]
+    history, target, clients = run_processes(
+        [spec] * 4, tmp_path / "history", SECONDS, wanted, server=server, clock=clock,
+        lease=lease, kinds=kinds, seed=seed(),
+    )  # fmt: skip
+    name = f"processes/{store} whose clock jumps"
+    verify(name, history, target, clients, spec, wanted, tmp_path, kinds=kinds)
 
 
 def test_processes_on_redis(
