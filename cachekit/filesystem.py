@@ -375,7 +375,7 @@ class FileSystemStrategy(Strategy):
                 leftover = os.path.join(self.directory, name)
                 try:
                     with self._locks.hold(KEYS, (base,), 0, "the sweep"):  # (no writer is on it)
-                        if suffix == SWEPT_SUFFIX and not _expired(leftover, now):
+                        if suffix == SWEPT_SUFFIX and not _expired(leftover, time.time()):
                             self._put_back(leftover, os.path.join(self.directory, base))
                         os.unlink(leftover)
                 except (LockTimeout, FileNotFoundError):
@@ -388,7 +388,7 @@ class FileSystemStrategy(Strategy):
             return 0
         try:
             with self._locks.hold(KEYS, (name,), 0, "the sweep"):
-                return self._unlink_expired(path, now)
+                return self._unlink_expired(path)
         except LockTimeout:
             return 0
 
@@ -401,7 +401,7 @@ class FileSystemStrategy(Strategy):
             pass
 
     @classmethod
-    def _unlink_expired(cls, path: str, now: float) -> int:
+    def _unlink_expired(cls, path: str) -> int:
         """Unlink the entry at ``path`` if it has expired; its stripe is held. 1 if so.
 
         No cachekit writer can replace it now, but cachelib's own ``set``
@@ -415,7 +415,9 @@ class FileSystemStrategy(Strategy):
         except FileNotFoundError:
             return 0
         try:
-            found = _expired_entry(fd, now)
+            # The clock read again under the stripe, not the batch's: a value written since
+            # the batch began (the clock stepped back meanwhile) is judged by the clock now.
+            found = _expired_entry(fd, time.time())
             if found is None:
                 return 0
             aside = path + SWEPT_SUFFIX

@@ -93,6 +93,9 @@ LOGGED_KEYS: Final = 4096
 #: Envelopes a codec remembers as checked (:class:`_Trusted`): the longest one, and all together.
 TRUSTED_SIZE: Final = 64 << 10
 TRUSTED_BUDGET: Final = 4 << 20
+#: What an entry costs beside its envelope's bytes: the tag (a bytes object of 32), two
+#: objects' headers and the dict's slot, counted so that small envelopes fit the budget too.
+ENTRY_OVERHEAD: Final = 160
 #: Statistics (:mod:`cachekit.stats`): values refused, and values read without a signature.
 TAMPERED: Final = "tampered"
 UNSIGNED: Final = "unsigned"
@@ -148,7 +151,8 @@ class _Trusted:
     genuine tag over other bytes is checked (and refused) as before.
 
     Bounded: envelopes of at most :data:`TRUSTED_SIZE` bytes, about
-    :data:`TRUSTED_BUDGET` bytes in all; when full, all are forgotten at once
+    :data:`TRUSTED_BUDGET` bytes in all (each entry counted with
+    :data:`ENTRY_OVERHEAD` for its tag and the dict); when full, all are forgotten at once
     (amortized O(1), no lock: dict reads and writes are atomic, and a race
     between threads only misstates the running size until the next reset).
     The codec's keys never change (installing another key makes another
@@ -168,8 +172,9 @@ class _Trusted:
 
     def add(self, tag: bytes, envelope: bytes) -> None:
         size = len(envelope)
-        if size > TRUSTED_SIZE:
+        if size > TRUSTED_SIZE or tag in self._envelopes:
             return
+        size += ENTRY_OVERHEAD
         if self._size + size > TRUSTED_BUDGET:
             self._envelopes.clear()
             self._size = 0

@@ -258,6 +258,16 @@ def _arrivals(
             unattributed += 1
             continue
         caused[index] = min(caused[index], when)
+    # A write whose invalidation could not be placed is judged as before (the strictest
+    # that can be said): by the first invalidation of its key applied after it began.
+    keyed = sorted((when, name) for when, name, came_on in arrivals if name is not None)
+    for index, (_, began, _, key, _, _) in enumerate(writes):
+        if caused[index] == float("inf"):
+            at = bisect.bisect_left(keyed, (began, ""))
+            while at < len(keyed) and keyed[at][1] != key:
+                at += 1
+            if at < len(keyed):
+                caused[index] = keyed[at][0]
     arrived = [0.0] * len(writes)
     later: dict[str, float] = {}
     for index in range(len(writes) - 1, -1, -1):

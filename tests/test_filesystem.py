@@ -485,6 +485,16 @@ def test_the_sweep_deletes_expired_entries_and_dead_writers_leftovers_only(
     assert cachekit.incr(fs_backend, "gone-3") == 1  # expired is missing, swept or not
 
 
+def test_the_sweep_judges_a_file_by_the_clock_when_it_deletes_it(fs_backend: Any) -> None:
+    """A sweep whose batch read the clock before it stepped back (or before a long stop)
+    deletes nothing that is live by the clock when it reaches the file."""
+    fs_backend.set("k", "live", timeout=100)
+    strategy: Any = strategy_for(fs_backend)
+    batch_clock = time.time() + 3600  # (the clock an hour ahead when the batch began)
+    assert strategy._sweep_name(file_of(fs_backend, "k").name, batch_clock) == 0
+    assert fs_backend.get("k") == "live"
+
+
 def test_writes_sweep_expired_files_on_their_own(fs_backend: Any) -> None:
     """Every SWEEP_EVERY writes examine SWEEP_BATCH names: a flood of one-off keys is bounded."""
     for i in range(300):
@@ -579,7 +589,7 @@ def test_the_sweep_never_waits_on_a_fifo(fs_backend: Any) -> None:
         # A file the listing saw as regular but that became a FIFO: opened without waiting.
         later = time.time() + 3600
         found.append(filesystem._expired(str(fifo), later))
-        found.append(filesystem.FileSystemStrategy._unlink_expired(str(fifo), later))
+        found.append(filesystem.FileSystemStrategy._unlink_expired(str(fifo)))
 
     sweeping = threading.Thread(target=sweep, daemon=True)
     sweeping.start()

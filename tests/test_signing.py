@@ -432,7 +432,13 @@ def test_the_checked_envelopes_are_bounded() -> None:
     assert not trusted.holds(big[4:OVERHEAD], big, len(big))
     made = [codec.seal(os.urandom(signing.TRUSTED_SIZE - 100)) for _ in range(100)]
     assert trusted._size <= signing.TRUSTED_BUDGET
-    assert sum(len(e) for e in trusted._envelopes.values()) == trusted._size
+    kept = trusted._envelopes.values()
+    assert sum(len(e) + signing.ENTRY_OVERHEAD for e in kept) == trusted._size
+    # The same value sealed again is kept once, counted once.
+    before = trusted._size
+    again = codec.seal(b"tiny")
+    codec.seal(b"tiny")
+    assert trusted._size == before + len(again) + signing.ENTRY_OVERHEAD
     oldest = made[0]
     assert not trusted.holds(oldest[4:OVERHEAD], oldest, len(oldest))  # forgotten when full
     assert trusted.holds(made[-1][4:OVERHEAD], made[-1], len(made[-1]))

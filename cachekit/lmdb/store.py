@@ -773,7 +773,7 @@ def value(key: str, stored: bytes, now: float, codec: Any = None) -> Any:
         try:
             if kind == SIGNED and codec is not None:
                 return codec.open(stored, HEADER.size + 1)
-            if kind == PICKLED and codec is None:
+            if kind == PICKLED and (codec is None or not codec.sign):  # (as decode reads it)
                 return pickle.loads(stored[HEADER.size + 1 :])
             if kind == INTEGER and len(stored) == _INT_HEADER.size:
                 return _INT.unpack_from(stored, HEADER.size + 1)[0]

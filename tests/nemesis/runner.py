@@ -1037,7 +1037,7 @@ def run_processes(
 
 #: Seconds a run of clients started afresh is made longer by: they import for about a
 #: second of CPU each before they open their store, and no fault strikes until they have.
-STARTUP: Final = 3.0
+STARTUP: Final = 5.0
 
 
 def _wait_until_open(folder: Path, clients: int) -> None:
