@@ -239,7 +239,9 @@ def test_processes_on_redis(
     proxy = BlackholeProxy(nemesis_redis.port)
     spec = f"{nemesis_redis.url}|n:"
     cut = f"redis://127.0.0.1:{proxy.port}/0|n:"
-    wanted = ["kill9", "pause", "client_kill", "restart", "crash", "memory", "partition"]
+    # (pause twice a round: a stopped holder whose exit then fails, its store restarted or
+    # its connection killed meanwhile, is not told, and one short run injects one pause)
+    wanted = ["kill9", "pause", "client_kill", "restart", "pause", "crash", "memory", "partition"]
     try:
         history, target, clients = run_processes(
             [spec, cut, spec, cut],

@@ -249,9 +249,9 @@ def run_op(
             return TOLD, {**section, "why": _said(error)}
         return FAIL, "LeaseLost"  # a commit that lost its lease wrote nothing
     except NOT_APPLIED as error:
-        return FAIL, section or _said(error)
+        return FAIL, {**section, "why": _said(error)} if section else _said(error)
     except Exception as error:  # StorageError, a plain cache call cut off: unknown
-        return INFO, section or _said(error)
+        return INFO, {**section, "why": _said(error)} if section else _said(error)
 
 
 def _expire(cache: Any, arg: Any, rng: random.Random) -> tuple[str, Any]:
