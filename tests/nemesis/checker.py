@@ -39,7 +39,10 @@ Then what must hold, whatever the faults:
   value at least as new as that invalidation.
 - **single flight**: no two computations of one memoized key ran at once
   (unless the first one's lease was struck by a pause, restart or failover
-  and the second began after it may have lapsed), and some were noted.
+  and the second began after it may have lapsed, or the second was noted
+  right after a pause of its process, which may have taken its lease before
+  the stop, and the first began once that lease may have lapsed), and some
+  were noted.
 - **expire** (a key of its own per thread, written with a timeout): a read
   finds nothing, or the value of the last acknowledged write of that key or of
   an unknown one since; never an older one, and never one whose timeout had
@@ -303,7 +306,9 @@ def _single_flight(computations: tuple[Computation, ...], run: Run) -> list[Anom
             for second in runs[i + 1 :]:
                 if second.began >= end:
                     break
-                if not _lapsed(first, end, second.began, run):
+                if not _lapsed(first, end, second.began, run) and not _noted_late(
+                    second, first.began, run
+                ):
                     found.append(
                         Anomaly(
                             f"single flight: two computations of {key!r} ran at once (pid"
@@ -336,6 +341,26 @@ def _lapsed(first: Computation, end: float, other_began: float, run: Run) -> boo
         elif other_began >= excuse.start + run.lease * 2 / 3 - SLACK:
             return True
     return False
+
+
+def _noted_late(second: Computation, other_began: float, run: Run) -> bool:
+    """Whether ``second`` may have taken its COMPUTE lease before a pause of its process and
+    noted its start only on resuming, its lease lapsed by ``other_began`` (the other one,
+    noted first, is then the later holder: as a lock holder paused before noting its grant).
+
+    Only with a lease: the note came within ``SLACK`` of the resumption, and the other
+    began at least two thirds of a lease after the stop (its last renewal came at most a
+    third of a lease before it).
+    """
+    if run.lease is None:
+        return False
+    return any(
+        excuse.kind == PAUSE
+        and excuse.pid == second.pid
+        and excuse.start <= second.began <= excuse.end + SLACK
+        and other_began >= excuse.start + run.lease * 2 / 3 - SLACK
+        for excuse in run.excuses
+    )
 
 
 def _limits(history: list[Op], limit: int, evicted: frozenset[str] = frozenset()) -> list[Anomaly]:

@@ -707,6 +707,21 @@ def test_single_flight_anomalies() -> None:
     assert whats(history, final, run(computations=after, excuses=paused)) == []
     assert whats(history, final, run(computations=before, excuses=paused)) != []
     assert whats(history, final, run(computations=after, excuses=paused, lease=None))
+    # a computer stopped after it took its lease and before it noted its start: it notes it
+    # on resuming, after the one that took the lapsed lease meanwhile (noted first)
+    took_over = Computation("k1", 8, 2.0, 2.1)
+    resumed = Computation("k1", 7, 2.05, 2.2)
+    stopped = (Excuse(PAUSE, 7, 1.0, 2.0),)
+    noted_late = (took_over, resumed)
+    assert whats(history, final, run(computations=noted_late, excuses=stopped)) == []
+    assert whats(history, final, run(computations=noted_late)) != []  # no pause: two at once
+    resumed_later = Computation("k1", 7, 2.09, 2.2)  # noted well after it resumed at 1.95
+    stopped_earlier = (Excuse(PAUSE, 7, 1.0, 1.95),)
+    assert whats(
+        history, final, run(computations=(took_over, resumed_later), excuses=stopped_earlier)
+    )
+    early = Computation("k1", 8, 1.5, 2.1)  # took over before the lease could lapse
+    assert whats(history, final, run(computations=(early, resumed), excuses=stopped))
 
 
 def test_many_anomalies_of_one_rule_are_capped() -> None:
