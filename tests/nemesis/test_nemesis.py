@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cachelib import FileSystemCache
 
 from ..clustertopology import ClusterTopology, key_slot, lease_slot
 from ..conftest import use_settings
@@ -141,6 +142,11 @@ def test_processes_on_a_directory_spelled_four_ways(
     real.mkdir(parents=True, mode=0o700)
     (tmp_path / "link").symlink_to(real)
     specs = [str(real), str(tmp_path / "link"), str(tmp_path / "real" / ".." / "link"), str(real)]
+    # Files that expire a second into the run, so that its sweeps surely find some (a short
+    # run's own expiring keys are rewritten or still live when the sweeps pass their names).
+    seeded = FileSystemCache(str(real), threshold=0)
+    for n in range(200):
+        seeded.set(f"expiring:seed:{n}", n, timeout=1)
     wanted = ["kill9", "pause"]
     history, target, clients = run_processes(
         specs, tmp_path / "history", SECONDS, wanted, kinds=EMBEDDED, seed=seed()
