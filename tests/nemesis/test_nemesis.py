@@ -65,11 +65,19 @@ def verify(
     *,
     kinds: tuple[str, ...] = KINDS,
     http: bool = False,
+    min_life: float = 2.0,
 ) -> None:
     """Check the run exactly: whole (every client and spelling made progress), exact, and
-    every fault asked for injected and seen to take effect."""
+    every fault asked for injected and seen to take effect. ``min_life``: the seconds a
+    client must live (stops and downtime left out) to be held to every kind."""
     misses_aside = "expire" in kinds and not spec.startswith(("lmdb:", "redis://"))
-    run = target.run(kinds, clients, every_kind_per_client=not http, misses_aside=misses_aside)
+    run = target.run(
+        kinds,
+        clients,
+        every_kind_per_client=not http,
+        misses_aside=misses_aside,
+        min_life=min_life,
+    )
     anomalies = check(history, final_state(spec), 2 * OPENING, run)
     errors = Counter(str(op.value)[:90] for op in history if op.outcome not in ("ok", "told"))
     held = [
@@ -354,7 +362,10 @@ def test_processes_on_a_cluster_failed_over_and_resharded(
         lease=LEASE,
         seed=seed(),
     )
-    verify("processes/Cluster", history, target, clients, spec, wanted, tmp_path)
+    # (a client's cluster client reaches a killed node's slots again only once it refreshes
+    # its map: a client that lived 2.7 s of failovers acknowledged no transfer or memo)
+    name = "processes/Cluster"
+    verify(name, history, target, clients, spec, wanted, tmp_path, min_life=4.0)
 
 
 def gunicorn_master(tmp_path: Path) -> int:
