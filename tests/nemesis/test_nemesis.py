@@ -25,7 +25,7 @@ from cachelib import FileSystemCache
 from ..clustertopology import ClusterTopology, key_slot, lease_slot
 from ..conftest import use_settings
 from ..netfaults import BlackholeProxy
-from ..redisserver import RedisServer, SentinelTopology, redis_binary
+from ..redisserver import RedisServer, SentinelTopology, in_ci, redis_binary
 from ..server import get_ok, gunicorn
 from .checker import Client, check, report, summary
 from .history import Op
@@ -189,15 +189,19 @@ def test_processes_on_lmdb_spelled_four_ways(tmp_path: Path) -> None:
     verify("processes/LMDBCache", history, target, clients, spec, wanted, tmp_path, kinds=EMBEDDED)
 
 
+def embedded_spec(folder: Path, store: str) -> str:
+    """A fresh private directory for ``store`` (FileSystemCache or LMDBCache), as a spec."""
+    folder.mkdir(mode=0o700)
+    return str(folder) if store == "FileSystemCache" else f"lmdb:{folder}"
+
+
 @pytest.mark.parametrize("store", ["FileSystemCache", "LMDBCache"])
 def test_processes_on_a_full_disk(small_disk: Path, tmp_path: Path, store: str) -> None:
     """The store's small disk filled to the last byte, for a second or two, again and again,
     while clients write, are killed and paused: every write refused meanwhile raises a
     cachekit error with nothing written, nothing acknowledged is lost, and service resumes
     once the space is back."""
-    folder = small_disk / "cache"
-    folder.mkdir(mode=0o700)
-    spec = str(folder) if store == "FileSystemCache" else f"lmdb:{folder}"
+    spec = embedded_spec(small_disk / "cache", store)
     wanted = ["disk_full", "kill9", "pause"]
     history, target, clients = run_processes(
         [spec] * 4, tmp_path / "history", SECONDS, wanted, disk=small_disk, kinds=EMBEDDED,
@@ -220,7 +224,7 @@ def test_processes_whose_clock_jumps(
     workload stays exact."""
     if faketime_library() is None:
         message = "the libfaketime wheel is not installed (pip install libfaketime)"
-        if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+        if in_ci():
             pytest.fail(message)
         pytest.skip(message)
     clock = tmp_path / "clock"
@@ -231,9 +235,7 @@ def test_processes_whose_clock_jumps(
         server = request.getfixturevalue("nemesis_redis")
         spec, kinds, lease, wanted = f"{server.url}|n:", KINDS, LEASE, ["clock_jump", "pause"]
     else:
-        folder = tmp_path / "store"
-        folder.mkdir(mode=0o700)
-        spec = str(folder) if store == "FileSystemCache" else f"lmdb:{folder}"
+        spec = embedded_spec(tmp_path / "store", store)
         wanted = ["clock_jump", "kill9", "pause"]
     history, target, clients = run_processes(
         [spec] * 4, tmp_path / "history", SECONDS, wanted, server=server, clock=clock,
