@@ -173,9 +173,9 @@ class RedisServer:
         ]
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            self._command(), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
-        )
+        # (its log beside its data, to read after a failed run: Sentinel's +switch-master...)
+        with open(self.directory / f"server-{self.port}.log", "ab") as log:
+            self.process = subprocess.Popen(self._command(), stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
         while True:
             try:

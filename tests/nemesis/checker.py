@@ -323,17 +323,23 @@ def _lapsed(first: Computation, end: float, other_began: float, run: Run) -> boo
     """Whether ``first``'s COMPUTE lease may have lapsed (or been lost) by ``other_began``.
 
     Only with a lease (Redis). A pause of its process or a restart of a persisting
-    server that struck while it computed: its last renewal came at most a third of a
-    lease before the stop, so the lease runs at least two thirds of one past it. A
+    server that struck while it held the stripe: its last renewal came at most a third
+    of a lease before the stop, so the lease runs at least two thirds of one past it. A
     restart that erased the leases, or a failover (the lease may never have reached the
-    new master): from its start.
+    new master, or its renewals the master that counts): from its start.
+
+    It held the stripe from its grant, which came after its memoized call began and
+    before it noted its start (:attr:`.history.Computation.held_from`): a failover that
+    settled in between (the call's reads waited on it) may have taken the lease (CI's
+    newest leg: a computation noted 0.9 s after a Sentinel failover settled, its process
+    then stopped, was overtaken 0.5 s later).
     """
     if run.lease is None:
         return False
     for excuse in run.excuses:
         if excuse.kind == PAUSE and excuse.pid != first.pid:
             continue
-        if not (excuse.start <= end and first.began <= excuse.end):
+        if not (excuse.start <= end and first.held_from <= excuse.end):
             continue
         if excuse.kind in (ERASED, FAILOVER):
             if other_began >= excuse.start - (REPLICATION_LAG if excuse.kind == FAILOVER else 0):

@@ -25,6 +25,7 @@ id).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
@@ -184,6 +185,14 @@ class Computation:
     pid: int
     began: float
     ended: float | None
+    #: When the memoized call that computed began (its COMPUTE lease was granted between then
+    #: and ``began``); None if unknown (a background refresh).
+    called: float | None = None
+
+    @property
+    def held_from(self) -> float:
+        """The earliest its COMPUTE stripe may have been held from."""
+        return self.began if self.called is None else min(self.called, self.began)
 
 
 def load_computations(folder: Path) -> list[Computation]:
@@ -192,16 +201,22 @@ def load_computations(folder: Path) -> list[Computation]:
     for path in sorted(folder.glob("*.computations")):
         for record in _records(path):
             try:
+                called = record.get("called")
                 done = Computation(
-                    str(record["key"]), int(record["pid"]), float(record["began"]), None
+                    str(record["key"]),
+                    int(record["pid"]),
+                    float(record["began"]),
+                    None,
+                    None if called is None else float(called),
                 )
             except (KeyError, TypeError, ValueError):
                 continue
             ended = record.get("ended")
             identity = (done.pid, done.began, done.key)
             if ended is not None:
-                done = Computation(done.key, done.pid, done.began, float(ended))
-                found[identity] = done
+                before = found.get(identity)
+                called = done.called if before is None else before.called
+                found[identity] = dataclasses.replace(done, ended=float(ended), called=called)
             else:
                 found.setdefault(identity, done)
     return sorted(found.values(), key=lambda c: c.began)

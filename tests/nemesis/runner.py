@@ -847,23 +847,40 @@ def schedule(seed: int, faults: list[str], seconds: float, interval: float) -> l
     return steps
 
 
+#: Seconds a run may go on past its length so that every fault asked for is injected at
+#: least once: slow faults can use up a short run's schedule (CI's newest leg: a switch-over
+#: of 11.2 s and a failover of 14.5 s left no time for the pause).
+OVERTIME: Final = 60.0
+
+
 def nemesis(target: Target, faults: list[str], seconds: float, interval: float) -> None:
-    """Inject the scheduled faults until ``seconds`` have passed; record what each did.
+    """Inject the scheduled faults until ``seconds`` have passed; record what each did. The
+    clients must run until it returns (up to :data:`OVERTIME` seconds more).
 
     A fault that takes long (waiting for its effect) delays the steps after
-    it; none is skipped before ``seconds``.
+    it; none is skipped before ``seconds``. A fault asked for that the
+    schedule never reached is then injected once, in overtime.
     """
     start = time.monotonic()
     stop_at = start + seconds
+
+    def inject(fault: str, pick: float) -> None:
+        at = time.monotonic()
+        seen = FAULTS[fault](target, pick)
+        if seen is not None:
+            target.effects.append(Effect(fault, at, *seen))
+        target.done.append(fault)
+
     for step in schedule(target.seed, faults, seconds, interval):
         time.sleep(max(0.0, start + step.offset - time.monotonic()))
         if time.monotonic() >= stop_at:
             break
-        at = time.monotonic()
-        seen = FAULTS[step.fault](target, step.pick)
-        if seen is not None:
-            target.effects.append(Effect(step.fault, at, *seen))
-        target.done.append(step.fault)
+        inject(step.fault, step.pick)
+    rng = random.Random(target.seed)
+    for fault in faults:
+        if fault not in target.done and time.monotonic() < stop_at + OVERTIME:
+            time.sleep(interval)  # (the clients work between two faults, as scheduled)
+            inject(fault, rng.random())
     for timer in target.timers:  # every paused process resumed before the run ends
         timer.join()
     for watcher in target.watchers:
@@ -896,8 +913,9 @@ def client_process(
     defaults: Any = None,
 ) -> None:
     """A client process: opens the store (recorded as ``open``), then two threads of random
-    operations until ``until``. A failure to open is recorded and exits with code 1.
-    ``defaults``: the parent's cachekit settings, for a process started afresh."""
+    operations until the runner creates ``<folder>/stop`` (or ``until`` at the latest). A
+    failure to open is recorded and exits with code 1. ``defaults``: the parent's cachekit
+    settings, for a process started afresh."""
     if defaults is not None:
         import cachekit.settings
 
@@ -913,10 +931,12 @@ def client_process(
             raise
         opening.outcome = OK
 
+    stop = Path(folder) / STOP
+
     def loop(thread: int) -> None:
         rng = random.Random(seed * 10 + thread)
         n = 0
-        while time.monotonic() < until:
+        while time.monotonic() < until and not stop.exists():
             n += 1
             kind = rng.choice(kinds)
             tag = f"{os.getpid()}.{nonce}.{thread}.{n}"
@@ -961,7 +981,8 @@ def run_processes(
     """
     folder.mkdir(parents=True, exist_ok=True)
     seconds = long_enough(seconds, faults, lease if server or topology or cluster else None)
-    until = time.monotonic() + seconds + (STARTUP if clock else 0.0)
+    planned = time.monotonic() + seconds + (STARTUP if clock else 0.0)
+    until = planned + OVERTIME + SETTLE  # (the clients stop when told: this is a backstop)
     count = iter(range(10**6))
 
     def spawn() -> Started:
@@ -1001,8 +1022,10 @@ def run_processes(
     target.procs = [spawn() for _ in specs]
     if clock is not None:  # started afresh: no fault while they import (a second of CPU each)
         _wait_until_open(folder, len(specs))
-    left = until - 0.5 - time.monotonic()
+    left = planned - 0.5 - time.monotonic()
     nemesis(target, faults, left, interval=fault_interval(seconds))
+    (folder / STOP).touch()
+    until = time.monotonic()
     clients = []
     for started in target.procs:  # (all joined first: the history is read once they are done)
         proc = started.proc
@@ -1034,6 +1057,9 @@ def run_processes(
     target.ended = time.monotonic()
     return history, target, clients
 
+
+#: The file whose creation ends a run's client processes (in the history folder).
+STOP: Final = "stop"
 
 #: Seconds a run of clients started afresh is made longer by: they import for about a
 #: second of CPU each before they open their store, and no fault strikes until they have.
@@ -1086,7 +1112,8 @@ def run_http(
     that many requests and was gone at the end, neither killed nor reloaded.
     """
     seconds = long_enough(seconds, faults, lease if server else None)
-    until = time.monotonic() + seconds
+    until = time.monotonic() + seconds + OVERTIME + SETTLE  # (a backstop: they stop when told)
+    stop = threading.Event()
     history: list[Op] = []
     served: Counter[int] = Counter()
     lock = threading.Lock()
@@ -1096,7 +1123,7 @@ def run_http(
         rng = random.Random(seed * 100 + i)
         began = time.monotonic()
         n = 0
-        while time.monotonic() < until:
+        while time.monotonic() < until and not stop.is_set():
             n += 1
             kind = rng.choice(kinds)
             arg = arg_for(kind, f"c{i}.{n}", rng)
@@ -1121,6 +1148,7 @@ def run_http(
         thread.start()
     target = Target(server=server, master=master, lease=lease, seed=seed, notes=notes)
     nemesis(target, faults, seconds - 0.5, interval=fault_interval(seconds))
+    stop.set()
     for thread in threads:
         thread.join(90)
     target.ended = time.monotonic()

@@ -722,6 +722,19 @@ def test_single_flight_anomalies() -> None:
     )
     early = Computation("k1", 8, 1.5, 2.1)  # took over before the lease could lapse
     assert whats(history, final, run(computations=(early, resumed), excuses=stopped))
+    # a failover that settled after the memoized call began and before its computation was
+    # noted (the call's reads waited on it): the lease, granted meanwhile, may have been lost
+    failed_over = (Excuse(FAILOVER, 0, 0.5, 0.95),)
+    called_during = Computation("k1", 7, 1.0, 1.5, called=0.9)
+    overtaken = Computation("k1", 8, 1.2, 1.3)
+    assert (
+        whats(history, final, run(computations=(called_during, overtaken), excuses=failed_over))
+        == []
+    )
+    called_after = dataclasses.replace(called_during, called=0.97)  # its grant came after
+    assert whats(history, final, run(computations=(called_after, overtaken), excuses=failed_over))
+    not_known = dataclasses.replace(called_during, called=None)  # a refresh: from its note
+    assert whats(history, final, run(computations=(not_known, overtaken), excuses=failed_over))
 
 
 def test_many_anomalies_of_one_rule_are_capped() -> None:
@@ -843,3 +856,57 @@ def test_a_dying_client_is_no_victim() -> None:
             time.sleep(0.0005)
         assert target.victims() == []
         proc.join(30)
+
+
+def test_a_fault_the_schedule_never_reached_is_injected_in_overtime(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Slow faults can use up a short run's schedule (CI: a switch-over of 11.2 s and a
+    failover of 14.5 s left no time for the pause, and the run failed for a fault never
+    injected): every fault asked for is still injected once, after the run's length."""
+    import time
+
+    from . import runner
+
+    calls: list[tuple[str, float]] = []
+
+    def slow(target: runner.Target, pick: float) -> tuple[bool, str]:
+        calls.append(("slow", time.monotonic()))
+        time.sleep(1.0)
+        return True, "took a second"
+
+    def quick(target: runner.Target, pick: float) -> tuple[bool, str]:
+        calls.append(("quick", time.monotonic()))
+        return True, "at once"
+
+    monkeypatch.setitem(runner.FAULTS, "slow", slow)
+    monkeypatch.setitem(runner.FAULTS, "quick", quick)
+    faults = ["slow", "quick"]
+    seed = next(s for s in range(100) if runner.schedule(s, faults, 1, 0.3)[0].fault == "slow")
+    target = runner.Target(seed=seed)
+    began = time.monotonic()
+    runner.nemesis(target, faults, 1.0, 0.3)
+    assert [name for name, _ in calls] == faults
+    assert calls[1][1] >= began + 1.0  # after the run's length: in overtime
+    assert [(e.fault, e.effective) for e in target.effects] == [("slow", True), ("quick", True)]
+
+
+def test_computations_are_read_back_with_when_their_call_began(tmp_path: Path) -> None:
+    """A computation's note keeps when its memoized call began (its lease was granted after);
+    a background refresh's has none, and one killed inside has no end."""
+    from .history import load_computations
+    from .workloads import Computations
+
+    notes = Computations()
+    notes.folder = str(tmp_path)
+    notes.write("k1", 2.0, called=1.5)
+    notes.write("k1", 2.0, 2.1, 1.5)
+    notes.write("k2", 3.0)  # a refresh
+    notes.write("k2", 3.0, 3.2)
+    notes.write("k3", 4.0, called=3.9)  # killed inside
+    found = load_computations(tmp_path)
+    assert [(c.key, c.began, c.ended, c.called, c.held_from) for c in found] == [
+        ("k1", 2.0, 2.1, 1.5, 1.5),
+        ("k2", 3.0, 3.2, None, 3.0),
+        ("k3", 4.0, None, 3.9, 3.9),
+    ]

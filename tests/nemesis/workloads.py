@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -113,13 +114,21 @@ class Computations:
     def folder(self, folder: str) -> None:
         self.file.folder = folder
 
-    def write(self, key: str, began: float, ended: float | None = None) -> None:
+    def write(
+        self, key: str, began: float, ended: float | None = None, called: float | None = None
+    ) -> None:
         if self.folder:
             record = {"key": key, "pid": os.getpid(), "began": began, "ended": ended}
+            if called is not None:
+                record["called"] = called
             self.file.write_record(record)
 
 
 computations = Computations()
+
+#: When this thread's memoized call began (``began``; none on a background refresh's thread):
+#: the computation's COMPUTE lease was granted between then and its note.
+_CALL = threading.local()
 
 
 def _memoized(cache: Any) -> Any:
@@ -130,12 +139,13 @@ def _memoized(cache: Any) -> Any:
         @cachekit.memoize(cache, timeout=0.5, stale=0.5, tags=("memo",), fail_open=False)
         def versioned(name: str) -> int:
             began = time.monotonic()
-            computations.write(name, began)  # (at once: a computer killed still counts)
+            called = getattr(_CALL, "began", None)
+            computations.write(name, began, called=called)  # (at once: a killed one counts)
             try:
                 time.sleep(random.uniform(0, 0.02))
                 return int(cache.get("version") or 0)
             finally:  # (a computation that raised stored nothing, and ended here)
-                computations.write(name, began, time.monotonic())
+                computations.write(name, began, time.monotonic(), called)
 
         found = _MEMOIZED.setdefault(id(cache), versioned)
     return found
@@ -238,7 +248,11 @@ def run_op(
             cachekit.invalidate(cache, "memo")
             return OK, version
         if kind == "memo":
-            return OK, _memoized(cache)(f"key{rng.randrange(3)}")
+            _CALL.began = time.monotonic()
+            try:
+                return OK, _memoized(cache)(f"key{rng.randrange(3)}")
+            finally:
+                _CALL.began = None
         if kind == "limit":
             return OK, _hit(cache, str(arg))
         if kind == "expire":
