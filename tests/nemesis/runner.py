@@ -527,6 +527,88 @@ def _without_replicaof(extra: tuple[str, ...]) -> tuple[str, ...]:
     return extra[:at] + extra[at + 3 :]
 
 
+class SentinelWatch:
+    """Every sentinel's events for the run, heard as they come (``PSUBSCRIBE *``): a master
+    switch no fault ordered is a failover too. The sentinels judge a master down after
+    ``down-after-milliseconds`` without an answer, which a loaded machine can cause: CI's
+    newest leg promoted a second replica a second after the nemesis's failover had settled,
+    and the replaced master took writes until it was made a replica ten seconds later.
+
+    :meth:`windows` gives each master switch's span, from ``down_after`` before the first
+    sign of it (the master may not have answered since) to a second after the last (the
+    replaced master turned replica): a :data:`.checker.FAILOVER` excuse.
+    """
+
+    #: The events of a master being failed over (those of replicas and sentinels aside).
+    EVENTS: Final = (
+        "+sdown", "+odown", "+try-failover", "+elected-leader", "+promoted-slave",
+        "+failover-end", "+switch-master", "+convert-to-slave",
+    )  # fmt: skip
+    #: Events closer than this belong to one failover (a replaced master is turned replica
+    #: about ten seconds after the switch).
+    GAP: Final = 15.0
+
+    def __init__(self, topology: SentinelTopology) -> None:
+        self.heard: list[tuple[float, str, str]] = []  # (monotonic time, event, its text)
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._listen, args=(sentinel.port,), daemon=True)
+            for sentinel in topology.sentinels
+        ]
+        self._lock = threading.Lock()
+        self._subscribed = threading.Barrier(len(self._threads) + 1)
+        for thread in self._threads:
+            thread.start()
+        with contextlib.suppress(threading.BrokenBarrierError):  # (a deaf one: stricter)
+            self._subscribed.wait(SETTLE)
+
+    def _listen(self, port: int) -> None:
+        client: Any = redis.Redis(port=port, socket_timeout=5)
+        pubsub = client.pubsub()
+        try:
+            pubsub.psubscribe("*")
+            pubsub.get_message(timeout=1.0)  # (the subscription's confirmation)
+        finally:
+            with contextlib.suppress(threading.BrokenBarrierError):
+                self._subscribed.wait(SETTLE)
+        try:
+            while not self._stop.is_set():
+                message = pubsub.get_message(timeout=0.2)
+                if not message or message.get("type") != "pmessage":
+                    continue
+                event = message["channel"].decode()
+                text = message["data"].decode()
+                if event in self.EVENTS and (event != "+sdown" or text.startswith("master")):
+                    with self._lock:
+                        self.heard.append((time.monotonic(), event, f"{port}: {text}"))
+        finally:
+            pubsub.close()
+            client.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(5)
+
+    def windows(self, down_after: float) -> list[tuple[float, float, list[tuple[float, str]]]]:
+        """(start, end, its switches: when heard, what) of each failover heard (events with
+        no switch, a master slow for a moment, are left out: no other master took writes)."""
+        with self._lock:
+            heard = sorted(self.heard)
+        groups: list[list[tuple[float, str, str]]] = []
+        for event in heard:
+            if groups and event[0] - groups[-1][-1][0] < self.GAP:
+                groups[-1].append(event)
+            else:
+                groups.append([event])
+        found = []
+        for group in groups:
+            switches = [(at, text) for at, event, text in group if event == "+switch-master"]
+            if switches:
+                found.append((group[0][0] - down_after, group[-1][0] + 1.0, switches))
+        return found
+
+
 def failover(target: Target, pick: float) -> tuple[bool, str]:
     """``kill -9`` the Sentinel topology's master (see :func:`_sentinel_fault`)."""
     return _sentinel_fault(target, kill=True)
@@ -535,6 +617,35 @@ def failover(target: Target, pick: float) -> tuple[bool, str]:
 def switchover(target: Target, pick: float) -> tuple[bool, str]:
     """``SENTINEL FAILOVER``: a planned switch-over (see :func:`_sentinel_fault`)."""
     return _sentinel_fault(target, kill=False)
+
+
+def stall(target: Target, pick: float) -> tuple[bool, str]:
+    """``SIGSTOP`` the Sentinel topology's master until the sentinels have named another (a
+    fork of a large dataset, a paused VM): the stalled master then resumes believing itself
+    the master, its clients still connected, until the sentinels turn it into a replica.
+
+    The nemesis excuses nothing of it: the window is the one the sentinels' own events
+    give (:class:`SentinelWatch`), as for a failover they make on their own, so a run with
+    a stall shows the watch at work (an ``unplanned failover`` effect)."""
+    topology = target.topology
+    assert topology is not None
+    old = topology.master_port()
+    process = topology.server_on(old).process
+    assert process is not None
+    began = time.monotonic()
+    os.kill(process.pid, signal.SIGSTOP)
+    try:
+        new = topology.wait_renamed(old)
+    finally:
+        os.kill(process.pid, signal.SIGCONT)
+    stopped = time.monotonic() - began
+    if not new:
+        return False, f"no sentinel named a new master while {old} was stopped {stopped:.1f} s"
+    try:
+        topology.wait_stable(40)
+    except RuntimeError as error:
+        return False, f"not settled: {error}"[:200]
+    return True, f"master {old} stopped {stopped:.1f} s -> {new}"
 
 
 def cluster_failover(target: Target, pick: float) -> tuple[bool, str]:
@@ -793,6 +904,7 @@ FAULTS: dict[str, Callable[[Target, float], tuple[bool, str] | None]] = {
     "partition": partition,
     "failover": failover,
     "switchover": switchover,
+    "stall": stall,
     "cluster_failover": cluster_failover,
     "migrate": migrate,
     "memory": memory_pressure,
@@ -810,6 +922,7 @@ SLOW_FAULTS: Final = {
     "partition": 4.0,
     "failover": 6.0,
     "switchover": 13.0,
+    "stall": 6.0,
     "cluster_failover": 8.0,
     "migrate": 4.0,
 }
@@ -1022,10 +1135,17 @@ def run_processes(
     target.procs = [spawn() for _ in specs]
     if clock is not None:  # started afresh: no fault while they import (a second of CPU each)
         _wait_until_open(folder, len(specs))
+    watch = SentinelWatch(topology) if topology is not None else None
     left = planned - 0.5 - time.monotonic()
-    nemesis(target, faults, left, interval=fault_interval(seconds))
-    (folder / STOP).touch()
-    until = time.monotonic()
+    try:
+        nemesis(target, faults, left, interval=fault_interval(seconds))
+    finally:
+        (folder / STOP).touch()
+        until = time.monotonic()
+        if watch is not None:
+            watch.stop()
+    if watch is not None and topology is not None:
+        _excuse_switches(target, watch, topology.down_after / 1000)
     clients = []
     for started in target.procs:  # (all joined first: the history is read once they are done)
         proc = started.proc
@@ -1056,6 +1176,32 @@ def run_processes(
         )
     target.ended = time.monotonic()
     return history, target, clients
+
+
+def _excuse_switches(target: Target, watch: SentinelWatch, down_after: float) -> None:
+    """Every failover the sentinels made is a failover excuse; a master switch heard outside
+    every failover window of the nemesis's own faults is also an effect of its own,
+    ``unplanned failover``, so that the run's summary shows it. The watch itself is an
+    effect, ``heard switches``, effective if it heard each of the nemesis's failovers."""
+    planned = [(e.start, e.end + 1.0) for e in target.excuses if e.kind == FAILOVER]
+    windows = watch.windows(down_after)
+    heard = [w for w in planned if any(w[0] <= at <= w[1] for *_, s in windows for at, _ in s)]
+    target.effects.append(  # (the watch must be seen to hear: the nemesis's own failovers)
+        Effect(
+            "heard switches",
+            time.monotonic(),
+            bool(planned) and len(heard) == len(planned),
+            f"{len(heard)} of the {len(planned)} failovers of the nemesis heard as +switch-master",
+        )
+    )
+    for start, end, switches in windows:
+        target.excuses.append(Excuse(FAILOVER, 0, start, end))
+        told: set[str] = set()  # (each sentinel tells of the same switch)
+        for at, what in switches:
+            switch = what.split(": ", 1)[-1]
+            if switch not in told and not any(s <= at <= e for s, e in planned):
+                told.add(switch)
+                target.effects.append(Effect("unplanned failover", at, True, what))
 
 
 #: The file whose creation ends a run's client processes (in the history folder).

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -910,3 +911,37 @@ def test_computations_are_read_back_with_when_their_call_began(tmp_path: Path) -
         ("k2", 3.0, 3.2, None, 3.0),
         ("k3", 4.0, None, 3.9, 3.9),
     ]
+
+
+def test_a_master_switch_no_fault_ordered_is_excused_and_shown() -> None:
+    """The sentinels may fail a loaded master over on their own (CI: a second replica
+    promoted a second after the nemesis's failover settled): each switch they made is a
+    failover excuse, from ``down_after`` before its first sign to a second after its last,
+    and one outside the nemesis's own failover windows is an effect of its own."""
+    from .runner import SentinelWatch, Target, _excuse_switches
+
+    watch = SentinelWatch.__new__(SentinelWatch)  # (its events, without sentinels to hear)
+    watch._lock = threading.Lock()
+    watch.heard = [
+        (10.0, "+sdown", "1: master mymaster 127.0.0.1 7001"),
+        (11.0, "+switch-master", "1: mymaster 127.0.0.1 7001 127.0.0.1 7002"),
+        (11.1, "+switch-master", "2: mymaster 127.0.0.1 7001 127.0.0.1 7002"),
+        (12.5, "+sdown", "2: master mymaster 127.0.0.1 7002"),  # the promoted one, judged down
+        (13.6, "+switch-master", "2: mymaster 127.0.0.1 7002 127.0.0.1 7003"),
+        (13.7, "+switch-master", "1: mymaster 127.0.0.1 7002 127.0.0.1 7003"),
+        (23.0, "+convert-to-slave", "3: slave 127.0.0.1:7002 127.0.0.1 7002 @ mymaster"),
+        (60.0, "+sdown", "1: master mymaster 127.0.0.1 7003"),  # slow a moment: no switch
+    ]
+    target = Target()
+    target.excuses.append(Excuse(FAILOVER, 0, 9.0, 12.0))  # the nemesis's own failover
+    _excuse_switches(target, watch, 1.0)
+    assert [(e.kind, e.start, e.end) for e in target.excuses[1:]] == [(FAILOVER, 9.0, 24.0)]
+    assert [(e.fault, e.at, e.detail) for e in target.effects[1:]] == [
+        ("unplanned failover", 13.6, "2: mymaster 127.0.0.1 7002 127.0.0.1 7003")
+    ]
+    assert (target.effects[0].fault, target.effects[0].effective) == ("heard switches", True)
+    deaf = Target()  # a watch that heard nothing is seen not to work
+    deaf.excuses.append(Excuse(FAILOVER, 0, 9.0, 12.0))
+    watch.heard = []
+    _excuse_switches(deaf, watch, 1.0)
+    assert [(e.fault, e.effective) for e in deaf.effects] == [("heard switches", False)]
