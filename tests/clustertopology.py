@@ -145,16 +145,22 @@ class ClusterTopology:
         finally:
             client.close()
 
-    def masters(self) -> list[RedisServer]:
-        return [n for n in self.nodes if n.process is not None and self.role(n) == "master"]
+    def masters(self, excluding: RedisServer | None = None) -> list[RedisServer]:
+        """The live masters (but ``excluding``: a stopped node answers nothing)."""
+        return [
+            node
+            for node in self.nodes
+            if node.process is not None and node is not excluding and self.role(node) == "master"
+        ]
 
     def master_of(self, key: str) -> RedisServer:
         """The live master that serves ``key``'s hash slot now."""
         return self.master_of_slot(key_slot(key))
 
-    def master_of_slot(self, slot: int) -> RedisServer:
-        """The live master that serves hash slot ``slot`` now."""
-        for node in self.masters():
+    def master_of_slot(self, slot: int, excluding: RedisServer | None = None) -> RedisServer:
+        """The live master that serves hash slot ``slot`` now (by the masters' own word, but
+        ``excluding``'s: a stopped node answers nothing, and a resumed one may not know)."""
+        for node in self.masters(excluding):
             owned = self._owned(node)
             if any(start <= slot <= end for start, end in owned):
                 return node

@@ -38,7 +38,7 @@ from typing import Any, Final
 
 import redis
 
-from ..clustertopology import ClusterTopology
+from ..clustertopology import NODE_TIMEOUT, ClusterTopology
 from ..netfaults import BlackholeProxy
 from ..redisserver import RedisServer, SentinelTopology
 from .checker import ERASED, FAILOVER, PAUSE, RESTART, Client, Excuse, Run
@@ -674,6 +674,38 @@ def cluster_failover(target: Target, pick: float) -> tuple[bool, str]:
     return True, f"slot {slot}: master {victim.port} -> {promoted.port} in {took:.1f} s"
 
 
+def cluster_stall(target: Target, pick: float) -> tuple[bool, str]:
+    """``SIGSTOP`` the Cluster master serving one of the workloads' slots (by ``pick``) until
+    its replica has taken the slot over: the stalled master then resumes believing itself
+    the slot's master until the cluster's gossip tells it otherwise.
+
+    The nemesis excuses nothing of it: the window is the one the nodes' own logs give
+    (:func:`_excuse_elections`), as for a failover the cluster makes on its own."""
+    cluster = target.cluster
+    assert cluster is not None
+    slot = _pick(list(target.slots), pick)
+    victim = cluster.master_of_slot(slot)
+    assert victim.process is not None
+    began = time.monotonic()
+    os.kill(victim.process.pid, signal.SIGSTOP)
+    promoted = None
+    try:
+        while promoted is None and time.monotonic() < began + 30:
+            with contextlib.suppress(AssertionError, OSError, redis.RedisError):
+                promoted = cluster.master_of_slot(slot, excluding=victim)
+            time.sleep(0.1)
+    finally:
+        os.kill(victim.process.pid, signal.SIGCONT)
+    stopped = time.monotonic() - began
+    if promoted is None:
+        return False, f"no replica took over slot {slot} in {stopped:.1f} s"
+    try:
+        cluster.wait_stable(40)
+    except RuntimeError as error:
+        return False, f"not settled: {error}"[:200]
+    return True, f"slot {slot}: master {victim.port} stopped {stopped:.1f} s -> {promoted.port}"
+
+
 def migrate(target: Target, pick: float) -> tuple[bool, str]:
     """Move every slot the workloads use to another master, a key at a time, as ``redis-cli
     --cluster reshard`` does: operations meanwhile meet ``ASK`` and ``MOVED``. Nothing is
@@ -906,6 +938,7 @@ FAULTS: dict[str, Callable[[Target, float], tuple[bool, str] | None]] = {
     "switchover": switchover,
     "stall": stall,
     "cluster_failover": cluster_failover,
+    "cluster_stall": cluster_stall,
     "migrate": migrate,
     "memory": memory_pressure,
     "disk_full": disk_full,
@@ -924,6 +957,7 @@ SLOW_FAULTS: Final = {
     "switchover": 13.0,
     "stall": 6.0,
     "cluster_failover": 8.0,
+    "cluster_stall": 8.0,
     "migrate": 4.0,
 }
 
@@ -1136,6 +1170,7 @@ def run_processes(
     if clock is not None:  # started afresh: no fault while they import (a second of CPU each)
         _wait_until_open(folder, len(specs))
     watch = SentinelWatch(topology) if topology is not None else None
+    faults_from = time.monotonic()
     left = planned - 0.5 - time.monotonic()
     try:
         nemesis(target, faults, left, interval=fault_interval(seconds))
@@ -1146,6 +1181,8 @@ def run_processes(
             watch.stop()
     if watch is not None and topology is not None:
         _excuse_switches(target, watch, topology.down_after / 1000)
+    if cluster is not None:
+        _excuse_elections(target, cluster, faults_from)
     clients = []
     for started in target.procs:  # (all joined first: the history is read once they are done)
         proc = started.proc
@@ -1202,6 +1239,60 @@ def _excuse_switches(target: Target, watch: SentinelWatch, down_after: float) ->
             if switch not in told and not any(s <= at <= e for s, e in planned):
                 told.add(switch)
                 target.effects.append(Effect("unplanned failover", at, True, what))
+
+
+#: A Redis log line: the server's wall clock (local, to the millisecond), and what it says.
+LOG_LINE: Final = re.compile(r"^\d+:[A-Z] (\d\d \w{3} \d{4} \d\d:\d\d:\d\d)\.(\d{3}) [*#.-] (.*)$")
+
+
+def log_events(path: Path, since: float) -> list[tuple[float, str]]:
+    """The lines of Redis log ``path`` from ``since`` on, as (monotonic time, text)."""
+    offset = time.time() - time.monotonic()
+    found = []
+    with contextlib.suppress(FileNotFoundError):
+        for line in path.read_text(errors="replace").splitlines():
+            matched = LOG_LINE.match(line)
+            if matched:
+                wall = time.mktime(time.strptime(matched[1], "%d %b %Y %H:%M:%S"))
+                at = wall + int(matched[2]) / 1000 - offset
+                if at >= since:
+                    found.append((at, matched[3]))
+    return found
+
+
+def _excuse_elections(target: Target, cluster: ClusterTopology, since: float) -> None:
+    """Every failover the Cluster made, as its nodes' logs tell it ("Failover election won"),
+    is a failover excuse: from ``cluster-node-timeout`` and half a second before the first
+    sign of it (a node marked failing) to a second after the last (its FAIL state cleared).
+    One outside the nemesis's own failover windows is shown as an ``unplanned failover``
+    effect (a loaded node may miss the node timeout); the reading itself is an effect,
+    ``heard elections``, effective if it found each of the nemesis's failovers."""
+    elections, signs = [], []
+    for node in cluster.nodes:
+        for at, text in log_events(node.directory / f"server-{node.port}.log", since):
+            if text.startswith("Failover election won"):
+                elections.append((at, node.port))
+            elif text.startswith(("Marking node", "Clear FAIL state")):
+                signs.append(at)
+    planned = [(e.start, e.end + 1.0) for e in target.excuses if e.kind == FAILOVER]
+    heard = [w for w in planned if any(w[0] <= at <= w[1] for at, _ in elections)]
+    target.effects.append(
+        Effect(
+            "heard elections",
+            time.monotonic(),
+            bool(planned) and len(heard) == len(planned),
+            f"{len(heard)} of the {len(planned)} failovers of the nemesis found in the logs",
+        )
+    )
+    timeout = NODE_TIMEOUT / 1000
+    for won, port in sorted(elections):
+        near = [at for at in signs if won - 5.0 <= at <= won + 15.0]
+        start, end = min([won, *near]) - timeout - 0.5, max([won, *near]) + 1.0
+        target.excuses.append(Excuse(FAILOVER, 0, start, end))
+        if not any(s <= won <= e for s, e in planned):
+            target.effects.append(
+                Effect("unplanned failover", won, True, f"node {port} won an election")
+            )
 
 
 #: The file whose creation ends a run's client processes (in the history folder).

@@ -945,3 +945,48 @@ def test_a_master_switch_no_fault_ordered_is_excused_and_shown() -> None:
     watch.heard = []
     _excuse_switches(deaf, watch, 1.0)
     assert [(e.fault, e.effective) for e in deaf.effects] == [("heard switches", False)]
+
+
+def test_a_cluster_failover_is_read_from_the_nodes_logs(tmp_path: Path) -> None:
+    """Each election a Cluster node won, as its log tells it, is a failover excuse (from
+    the node timeout and half a second before the first node marked failing, to a second
+    after the FAIL state cleared); one outside the nemesis's own windows is shown as an
+    unplanned failover, and the reading must find each of the nemesis's failovers."""
+    import time
+    from types import SimpleNamespace
+
+    from .runner import Target, _excuse_elections, log_events
+
+    def stamp(at: float) -> str:  # (a monotonic time as Redis writes it in its log)
+        wall = at + time.time() - time.monotonic()
+        return time.strftime("%d %b %Y %H:%M:%S", time.localtime(wall)) + f".{wall % 1:.3f}"[2:]
+
+    now = time.monotonic()
+    lines = {
+        7001: [
+            f"11:M {stamp(now + 1.0)} * Marking node abc (127.0.0.1:7002) as failing (quorum).",
+            f"11:M {stamp(now + 12.0)} * Marking node def (127.0.0.1:7004) as failing (quorum).",
+        ],
+        7003: [
+            f"13:S {stamp(now + 2.0)} * Failover election won: I'm the new primary.",
+            f"13:S {stamp(now + 13.0)} * Failover election won: I'm the new primary.",
+            f"13:M {stamp(now + 14.0)} * Clear FAIL state for node def: replica is reachable.",
+        ],
+    }
+    nodes = []
+    for port, text in lines.items():
+        (tmp_path / f"server-{port}.log").write_text("\n".join(["garbage", *text]) + "\n")
+        nodes.append(SimpleNamespace(directory=tmp_path, port=port))
+    assert [round(at - now, 2) for at, _ in log_events(tmp_path / "server-7003.log", now)] == [
+        2.0, 13.0, 14.0
+    ]  # fmt: skip
+    target = Target()
+    target.excuses.append(Excuse(FAILOVER, 0, now + 0.5, now + 3.0))  # the nemesis's failover
+    _excuse_elections(target, SimpleNamespace(nodes=nodes), now)  # type: ignore[arg-type]
+    spans = [(round(e.start - now, 2), round(e.end - now, 2)) for e in target.excuses[1:]]
+    assert spans == [(-0.5, 15.0), (10.5, 15.0)]  # (the FAIL states within 5 s before, 15 after)
+    assert [(e.fault, e.effective) for e in target.effects] == [
+        ("heard elections", True),
+        ("unplanned failover", True),
+    ]
+    assert round(target.effects[1].at - now, 2) == 13.0
