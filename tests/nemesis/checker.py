@@ -328,11 +328,10 @@ def _lapsed(first: Computation, end: float, other_began: float, run: Run) -> boo
     restart that erased the leases, or a failover (the lease may never have reached the
     new master, or its renewals the master that counts): from its start.
 
-    It held the stripe from its grant, which came after its memoized call began and
-    before it noted its start (:attr:`.history.Computation.held_from`): a failover that
-    settled in between (the call's reads waited on it) may have taken the lease (CI's
-    newest leg: a computation noted 0.9 s after a Sentinel failover settled, its process
-    then stopped, was overtaken 0.5 s later).
+    It held the stripe from its grant, which the workload notes
+    (:attr:`.history.Computation.held_from`): a pause or failover between the grant
+    and the note (its reads waited on it) struck it too (a holder stopped right after
+    its grant noted its start only on resuming, 11 s later, and was overtaken after).
     """
     if run.lease is None:
         return False

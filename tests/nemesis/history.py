@@ -185,14 +185,14 @@ class Computation:
     pid: int
     began: float
     ended: float | None
-    #: When the memoized call that computed began (its COMPUTE lease was granted between then
-    #: and ``began``); None if unknown (a background refresh).
-    called: float | None = None
+    #: When its COMPUTE stripe was granted (noted by the workload's strategy); None if not
+    #: noted (then ``began``: the grant came just before, but for a pause or failover).
+    granted: float | None = None
 
     @property
     def held_from(self) -> float:
-        """The earliest its COMPUTE stripe may have been held from."""
-        return self.began if self.called is None else min(self.called, self.began)
+        """When its COMPUTE stripe was held from."""
+        return self.began if self.granted is None else min(self.granted, self.began)
 
 
 def load_computations(folder: Path) -> list[Computation]:
@@ -201,13 +201,13 @@ def load_computations(folder: Path) -> list[Computation]:
     for path in sorted(folder.glob("*.computations")):
         for record in _records(path):
             try:
-                called = record.get("called")
+                granted = record.get("granted")
                 done = Computation(
                     str(record["key"]),
                     int(record["pid"]),
                     float(record["began"]),
                     None,
-                    None if called is None else float(called),
+                    None if granted is None else float(granted),
                 )
             except (KeyError, TypeError, ValueError):
                 continue
@@ -215,8 +215,8 @@ def load_computations(folder: Path) -> list[Computation]:
             identity = (done.pid, done.began, done.key)
             if ended is not None:
                 before = found.get(identity)
-                called = done.called if before is None else before.called
-                found[identity] = dataclasses.replace(done, ended=float(ended), called=called)
+                granted = done.granted if before is None else before.granted
+                found[identity] = dataclasses.replace(done, ended=float(ended), granted=granted)
             else:
                 found.setdefault(identity, done)
     return sorted(found.values(), key=lambda c: c.began)

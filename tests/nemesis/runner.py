@@ -21,6 +21,7 @@ import errno
 import functools
 import http.client
 import json
+import math
 import multiprocessing as mp
 import os
 import random
@@ -125,6 +126,9 @@ class Target:
     evicted: set[str] = field(default_factory=set)
     #: (start, end) of each stop of a holder: while the others may have waited for its lock.
     holder_stops: list[tuple[float, float]] = field(default_factory=list)
+    #: The spans of the stalls (:func:`stall`, :func:`cluster_stall`): each must hold a
+    #: failover the watch heard or the logs tell of.
+    stalls: list[tuple[float, float]] = field(default_factory=list)
     seed: int = 0
     ended: float = 0.0
 
@@ -534,22 +538,23 @@ class SentinelWatch:
     newest leg promoted a second replica a second after the nemesis's failover had settled,
     and the replaced master took writes until it was made a replica ten seconds later.
 
-    :meth:`windows` gives each master switch's span, from ``down_after`` before the first
-    sign of it (the master may not have answered since) to a second after the last (the
-    replaced master turned replica): a :data:`.checker.FAILOVER` excuse.
+    :meth:`windows` gives each master switch's span (:data:`.checker.FAILOVER` excuses).
+    A sentinel that cannot be heard is noted in :attr:`deaf` (its switches missed: the run
+    is judged more strictly, and the nemesis's own failovers are then not all heard).
     """
 
     #: The events of a master being failed over (those of replicas and sentinels aside).
     EVENTS: Final = (
-        "+sdown", "+odown", "+try-failover", "+elected-leader", "+promoted-slave",
-        "+failover-end", "+switch-master", "+convert-to-slave",
+        "+sdown", "+odown", "+try-failover", "+switch-master", "+convert-to-slave",
     )  # fmt: skip
-    #: Events closer than this belong to one failover (a replaced master is turned replica
-    #: about ten seconds after the switch).
-    GAP: Final = 15.0
+    #: Seconds within which sentinels telling of one switch are one switch; and the longest
+    #: a replaced master is looked for becoming a replica after it.
+    SAME: Final = 10.0
+    CONVERTED: Final = 30.0
 
     def __init__(self, topology: SentinelTopology) -> None:
         self.heard: list[tuple[float, str, str]] = []  # (monotonic time, event, its text)
+        self.deaf: list[str] = []
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(target=self._listen, args=(sentinel.port,), daemon=True)
@@ -566,21 +571,24 @@ class SentinelWatch:
         client: Any = redis.Redis(port=port, socket_timeout=5)
         pubsub = client.pubsub()
         try:
-            pubsub.psubscribe("*")
-            pubsub.get_message(timeout=1.0)  # (the subscription's confirmation)
-        finally:
-            with contextlib.suppress(threading.BrokenBarrierError):
-                self._subscribed.wait(SETTLE)
-        try:
+            try:
+                pubsub.psubscribe("*")
+                pubsub.get_message(timeout=1.0)  # (the subscription's confirmation)
+            finally:
+                with contextlib.suppress(threading.BrokenBarrierError):
+                    self._subscribed.wait(SETTLE)
             while not self._stop.is_set():
                 message = pubsub.get_message(timeout=0.2)
                 if not message or message.get("type") != "pmessage":
                     continue
                 event = message["channel"].decode()
                 text = message["data"].decode()
-                if event in self.EVENTS and (event != "+sdown" or text.startswith("master")):
+                if event in self.EVENTS:
                     with self._lock:
                         self.heard.append((time.monotonic(), event, f"{port}: {text}"))
+        except (OSError, redis.RedisError) as error:
+            with self._lock:
+                self.deaf.append(f"sentinel {port}: {error!r}"[:200])
         finally:
             pubsub.close()
             client.close()
@@ -590,22 +598,43 @@ class SentinelWatch:
         for thread in self._threads:
             thread.join(5)
 
-    def windows(self, down_after: float) -> list[tuple[float, float, list[tuple[float, str]]]]:
-        """(start, end, its switches: when heard, what) of each failover heard (events with
-        no switch, a master slow for a moment, are left out: no other master took writes)."""
+    def windows(self, down_after: float) -> list[tuple[float, float, float, str]]:
+        """(start, end, when, what) of each master switch heard, once however many sentinels
+        told of it: from ``down_after`` before the first sign its old master failed (an
+        ``+sdown``, ``+odown`` or ``+try-failover`` naming it since the switch before) to a
+        second after the old master was made a replica (``+convert-to-slave`` within
+        :data:`CONVERTED` s), or after the switch. Each switch has a window of its own."""
         with self._lock:
             heard = sorted(self.heard)
-        groups: list[list[tuple[float, str, str]]] = []
-        for event in heard:
-            if groups and event[0] - groups[-1][-1][0] < self.GAP:
-                groups[-1].append(event)
-            else:
-                groups.append([event])
-        found = []
-        for group in groups:
-            switches = [(at, text) for at, event, text in group if event == "+switch-master"]
-            if switches:
-                found.append((group[0][0] - down_after, group[-1][0] + 1.0, switches))
+        found: list[tuple[float, float, float, str]] = []
+        told: dict[tuple[str, str], float] = {}
+        previous = -math.inf
+        for at, event, text in heard:
+            if event != "+switch-master":
+                continue
+            words = text.split(": ", 1)[-1].split()  # mymaster <ip> <old> <ip> <new>
+            old, new = words[2], words[4]
+            if at - told.get((old, new), -math.inf) < self.SAME:
+                continue  # another sentinel telling of the same switch
+            told[(old, new)] = at
+            signs = [
+                when
+                for when, kind, said in heard
+                if kind in ("+sdown", "+odown", "+try-failover")
+                and previous < when <= at
+                and said.split(": ", 1)[-1].split()[:1] == ["master"]
+                and said.split(": ", 1)[-1].split()[3:4] == [old]
+            ]
+            converted = [
+                when
+                for when, kind, said in heard
+                if kind == "+convert-to-slave"
+                and at <= when <= at + self.CONVERTED
+                and said.split(": ", 1)[-1].split()[3:4] == [old]
+            ]
+            start = min([at, *signs]) - down_after
+            found.append((start, (converted[0] if converted else at) + 1.0, at, text))
+            previous = at
         return found
 
 
@@ -645,6 +674,8 @@ def stall(target: Target, pick: float) -> tuple[bool, str]:
         topology.wait_stable(40)
     except RuntimeError as error:
         return False, f"not settled: {error}"[:200]
+    finally:
+        target.stalls.append((began, time.monotonic()))
     return True, f"master {old} stopped {stopped:.1f} s -> {new}"
 
 
@@ -703,6 +734,8 @@ def cluster_stall(target: Target, pick: float) -> tuple[bool, str]:
         cluster.wait_stable(40)
     except RuntimeError as error:
         return False, f"not settled: {error}"[:200]
+    finally:
+        target.stalls.append((began, time.monotonic()))
     return True, f"slot {slot}: master {victim.port} stopped {stopped:.1f} s -> {promoted.port}"
 
 
@@ -955,7 +988,7 @@ SLOW_FAULTS: Final = {
     "partition": 4.0,
     "failover": 6.0,
     "switchover": 13.0,
-    "stall": 6.0,
+    "stall": 14.0,  # (the stalled master is made a replica about 10 s after the switch)
     "cluster_failover": 8.0,
     "cluster_stall": 8.0,
     "migrate": 4.0,
@@ -998,6 +1031,9 @@ def schedule(seed: int, faults: list[str], seconds: float, interval: float) -> l
 #: least once: slow faults can use up a short run's schedule (CI's newest leg: a switch-over
 #: of 11.2 s and a failover of 14.5 s left no time for the pause).
 OVERTIME: Final = 60.0
+#: The longest a fault may take (a failover waits up to 30 s for a new master, then 40 s
+#: for the topology to settle): the clients' backstop lies this far past the overtime.
+LONGEST_FAULT: Final = 80.0
 
 
 def nemesis(target: Target, faults: list[str], seconds: float, interval: float) -> None:
@@ -1129,7 +1165,8 @@ def run_processes(
     folder.mkdir(parents=True, exist_ok=True)
     seconds = long_enough(seconds, faults, lease if server or topology or cluster else None)
     planned = time.monotonic() + seconds + (STARTUP if clock else 0.0)
-    until = planned + OVERTIME + SETTLE  # (the clients stop when told: this is a backstop)
+    until = planned + OVERTIME + LONGEST_FAULT  # (they stop when told: this is a backstop)
+    (folder / STOP).unlink(missing_ok=True)
     count = iter(range(10**6))
 
     def spawn() -> Started:
@@ -1216,29 +1253,34 @@ def run_processes(
 
 
 def _excuse_switches(target: Target, watch: SentinelWatch, down_after: float) -> None:
-    """Every failover the sentinels made is a failover excuse; a master switch heard outside
-    every failover window of the nemesis's own faults is also an effect of its own,
-    ``unplanned failover``, so that the run's summary shows it. The watch itself is an
-    effect, ``heard switches``, effective if it heard each of the nemesis's failovers."""
+    """Every master switch the sentinels made is a failover excuse (its own window: see
+    :meth:`SentinelWatch.windows`); one heard outside every failover window of the
+    nemesis's own faults is also an effect of its own, ``unplanned failover``, so that the
+    run's summary shows it. The watch itself is an effect, ``heard switches``, effective
+    if it heard a switch in each of the nemesis's failovers and in each stall."""
     planned = [(e.start, e.end + 1.0) for e in target.excuses if e.kind == FAILOVER]
     windows = watch.windows(down_after)
-    heard = [w for w in planned if any(w[0] <= at <= w[1] for *_, s in windows for at, _ in s)]
-    target.effects.append(  # (the watch must be seen to hear: the nemesis's own failovers)
+    _heard(target, "heard switches", [*planned, *target.stalls], [w[2] for w in windows])
+    for start, end, at, what in windows:
+        target.excuses.append(Excuse(FAILOVER, 0, start, end))
+        if not any(s <= at <= e for s, e in planned):
+            target.effects.append(Effect("unplanned failover", at, True, what))
+    for deaf in watch.deaf:
+        target.effects.append(Effect("heard switches", time.monotonic(), False, deaf))
+
+
+def _heard(target: Target, name: str, spans: list[tuple[float, float]], at: list[float]) -> None:
+    """An effect ``name``: effective if each of ``spans`` (the nemesis's failovers and
+    stalls) holds one of the switches or elections heard ``at``."""
+    heard = [span for span in spans if any(span[0] <= when <= span[1] for when in at)]
+    target.effects.append(
         Effect(
-            "heard switches",
+            name,
             time.monotonic(),
-            bool(planned) and len(heard) == len(planned),
-            f"{len(heard)} of the {len(planned)} failovers of the nemesis heard as +switch-master",
+            bool(spans) and len(heard) == len(spans),
+            f"{len(heard)} of the {len(spans)} failovers and stalls of the nemesis heard",
         )
     )
-    for start, end, switches in windows:
-        target.excuses.append(Excuse(FAILOVER, 0, start, end))
-        told: set[str] = set()  # (each sentinel tells of the same switch)
-        for at, what in switches:
-            switch = what.split(": ", 1)[-1]
-            if switch not in told and not any(s <= at <= e for s, e in planned):
-                told.add(switch)
-                target.effects.append(Effect("unplanned failover", at, True, what))
 
 
 #: A Redis log line: the server's wall clock (local, to the millisecond), and what it says.
@@ -1262,33 +1304,26 @@ def log_events(path: Path, since: float) -> list[tuple[float, str]]:
 
 def _excuse_elections(target: Target, cluster: ClusterTopology, since: float) -> None:
     """Every failover the Cluster made, as its nodes' logs tell it ("Failover election won"),
-    is a failover excuse: from ``cluster-node-timeout`` and half a second before the first
-    sign of it (a node marked failing) to a second after the last (its FAIL state cleared).
+    is a failover excuse of its own: from ``cluster-node-timeout`` and half a second before
+    the last node marked failing in the 5 s before (the master may not have answered
+    since) to 2 s after the election (a stopped master, resumed, learns it lost its slots).
     One outside the nemesis's own failover windows is shown as an ``unplanned failover``
     effect (a loaded node may miss the node timeout); the reading itself is an effect,
-    ``heard elections``, effective if it found each of the nemesis's failovers."""
-    elections, signs = [], []
+    ``heard elections``, effective if it found an election in each of the nemesis's
+    failovers and stalls. (An election in a shard the workloads do not use counts too.)"""
+    elections, marks = [], []
     for node in cluster.nodes:
         for at, text in log_events(node.directory / f"server-{node.port}.log", since):
             if text.startswith("Failover election won"):
                 elections.append((at, node.port))
-            elif text.startswith(("Marking node", "Clear FAIL state")):
-                signs.append(at)
+            elif text.startswith("Marking node"):
+                marks.append(at)
     planned = [(e.start, e.end + 1.0) for e in target.excuses if e.kind == FAILOVER]
-    heard = [w for w in planned if any(w[0] <= at <= w[1] for at, _ in elections)]
-    target.effects.append(
-        Effect(
-            "heard elections",
-            time.monotonic(),
-            bool(planned) and len(heard) == len(planned),
-            f"{len(heard)} of the {len(planned)} failovers of the nemesis found in the logs",
-        )
-    )
+    _heard(target, "heard elections", [*planned, *target.stalls], [at for at, _ in elections])
     timeout = NODE_TIMEOUT / 1000
     for won, port in sorted(elections):
-        near = [at for at in signs if won - 5.0 <= at <= won + 15.0]
-        start, end = min([won, *near]) - timeout - 0.5, max([won, *near]) + 1.0
-        target.excuses.append(Excuse(FAILOVER, 0, start, end))
+        marked = max([at for at in marks if won - 5.0 <= at <= won], default=won)
+        target.excuses.append(Excuse(FAILOVER, 0, marked - timeout - 0.5, won + 2.0))
         if not any(s <= won <= e for s, e in planned):
             target.effects.append(
                 Effect("unplanned failover", won, True, f"node {port} won an election")
@@ -1349,7 +1384,7 @@ def run_http(
     that many requests and was gone at the end, neither killed nor reloaded.
     """
     seconds = long_enough(seconds, faults, lease if server else None)
-    until = time.monotonic() + seconds + OVERTIME + SETTLE  # (a backstop: they stop when told)
+    until = time.monotonic() + seconds + OVERTIME + LONGEST_FAULT  # (a backstop: stop is told)
     stop = threading.Event()
     history: list[Op] = []
     served: Counter[int] = Counter()

@@ -115,20 +115,54 @@ class Computations:
         self.file.folder = folder
 
     def write(
-        self, key: str, began: float, ended: float | None = None, called: float | None = None
+        self, key: str, began: float, ended: float | None = None, granted: float | None = None
     ) -> None:
         if self.folder:
             record = {"key": key, "pid": os.getpid(), "began": began, "ended": ended}
-            if called is not None:
-                record["called"] = called
+            if granted is not None:
+                record["granted"] = granted
             self.file.write_record(record)
 
 
 computations = Computations()
 
-#: When this thread's memoized call began (``began``; none on a background refresh's thread):
-#: the computation's COMPUTE lease was granted between then and its note.
-_CALL = threading.local()
+#: When this thread was last granted a COMPUTE stripe (``granted``): the computation it then
+#: runs held its stripe from then (:func:`_note_grants`).
+_GRANTS = threading.local()
+
+
+class _NotedHold:
+    """A COMPUTE hold that notes, on this thread, when it was granted."""
+
+    def __init__(self, held: Any) -> None:
+        self._held = held
+
+    def __enter__(self) -> Any:
+        token = self._held.__enter__()
+        _GRANTS.granted = time.monotonic()
+        return token
+
+    def __exit__(self, *exc: Any) -> Any:
+        return self._held.__exit__(*exc)
+
+
+def _note_grants(cache: Any) -> None:
+    """Make ``cache``'s cachekit strategy note when each COMPUTE stripe is granted (the
+    instance's ``hold`` wrapped, once): a computation's notes then say from when its
+    stripe was held, which a pause or failover must overlap to excuse an overtaking."""
+    from cachekit.resolve import strategy_for
+    from cachekit.threadlocks import COMPUTE
+
+    strategy = strategy_for(cache)
+    if "hold" in vars(strategy):
+        return
+    inner = strategy.hold
+
+    def hold(domain: int, names: Any, wait: float | None, what: str) -> Any:
+        held = inner(domain, names, wait, what)
+        return _NotedHold(held) if domain == COMPUTE else held
+
+    strategy.hold = hold  # type: ignore[method-assign]
 
 
 def _memoized(cache: Any) -> Any:
@@ -139,13 +173,13 @@ def _memoized(cache: Any) -> Any:
         @cachekit.memoize(cache, timeout=0.5, stale=0.5, tags=("memo",), fail_open=False)
         def versioned(name: str) -> int:
             began = time.monotonic()
-            called = getattr(_CALL, "began", None)
-            computations.write(name, began, called=called)  # (at once: a killed one counts)
+            granted, _GRANTS.granted = getattr(_GRANTS, "granted", None), None
+            computations.write(name, began, granted=granted)  # (at once: a killed one counts)
             try:
                 time.sleep(random.uniform(0, 0.02))
                 return int(cache.get("version") or 0)
             finally:  # (a computation that raised stored nothing, and ended here)
-                computations.write(name, began, time.monotonic(), called)
+                computations.write(name, began, time.monotonic(), granted)
 
         found = _MEMOIZED.setdefault(id(cache), versioned)
     return found
@@ -248,11 +282,8 @@ def run_op(
             cachekit.invalidate(cache, "memo")
             return OK, version
         if kind == "memo":
-            _CALL.began = time.monotonic()
-            try:
-                return OK, _memoized(cache)(f"key{rng.randrange(3)}")
-            finally:
-                _CALL.began = None
+            _note_grants(cache)
+            return OK, _memoized(cache)(f"key{rng.randrange(3)}")
         if kind == "limit":
             return OK, _hit(cache, str(arg))
         if kind == "expire":
