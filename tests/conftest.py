@@ -147,7 +147,7 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSer
 
 @pytest.fixture
 def sentinel_topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelTopology]:
-    """A test's own master, two replicas and three sentinels (quorum 2, down after 1 s).
+    """A test's own master, two replicas and three sentinels (quorum 2, down after 2.5 s).
 
     Function-scoped: a test may fail the master over or kill it. Every process
     is stopped at the end, whatever state the test left the topology in.

@@ -259,6 +259,12 @@ class SentinelTopology:
     the others and every replica, and each replica's link to the master is up.
     :meth:`stop` stops every process, whatever state a test left it in.
 
+    ``down_after`` is 2.5 s by default, not 1 s: a sentinel pings each instance once a
+    second, so with 1 s it judged a just-promoted master down when the first reply came a
+    moment late (the logs of two CI failures: ``+sdown`` of the new master 1.00 s after
+    ``+switch-master``, then a second failover nobody ordered, and writes that could not
+    be confirmed for 7 s).
+
     Each server starts a full resynchronisation at once
     (``repl-diskless-sync-delay 0``; Redis waits 5 s by default for more
     replicas to join it): after a switch-over the remaining replica, which
@@ -274,7 +280,7 @@ class SentinelTopology:
         replicas: int = 2,
         sentinels: int = 3,
         quorum: int = 2,
-        down_after: int = 1000,
+        down_after: int = 2500,
         failover_timeout: int = 4000,
     ) -> None:
         self.directory = directory

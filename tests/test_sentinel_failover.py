@@ -1,6 +1,6 @@
 """Sentinel failover under load: exclusion, fencing and counters across a change of master.
 
-A master, two replicas and three sentinels (quorum 2, down after 1 s). Three
+A master, two replicas and three sentinels (quorum 2, down after 2.5 s). Three
 processes ``incr`` one key and two processes take ``lock(cache, "L")`` for
 10 ms at a time, through Flask-Caching's ``RedisSentinelCache``; a few
 seconds in, the master is failed over (``SENTINEL FAILOVER``) or killed

@@ -986,9 +986,9 @@ FAULTS: dict[str, Callable[[Target, float], tuple[bool, str] | None]] = {
 PER_FAULT: Final = 2.5
 SLOW_FAULTS: Final = {
     "partition": 4.0,
-    "failover": 6.0,
+    "failover": 8.0,
     "switchover": 13.0,
-    "stall": 14.0,  # (the stalled master is made a replica about 10 s after the switch)
+    "stall": 16.0,  # (the stalled master is made a replica about 10 s after the switch)
     "cluster_failover": 8.0,
     "cluster_stall": 8.0,
     "migrate": 4.0,
