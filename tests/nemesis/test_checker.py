@@ -1009,3 +1009,24 @@ def test_a_cluster_failover_is_read_from_the_nodes_logs(tmp_path: Path) -> None:
         ("unplanned failover", True),
     ]
     assert round(target.effects[1].at - now, 2) == 13.0
+
+
+def test_kills_go_on_in_overtime_until_one_lands_inside_a_section(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A case requires a kill -9 inside a section: a run whose kills found no holder (CI: a
+    Sentinel run's one kill) kills again after its length, until one does (3 at most)."""
+    from . import runner
+
+    told = iter([False, False, True, True, True])
+    calls: list[bool] = []
+
+    def kill(target: runner.Target, pick: float) -> tuple[bool, str]:
+        inside = next(told)
+        calls.append(inside)
+        return True, "pid 1 died" + (" inside a section" if inside else "")
+
+    monkeypatch.setitem(runner.FAULTS, "kill9", kill)
+    target = runner.Target(seed=1)
+    runner.nemesis(target, ["kill9"], 0.15, 0.1)
+    assert calls == [False, False, True]  # (1 in the run, then 2 in overtime: no more)
